@@ -1,0 +1,352 @@
+package mqtthooks
+
+import (
+	"errors"
+	"strconv"
+)
+
+// ReasonCode is an MQTT 5 reason code.
+type ReasonCode byte
+
+// The MQTT 5 reason codes, with their values from the OASIS specification.
+// Where one value has several names, the one used in CONNACK, DISCONNECT or AUTH
+// is given.
+const (
+	Success                             ReasonCode = 0x00
+	NormalDisconnection                 ReasonCode = 0x00
+	GrantedQoS1                         ReasonCode = 0x01
+	GrantedQoS2                         ReasonCode = 0x02
+	DisconnectWithWillMessage           ReasonCode = 0x04
+	NoMatchingSubscribers               ReasonCode = 0x10
+	NoSubscriptionExisted               ReasonCode = 0x11
+	ContinueAuthentication              ReasonCode = 0x18
+	ReAuthenticate                      ReasonCode = 0x19
+	UnspecifiedError                    ReasonCode = 0x80
+	MalformedPacket                     ReasonCode = 0x81
+	ProtocolError                       ReasonCode = 0x82
+	ImplementationSpecificError         ReasonCode = 0x83
+	UnsupportedProtocolVersion          ReasonCode = 0x84
+	ClientIdentifierNotValid            ReasonCode = 0x85
+	BadUserNameOrPassword               ReasonCode = 0x86
+	NotAuthorized                       ReasonCode = 0x87
+	ServerUnavailable                   ReasonCode = 0x88
+	ServerBusy                          ReasonCode = 0x89
+	Banned                              ReasonCode = 0x8A
+	ServerShuttingDown                  ReasonCode = 0x8B
+	BadAuthenticationMethod             ReasonCode = 0x8C
+	KeepAliveTimeout                    ReasonCode = 0x8D
+	SessionTakenOver                    ReasonCode = 0x8E
+	TopicFilterInvalid                  ReasonCode = 0x8F
+	TopicNameInvalid                    ReasonCode = 0x90
+	PacketIdentifierInUse               ReasonCode = 0x91
+	PacketIdentifierNotFound            ReasonCode = 0x92
+	ReceiveMaximumExceeded              ReasonCode = 0x93
+	TopicAliasInvalid                   ReasonCode = 0x94
+	PacketTooLarge                      ReasonCode = 0x95
+	MessageRateTooHigh                  ReasonCode = 0x96
+	QuotaExceeded                       ReasonCode = 0x97
+	AdministrativeAction                ReasonCode = 0x98
+	PayloadFormatInvalid                ReasonCode = 0x99
+	RetainNotSupported                  ReasonCode = 0x9A
+	QoSNotSupported                     ReasonCode = 0x9B
+	UseAnotherServer                    ReasonCode = 0x9C
+	ServerMoved                         ReasonCode = 0x9D
+	SharedSubscriptionsNotSupported     ReasonCode = 0x9E
+	ConnectionRateExceeded              ReasonCode = 0x9F
+	MaximumConnectTime                  ReasonCode = 0xA0
+	SubscriptionIdentifiersNotSupported ReasonCode = 0xA1
+	WildcardSubscriptionsNotSupported   ReasonCode = 0xA2
+)
+
+var reasonCodeNames = map[ReasonCode]string{
+	Success: "success", GrantedQoS1: "granted QoS 1", GrantedQoS2: "granted QoS 2",
+	DisconnectWithWillMessage: "disconnect with Will message", NoMatchingSubscribers: "no matching subscribers",
+	NoSubscriptionExisted: "no subscription existed", ContinueAuthentication: "continue authentication",
+	ReAuthenticate: "re-authenticate", UnspecifiedError: "unspecified error", MalformedPacket: "malformed packet",
+	ProtocolError: "protocol error", ImplementationSpecificError: "implementation specific error",
+	UnsupportedProtocolVersion: "unsupported protocol version", ClientIdentifierNotValid: "client identifier not valid",
+	BadUserNameOrPassword: "bad user name or password", NotAuthorized: "not authorized",
+	ServerUnavailable: "server unavailable", ServerBusy: "server busy", Banned: "banned",
+	ServerShuttingDown: "server shutting down", BadAuthenticationMethod: "bad authentication method",
+	KeepAliveTimeout: "keep alive timeout", SessionTakenOver: "session taken over",
+	TopicFilterInvalid: "topic filter invalid", TopicNameInvalid: "topic name invalid",
+	PacketIdentifierInUse: "packet identifier in use", PacketIdentifierNotFound: "packet identifier not found",
+	ReceiveMaximumExceeded: "receive maximum exceeded", TopicAliasInvalid: "topic alias invalid",
+	PacketTooLarge: "packet too large", MessageRateTooHigh: "message rate too high", QuotaExceeded: "quota exceeded",
+	AdministrativeAction: "administrative action", PayloadFormatInvalid: "payload format invalid",
+	RetainNotSupported: "retain not supported", QoSNotSupported: "QoS not supported",
+	UseAnotherServer: "use another server", ServerMoved: "server moved",
+	SharedSubscriptionsNotSupported: "shared subscriptions not supported",
+	ConnectionRateExceeded:          "connection rate exceeded", MaximumConnectTime: "maximum connect time",
+	SubscriptionIdentifiersNotSupported: "subscription identifiers not supported",
+	WildcardSubscriptionsNotSupported:   "wildcard subscriptions not supported",
+}
+
+// String returns the code in hex with its MQTT name, such as "0x87 (not
+// authorized)".
+func (c ReasonCode) String() string {
+	hex := "0x" + strconv.FormatUint(uint64(c)>>4, 16) + strconv.FormatUint(uint64(c)&0xF, 16)
+	if name, ok := reasonCodeNames[c]; ok {
+		return hex + " (" + name + ")"
+	}
+	return hex
+}
+
+// Packet names the packets whose reason codes the core chooses.
+type Packet uint8
+
+// The packets a plugin's reason code can end up in.
+const (
+	// PacketConnack is a CONNACK.
+	PacketConnack Packet = iota + 1
+	// PacketDisconnect is a DISCONNECT sent by the server.
+	PacketDisconnect
+	// PacketAuth is an AUTH.
+	PacketAuth
+)
+
+// String returns "CONNACK", "DISCONNECT" or "AUTH".
+func (p Packet) String() string {
+	switch p {
+	case PacketConnack:
+		return "CONNACK"
+	case PacketDisconnect:
+		return "DISCONNECT"
+	case PacketAuth:
+		return "AUTH"
+	}
+	return "Packet(" + strconv.Itoa(int(p)) + ")"
+}
+
+// codeSet is a set of reason codes, one bit per value.
+type codeSet [4]uint64
+
+func (s *codeSet) add(codes ...ReasonCode) {
+	for _, c := range codes {
+		s[c>>6] |= 1 << (c & 63)
+	}
+}
+
+func (s *codeSet) addRange(lo, hi ReasonCode) {
+	for c := int(lo); c <= int(hi); c++ {
+		s.add(ReasonCode(c))
+	}
+}
+
+func (s *codeSet) has(c ReasonCode) bool { return s[c>>6]&(1<<(c&63)) != 0 }
+
+// The codes a server may put in each packet (SPEC §4, after MQTT 5 §3.2.2.2,
+// §3.14.2.1 and §3.15.2.1).
+var validCodes = func() (sets [PacketAuth + 1]codeSet) {
+	connack := &sets[PacketConnack]
+	connack.add(Success)
+	connack.addRange(UnspecifiedError, Banned)
+	connack.add(BadAuthenticationMethod, TopicNameInvalid, PacketTooLarge, QuotaExceeded)
+	connack.addRange(PayloadFormatInvalid, ServerMoved)
+	connack.add(ConnectionRateExceeded)
+
+	disconnect := &sets[PacketDisconnect]
+	disconnect.add(NormalDisconnection, NotAuthorized, ServerBusy, ServerShuttingDown)
+	disconnect.addRange(UnspecifiedError, ImplementationSpecificError)
+	disconnect.addRange(KeepAliveTimeout, TopicNameInvalid)
+	disconnect.addRange(ReceiveMaximumExceeded, WildcardSubscriptionsNotSupported)
+
+	sets[PacketAuth].add(Success, ContinueAuthentication, ReAuthenticate)
+	return sets
+}()
+
+// ValidIn reports whether a server may send c in packet p.
+func (c ReasonCode) ValidIn(p Packet) bool {
+	if p < PacketConnack || p > PacketAuth {
+		return false
+	}
+	return validCodes[p].has(c)
+}
+
+// IsFailure reports whether c is 0x80 or above, the MQTT 5 failure codes.
+func (c ReasonCode) IsFailure() bool { return c >= 0x80 }
+
+// RejectCodeFor returns the code a plugin's rejection puts into packet p: c
+// itself when it is a failure code valid in p, and NotAuthorized (0x87)
+// otherwise, with replaced true so the caller can log it. A plugin's code never
+// becomes an acceptance.
+func RejectCodeFor(c ReasonCode, p Packet) (code ReasonCode, replaced bool) {
+	if c.IsFailure() && c.ValidIn(p) {
+		return c, false
+	}
+	return NotAuthorized, true
+}
+
+// ReturnCode is an MQTT 3.1 / 3.1.1 CONNACK return code.
+type ReturnCode byte
+
+// The MQTT 3 CONNACK return codes.
+const (
+	ConnectionAccepted           ReturnCode = 0
+	RefusedProtocolVersion       ReturnCode = 1
+	RefusedIdentifierRejected    ReturnCode = 2
+	RefusedServerUnavailable     ReturnCode = 3
+	RefusedBadUsernameOrPassword ReturnCode = 4
+	RefusedNotAuthorized         ReturnCode = 5
+)
+
+// String returns the code's number and meaning, such as "5 (not authorized)".
+func (c ReturnCode) String() string {
+	names := [...]string{"accepted", "unacceptable protocol version", "identifier rejected",
+		"server unavailable", "bad user name or password", "not authorized"}
+	if int(c) < len(names) {
+		return strconv.Itoa(int(c)) + " (" + names[c] + ")"
+	}
+	return strconv.Itoa(int(c))
+}
+
+// Errors a chain's Decision carries. Compare with errors.Is.
+var (
+	// ErrChainExhausted: every plugin implementing the hook answered Next.
+	ErrChainExhausted = errors.New("mqtthooks: every plugin answered Next")
+	// ErrNoPlugin: no plugin implements the hook (within the subset, if any).
+	ErrNoPlugin = errors.New("mqtthooks: no plugin implements the hook")
+	// ErrPluginPanic: a plugin panicked. The error is a *PanicError.
+	ErrPluginPanic = errors.New("mqtthooks: plugin panicked")
+	// ErrHookTimeout: the chain returned after its context's deadline.
+	ErrHookTimeout = errors.New("mqtthooks: hook deadline exceeded")
+	// ErrInvalidResult: a plugin returned a result not built by a constructor,
+	// such as the zero RegisterResult.
+	ErrInvalidResult = errors.New("mqtthooks: plugin returned an invalid result")
+	// ErrInvalidCredentials is the error a plugin rejects with when the
+	// username or password is wrong: v3 return code 4, v5 0x86.
+	ErrInvalidCredentials = errors.New("mqtthooks: bad username or password")
+	// ErrRejected stands for Reject(nil): a rejection without a reason.
+	ErrRejected = errors.New("mqtthooks: rejected")
+	// ErrInvalidModifiers: the Modifiers of an AcceptWith are invalid. The error
+	// is a *ModifierError naming the field, or several joined.
+	ErrInvalidModifiers = errors.New("mqtthooks: invalid modifiers")
+)
+
+// Errors of the CONNECT sequence, mapped to reply codes by ConnackReturnCode and
+// ConnackReasonCode.
+var (
+	// ErrProtocolVersion: the listener does not allow the CONNECT's protocol level.
+	ErrProtocolVersion = errors.New("mqtthooks: protocol version not allowed")
+	// ErrClientIDRejected: the client id breaks the client-id rules.
+	ErrClientIDRejected = errors.New("mqtthooks: client identifier rejected")
+	// ErrSessionLimit: a new session would exceed the core's MaxSessions.
+	ErrSessionLimit = errors.New("mqtthooks: session limit reached")
+	// ErrWillQoS: the Will's QoS is above the effective Maximum QoS.
+	ErrWillQoS = errors.New("mqtthooks: Will QoS not supported")
+	// ErrWillRetain: the Will is retained and retained messages are not available.
+	ErrWillRetain = errors.New("mqtthooks: Will retain not supported")
+	// ErrResumeRefused: the resume policy refused to hand an existing session
+	// to this CONNECT.
+	ErrResumeRefused = errors.New("mqtthooks: session resume refused")
+	// ErrRegistration: the session could not be registered (a store failure).
+	ErrRegistration = errors.New("mqtthooks: session registration failed")
+)
+
+// RejectError is the error of a rejection that names its reason code: the
+// Err of RejectCode and AuthReject results.
+type RejectError struct {
+	Code ReasonCode
+	// Reason is sent as the Reason String; ServerReference as the Server
+	// Reference (CONNACK only).
+	Reason          string
+	ServerReference string
+}
+
+func (e *RejectError) Error() string {
+	s := "mqtthooks: rejected with " + e.Code.String()
+	if e.Reason != "" {
+		s += ": " + e.Reason
+	}
+	return s
+}
+
+// ConnackReturnCode returns the MQTT 3 CONNACK return code for the outcome of a
+// CONNECT (SPEC §4): 0 for a nil err, otherwise the code of the table below.
+//
+//	ErrProtocolVersion                                         1
+//	ErrClientIDRejected                                        2
+//	ErrInvalidCredentials                                      4
+//	ErrPluginPanic, ErrHookTimeout, ErrInvalidResult,
+//	ErrInvalidModifiers, ErrRegistration, ErrSessionLimit      3
+//	*RejectError with 0x84 / 0x85 / 0x86                       1 / 2 / 4
+//	*RejectError with 0x88, 0x89, 0x97, 0x9C, 0x9D or 0x9F     3
+//	anything else                                              5
+func ConnackReturnCode(err error) ReturnCode {
+	if err == nil {
+		return ConnectionAccepted
+	}
+	if code, ok := sentinelCode(err); ok {
+		return v3Code(code)
+	}
+	var re *RejectError
+	if errors.As(err, &re) {
+		return v3Code(re.Code)
+	}
+	return RefusedNotAuthorized
+}
+
+// ConnackReasonCode returns the MQTT 5 CONNACK reason code for the outcome of a
+// CONNECT (SPEC §4): Success for a nil err, 0x84 ErrProtocolVersion, 0x85
+// ErrClientIDRejected, 0x86 ErrInvalidCredentials, 0x88 plugin faults
+// (ErrPluginPanic, ErrHookTimeout, ErrInvalidResult, ErrInvalidModifiers) and
+// ErrRegistration, 0x97 ErrSessionLimit, 0x9B ErrWillQoS, 0x9A ErrWillRetain,
+// the code of a *RejectError, and 0x87 for anything else (other rejections,
+// ErrChainExhausted, ErrNoPlugin, ErrResumeRefused). A RejectError code that is
+// not a failure code valid in a CONNACK becomes 0x87 with replaced true, so the
+// caller can log the plugin's mistake.
+func ConnackReasonCode(err error) (code ReasonCode, replaced bool) {
+	if err == nil {
+		return Success, false
+	}
+	if code, ok := sentinelCode(err); ok {
+		return code, false
+	}
+	var re *RejectError
+	if errors.As(err, &re) {
+		return RejectCodeFor(re.Code, PacketConnack)
+	}
+	return NotAuthorized, false
+}
+
+// sentinelCode maps the package's own errors to their v5 CONNACK codes.
+func sentinelCode(err error) (ReasonCode, bool) {
+	for _, m := range sentinelCodes {
+		if errors.Is(err, m.err) {
+			return m.code, true
+		}
+	}
+	return 0, false
+}
+
+var sentinelCodes = [...]struct {
+	err  error
+	code ReasonCode
+}{
+	{ErrInvalidCredentials, BadUserNameOrPassword},
+	{ErrProtocolVersion, UnsupportedProtocolVersion},
+	{ErrClientIDRejected, ClientIdentifierNotValid},
+	{ErrPluginPanic, ServerUnavailable},
+	{ErrHookTimeout, ServerUnavailable},
+	{ErrInvalidResult, ServerUnavailable},
+	{ErrInvalidModifiers, ServerUnavailable},
+	{ErrRegistration, ServerUnavailable},
+	{ErrSessionLimit, QuotaExceeded},
+	{ErrWillQoS, QoSNotSupported},
+	{ErrWillRetain, RetainNotSupported},
+}
+
+// v3Code maps a v5 CONNACK code to the MQTT 3 return code (SPEC §4).
+func v3Code(c ReasonCode) ReturnCode {
+	switch c {
+	case UnsupportedProtocolVersion:
+		return RefusedProtocolVersion
+	case ClientIdentifierNotValid:
+		return RefusedIdentifierRejected
+	case BadUserNameOrPassword:
+		return RefusedBadUsernameOrPassword
+	case ServerUnavailable, ServerBusy, QuotaExceeded, UseAnotherServer, ServerMoved, ConnectionRateExceeded:
+		return RefusedServerUnavailable
+	}
+	return RefusedNotAuthorized
+}

@@ -1,0 +1,265 @@
+package mqtthooks
+
+import (
+	"context"
+	"log/slog"
+	"runtime/debug"
+)
+
+// Snapshot is an immutable view of a Chain's plugins, and the dispatcher of
+// their hooks. Its methods take no lock and allocate nothing (except when a
+// plugin panics), and are safe for concurrent use.
+//
+// Conditional hooks (AuthOnRegister, AuthOnRegisterM5, OnAuthM5) ask the
+// plugins that implement them in order: the first accept or reject decides and
+// later plugins are not called; Next asks the next plugin. The chain fails
+// closed: every plugin answering Next (ErrChainExhausted), no plugin
+// implementing the hook (ErrNoPlugin), a zero result (ErrInvalidResult) and a
+// panic (ErrPluginPanic) all reject. The chain creates no context and does not
+// interrupt a plugin; when it returns and ctx is done, it rejects with
+// ErrHookTimeout (deadline) or ctx.Err() (canceled), whatever the plugins said.
+//
+// Notification hooks call every plugin that implements them, in order. A panic
+// is recovered and logged, and the later plugins still run.
+type Snapshot struct {
+	logger  *slog.Logger
+	plugins []*plugin
+	byName  map[string]*plugin
+	hooks   [numHooks][]*plugin
+}
+
+// Plugins returns the names of the plugins in the order they run.
+func (s *Snapshot) Plugins() []string {
+	names := make([]string, len(s.plugins))
+	for i, p := range s.plugins {
+		names[i] = p.name
+	}
+	return names
+}
+
+// Restrict returns the snapshot whose conditional hooks (AuthOnRegister,
+// AuthOnRegisterM5, OnAuthM5) run only the plugins of sub, in sub's order;
+// its notification hooks are s's. Names of sub not in s are skipped. A nil sub
+// returns s. The result is cached in sub, so restricting allocates only when
+// the chain changed.
+func (s *Snapshot) Restrict(sub *Subset) *Snapshot {
+	if sub == nil {
+		return s
+	}
+	if r := sub.view.Load(); r != nil && r.base == s {
+		return r.view
+	}
+	v := &Snapshot{logger: s.logger, plugins: s.plugins, byName: s.byName, hooks: s.hooks}
+	for h := range numHooks {
+		if !h.conditional() {
+			continue
+		}
+		v.hooks[h] = nil
+		for _, name := range sub.names {
+			if p := s.byName[name]; p != nil && p.implements(h) {
+				v.hooks[h] = append(v.hooks[h], p)
+			}
+		}
+	}
+	sub.view.Store(&restriction{base: s, view: v})
+	return v
+}
+
+// AuthOnRegister runs the AuthOnRegister chain for a v3 CONNECT.
+func (s *Snapshot) AuthOnRegister(ctx context.Context, req *RegisterRequest) Decision[RegisterResult] {
+	return s.decideRegister(ctx, hookAuthOnRegister, req)
+}
+
+// AuthOnRegisterM5 runs the AuthOnRegisterM5 chain for a v5 CONNECT.
+func (s *Snapshot) AuthOnRegisterM5(ctx context.Context, req *RegisterRequest) Decision[RegisterResult] {
+	return s.decideRegister(ctx, hookAuthOnRegisterM5, req)
+}
+
+// OnAuthM5 runs the OnAuthM5 chain for the first step of an exchange. The
+// plugin that answers AuthContinue owns the exchange; send it the later steps
+// with OnAuthM5Plugin.
+func (s *Snapshot) OnAuthM5(ctx context.Context, req *AuthRequest) Decision[AuthResult] {
+	return s.decideAuth(ctx, s.hooks[hookOnAuthM5], req)
+}
+
+// OnAuthM5Plugin asks only the named plugin, which owns a running exchange. Its
+// Next counts as a rejection: ErrChainExhausted. A name that is not in s, or
+// whose plugin does not implement OnAuthM5, gives ErrNoPlugin.
+func (s *Snapshot) OnAuthM5Plugin(ctx context.Context, name string, req *AuthRequest) Decision[AuthResult] {
+	var one [1]*plugin
+	list := one[:0]
+	if p := s.byName[name]; p != nil && p.onAuthM5 != nil {
+		list = append(list, p)
+	}
+	return s.decideAuth(ctx, list, req)
+}
+
+// decideRegister runs AuthOnRegister or AuthOnRegisterM5 (see Snapshot). It is
+// the hot path of every CONNECT: one deferred recover covers the whole loop,
+// since a panic ends the chain anyway.
+func (s *Snapshot) decideRegister(ctx context.Context, h hookID, req *RegisterRequest) (d Decision[RegisterResult]) {
+	list := s.hooks[h]
+	var running *plugin
+	defer func() {
+		if running != nil {
+			d = Decision[RegisterResult]{Plugin: running.name, Err: s.recovered(running, h, recover())}
+		}
+	}()
+	d.Err = emptyChainErr(list)
+	for _, p := range list {
+		running = p
+		var r RegisterResult
+		if h == hookAuthOnRegisterM5 {
+			r = p.authOnRegisterM5.AuthOnRegisterM5(ctx, req)
+		} else {
+			r = p.authOnRegister.AuthOnRegister(ctx, req)
+		}
+		switch r.verdict {
+		case VerdictNext:
+			continue
+		case VerdictAccept, VerdictReject:
+			d.Result, d.Err = r, r.err
+		default:
+			d.Err = ErrInvalidResult
+		}
+		d.Plugin = p.name
+		break
+	}
+	running = nil
+	if err := ctx.Err(); err != nil {
+		d = Decision[RegisterResult]{Plugin: d.Plugin, Err: ctxErr(err)}
+	}
+	return d
+}
+
+// decideAuth runs OnAuthM5 over list, like decideRegister.
+func (s *Snapshot) decideAuth(ctx context.Context, list []*plugin, req *AuthRequest) (d Decision[AuthResult]) {
+	var running *plugin
+	defer func() {
+		if running != nil {
+			d = Decision[AuthResult]{Plugin: running.name, Err: s.recovered(running, hookOnAuthM5, recover())}
+		}
+	}()
+	d.Err = emptyChainErr(list)
+	for _, p := range list {
+		running = p
+		r := p.onAuthM5.OnAuthM5(ctx, req)
+		switch r.verdict {
+		case AuthVerdictNext:
+			continue
+		case AuthVerdictSuccess, AuthVerdictContinue, AuthVerdictReject:
+			d.Result, d.Err = r, r.err
+		default:
+			d.Err = ErrInvalidResult
+		}
+		d.Plugin = p.name
+		break
+	}
+	running = nil
+	if err := ctx.Err(); err != nil {
+		d = Decision[AuthResult]{Plugin: d.Plugin, Err: ctxErr(err)}
+	}
+	return d
+}
+
+// emptyChainErr is the error of a chain that nobody decides: ErrNoPlugin when
+// no plugin implements the hook, ErrChainExhausted when all answer Next.
+func emptyChainErr(list []*plugin) error {
+	if len(list) == 0 {
+		return ErrNoPlugin
+	}
+	return ErrChainExhausted
+}
+
+// ctxErr is the error of a chain that returned with its context done.
+func ctxErr(err error) error {
+	if err == context.DeadlineExceeded {
+		return ErrHookTimeout
+	}
+	return err
+}
+
+// recovered logs what a deferred recover returned after a plugin did not
+// return normally: a panic value, or nil for runtime.Goexit, which cannot be
+// stopped and goes on unwinding the caller's goroutine.
+func (s *Snapshot) recovered(p *plugin, h hookID, v any) error {
+	if v == nil {
+		// The caller's goroutine is exiting: nobody sees this error, but a
+		// decision that escapes must still reject.
+		s.logger.Warn("mqtthooks: plugin called runtime.Goexit", "plugin", p.name, "hook", h.String())
+		return ErrPluginPanic
+	}
+	e := &PanicError{Plugin: p.name, Hook: h.String(), Value: v, Stack: debug.Stack()}
+	s.logger.Error("mqtthooks: plugin panicked", "plugin", p.name, "hook", h.String(),
+		"panic", v, "stack", string(e.Stack))
+	return e
+}
+
+// notify calls notification hook h with ev on the plugins of the hook from
+// index from on. A panicking plugin is logged and skipped: the deferred
+// function carries on with the next one.
+func (s *Snapshot) notify(ctx context.Context, h hookID, ev any, from int) {
+	list := s.hooks[h]
+	i := from
+	defer func() {
+		if i < len(list) {
+			s.recovered(list[i], h, recover())
+			s.notify(ctx, h, ev, i+1)
+		}
+	}()
+	for ; i < len(list); i++ {
+		p := list[i]
+		switch h {
+		case hookOnRegister:
+			p.onRegister.OnRegister(ctx, ev.(*RegisterEvent))
+		case hookOnRegisterM5:
+			p.onRegisterM5.OnRegisterM5(ctx, ev.(*RegisterEvent))
+		case hookOnClientWakeup:
+			p.onClientWakeup.OnClientWakeup(ctx, ev.(*SessionEvent))
+		case hookOnClientOffline:
+			p.onClientOffline.OnClientOffline(ctx, ev.(*SessionEvent))
+		case hookOnClientGone:
+			p.onClientGone.OnClientGone(ctx, ev.(*SessionEvent))
+		case hookOnSessionExpired:
+			p.onSessionExpired.OnSessionExpired(ctx, ev.(*SessionEvent))
+		case hookOnMessageDrop:
+			p.onMessageDrop.OnMessageDrop(ctx, ev.(*DropEvent))
+		}
+	}
+}
+
+// OnRegister tells every OnRegister plugin that a v3 client registered.
+func (s *Snapshot) OnRegister(ctx context.Context, ev *RegisterEvent) {
+	s.notify(ctx, hookOnRegister, ev, 0)
+}
+
+// OnRegisterM5 tells every OnRegisterM5 plugin that a v5 client registered.
+func (s *Snapshot) OnRegisterM5(ctx context.Context, ev *RegisterEvent) {
+	s.notify(ctx, hookOnRegisterM5, ev, 0)
+}
+
+// OnClientWakeup tells every OnClientWakeup plugin that a connection attached.
+func (s *Snapshot) OnClientWakeup(ctx context.Context, ev *SessionEvent) {
+	s.notify(ctx, hookOnClientWakeup, ev, 0)
+}
+
+// OnClientOffline tells every OnClientOffline plugin that a persistent session
+// went offline.
+func (s *Snapshot) OnClientOffline(ctx context.Context, ev *SessionEvent) {
+	s.notify(ctx, hookOnClientOffline, ev, 0)
+}
+
+// OnClientGone tells every OnClientGone plugin that a session ended.
+func (s *Snapshot) OnClientGone(ctx context.Context, ev *SessionEvent) {
+	s.notify(ctx, hookOnClientGone, ev, 0)
+}
+
+// OnSessionExpired tells every OnSessionExpired plugin that a session expired.
+func (s *Snapshot) OnSessionExpired(ctx context.Context, ev *SessionEvent) {
+	s.notify(ctx, hookOnSessionExpired, ev, 0)
+}
+
+// OnMessageDrop tells every OnMessageDrop plugin that a message was dropped.
+func (s *Snapshot) OnMessageDrop(ctx context.Context, ev *DropEvent) {
+	s.notify(ctx, hookOnMessageDrop, ev, 0)
+}
