@@ -1,0 +1,158 @@
+package mqtthooks_test
+
+import (
+	"context"
+	"crypto/subtle"
+	"fmt"
+
+	"github.com/mqtthooks/mqtthooks"
+)
+
+// staticUsers is a plugin: it authenticates MQTT 3 and 5 clients against a
+// fixed table and hears when their sessions end. It answers Next for users it
+// does not know, so a later plugin may know them.
+type staticUsers struct {
+	passwords map[string]string
+}
+
+func (p *staticUsers) check(req *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
+	c := req.Connect
+	want, known := p.passwords[c.Username]
+	if !c.HasUsername || !known {
+		return mqtthooks.Next()
+	}
+	if subtle.ConstantTimeCompare([]byte(want), c.Password) != 1 {
+		return mqtthooks.Reject(mqtthooks.ErrInvalidCredentials)
+	}
+	return mqtthooks.Accept()
+}
+
+func (p *staticUsers) AuthOnRegister(_ context.Context, req *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
+	return p.check(req)
+}
+
+func (p *staticUsers) AuthOnRegisterM5(_ context.Context, req *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
+	return p.check(req)
+}
+
+func (p *staticUsers) OnClientGone(_ context.Context, ev *mqtthooks.SessionEvent) {
+	fmt.Printf("gone: %s (%s)\n", ev.SubscriberID, ev.Reason)
+}
+
+// Writing a plugin: implement the hooks you need, on any type.
+func Example_writeAPlugin() {
+	chain := mqtthooks.NewChain(mqtthooks.ChainOptions{})
+	if err := chain.Register("users", &staticUsers{passwords: map[string]string{"alice": "secret"}}); err != nil {
+		panic(err)
+	}
+
+	connect := func(user, password string) {
+		req := &mqtthooks.RegisterRequest{
+			SubscriberID: mqtthooks.SubscriberID{ClientID: "sensor-1"},
+			Connect: &mqtthooks.ConnectRequest{ProtocolVersion: mqtthooks.MQTT311, ClientID: "sensor-1",
+				Username: user, HasUsername: true, Password: []byte(password), HasPassword: true},
+		}
+		d := chain.Snapshot().AuthOnRegister(context.Background(), req)
+		fmt.Printf("%s/%s: CONNACK %s\n", user, password, mqtthooks.ConnackReturnCode(d.Err))
+	}
+	connect("alice", "secret")
+	connect("alice", "wrong")
+	connect("bob", "secret") // unknown: Next, and nobody else decides
+
+	chain.Snapshot().OnClientGone(context.Background(), &mqtthooks.SessionEvent{
+		SubscriberID: mqtthooks.SubscriberID{ClientID: "sensor-1"}, Reason: mqtthooks.ReasonClientDisconnect})
+	// Output:
+	// alice/secret: CONNACK 0 (accepted)
+	// alice/wrong: CONNACK 4 (bad user name or password)
+	// bob/secret: CONNACK 5 (not authorized)
+	// gone: sensor-1 (client-disconnect)
+}
+
+// Building a chain: plugins run by priority, then in registration order; the
+// first one that accepts or rejects decides.
+func ExampleChain() {
+	chain := mqtthooks.NewChain(mqtthooks.ChainOptions{})
+
+	// A deny list runs first, whatever the registration order.
+	banned := mqtthooks.AuthOnRegisterM5Func(func(_ context.Context, req *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
+		if req.SubscriberID.ClientID == "mallory" {
+			return mqtthooks.RejectCode(mqtthooks.Banned, "banned", "")
+		}
+		return mqtthooks.Next()
+	})
+	// Everybody else with a username gets in, on a mountpoint of their own.
+	tenants := mqtthooks.AuthOnRegisterM5Func(func(_ context.Context, req *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
+		if !req.Connect.HasUsername {
+			return mqtthooks.Next()
+		}
+		return mqtthooks.AcceptWith(&mqtthooks.Modifiers{
+			SubscriberID: mqtthooks.Some(mqtthooks.SubscriberID{Mountpoint: req.Connect.Username, ClientID: req.SubscriberID.ClientID}),
+		})
+	})
+	if err := chain.Register("tenants", tenants); err != nil {
+		panic(err)
+	}
+	if err := chain.Register("banned", banned, mqtthooks.Priority(0)); err != nil {
+		panic(err)
+	}
+	fmt.Println("order:", chain.Snapshot().Plugins())
+
+	for _, c := range []struct{ id, user string }{{"mallory", "m"}, {"c1", "acme"}, {"c2", ""}} {
+		connect := &mqtthooks.ConnectRequest{ProtocolVersion: mqtthooks.MQTT5, ClientID: c.id,
+			Username: c.user, HasUsername: c.user != ""}
+		d := chain.Snapshot().AuthOnRegisterM5(context.Background(), &mqtthooks.RegisterRequest{
+			SubscriberID: mqtthooks.SubscriberID{ClientID: c.id}, Connect: connect})
+		code, _ := mqtthooks.ConnackReasonCode(d.Err)
+		fmt.Printf("%s: %s by %q", c.id, code, d.Plugin)
+		if m := d.Result.Modifiers(); m != nil {
+			fmt.Printf(", session %s", m.SubscriberID.V)
+		}
+		fmt.Println()
+	}
+	// Output:
+	// order: [banned tenants]
+	// mallory: 0x8a (banned) by "banned"
+	// c1: 0x00 (success) by "tenants", session acme/c1
+	// c2: 0x87 (not authorized) by ""
+}
+
+// A listener that authenticates with its own plugins, in its own order.
+func ExampleSnapshot_Restrict() {
+	chain := mqtthooks.NewChain(mqtthooks.ChainOptions{})
+	for _, name := range []string{"ldap", "passwd", "certs"} {
+		err := chain.Register(name, mqtthooks.AuthOnRegisterFunc(
+			func(context.Context, *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
+				fmt.Println("asked", name)
+				return mqtthooks.Next()
+			}))
+		if err != nil {
+			panic(err)
+		}
+	}
+	internal, err := chain.Subset("certs", "ldap")
+	if err != nil {
+		panic(err)
+	}
+
+	req := &mqtthooks.RegisterRequest{Connect: &mqtthooks.ConnectRequest{ProtocolVersion: mqtthooks.MQTT311}}
+	d := chain.Snapshot().Restrict(internal).AuthOnRegister(context.Background(), req)
+	fmt.Println(d.Err)
+	// Output:
+	// asked certs
+	// asked ldap
+	// mqtthooks: every plugin answered Next
+}
+
+// Checking a plugin's modifiers the way the core does.
+func ExampleModifiers_Validate() {
+	m := &mqtthooks.Modifiers{
+		MaxOfflineMessages: mqtthooks.Some(-2),
+		Persistent:         mqtthooks.Some(true),
+	}
+	err := m.Validate(mqtthooks.ModifierRules{ProtocolVersion: mqtthooks.MQTT5, MaxClientIDLen: 100,
+		Capabilities: mqtthooks.DefaultCapabilities()})
+	fmt.Println(err)
+	// Output:
+	// mqtthooks: invalid modifier Persistent: is for MQTT 3 only; MQTT 5 uses SessionExpiryInterval
+	// mqtthooks: invalid modifier MaxOfflineMessages: -2 is below -1 (-1 is unlimited)
+}
