@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -31,7 +32,9 @@ var (
 // including while hooks run: they build a new immutable Snapshot and swap it in
 // atomically, so a call in flight finishes with the plugins it started with.
 //
-// A Chain must be created with NewChain. Its methods are safe for concurrent use.
+// The zero Chain is ready to use and logs to slog.Default(); NewChain sets
+// options. Its methods are safe for concurrent use. A Chain must not be copied
+// after first use.
 type Chain struct {
 	logger *slog.Logger
 
@@ -51,21 +54,20 @@ type ChainOptions struct {
 // until a plugin implementing them is registered.
 func NewChain(opts ChainOptions) *Chain {
 	c := &Chain{logger: opts.Logger}
-	if c.logger == nil {
-		c.logger = slog.Default()
-	}
 	c.snap.Store(c.build(nil))
 	return c
 }
 
 // PluginOption configures the registration of one plugin.
-type PluginOption func(*plugin)
+type PluginOption interface{ apply(*plugin) }
+
+type priorityOption int
+
+func (p priorityOption) apply(pl *plugin) { pl.priority, pl.hasPriority = int(p), true }
 
 // Priority places a plugin among the prioritised ones, which run before the
 // others, in ascending priority.
-func Priority(p int) PluginOption {
-	return func(pl *plugin) { pl.priority, pl.hasPriority = p, true }
-}
+func Priority(p int) PluginOption { return priorityOption(p) }
 
 // Register adds the plugin p under name. The hooks p implements are found now,
 // by type assertion, and never again: a plugin cannot gain or lose hooks later.
@@ -79,12 +81,17 @@ func (c *Chain) Register(name string, p any, opts ...PluginOption) error {
 	if name == "" {
 		return fmt.Errorf("%w: the name is empty", ErrInvalidPluginName)
 	}
+	if isNil(p) {
+		return fmt.Errorf("%w: plugin %q is a nil %T", ErrInvalidArgument, name, p)
+	}
 	pl := discover(name, p)
 	if pl == nil {
 		return fmt.Errorf("%w: %q (%T)", ErrNoHooks, name, p)
 	}
 	for _, o := range opts {
-		o(pl)
+		if o != nil {
+			o.apply(pl)
+		}
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -117,7 +124,13 @@ func (c *Chain) Unregister(name string) error {
 // Snapshot returns the plugins registered now. It never returns nil. A caller
 // that makes several calls that belong together, such as the auth steps of one
 // CONNECT, takes one Snapshot and makes them all on it.
-func (c *Chain) Snapshot() *Snapshot { return c.snap.Load() }
+func (c *Chain) Snapshot() *Snapshot {
+	if s := c.snap.Load(); s != nil {
+		return s
+	}
+	c.snap.CompareAndSwap(nil, c.build(nil)) // a zero Chain's first use
+	return c.snap.Load()
+}
 
 // Subset returns a selection of plugins, by name and in the given order, for
 // the conditional hooks of a listener (see Snapshot.Restrict). Every name must
@@ -154,7 +167,12 @@ func comparePlugins(a, b *plugin) int {
 }
 
 func (c *Chain) build(plugins []*plugin) *Snapshot {
-	s := &Snapshot{logger: c.logger, plugins: plugins, byName: make(map[string]*plugin, len(plugins))}
+	logger := c.logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	s := &Snapshot{logger: logger, plugins: plugins, byName: make(map[string]*plugin, len(plugins))}
+	s.base = s
 	for _, p := range plugins {
 		s.byName[p.name] = p
 		for h := range numHooks {
@@ -181,6 +199,19 @@ type restriction struct{ base, view *Snapshot }
 // Names returns the plugins of the subset in their order.
 func (sub *Subset) Names() []string { return slices.Clone(sub.names) }
 
+// isNil reports whether p is nil or a nil pointer, func, map, slice, channel
+// or interface: a value whose hooks would panic on every call.
+func isNil(p any) bool {
+	if p == nil {
+		return true
+	}
+	switch v := reflect.ValueOf(p); v.Kind() {
+	case reflect.Pointer, reflect.Func, reflect.Map, reflect.Slice, reflect.Chan, reflect.Interface:
+		return v.IsNil()
+	}
+	return false
+}
+
 // Decision is the outcome of a conditional hook. Err is nil exactly when the
 // chain accepted (for OnAuthM5: answered success or continue), and then Result
 // is the deciding plugin's answer. When a plugin rejected, Result is its answer
@@ -189,20 +220,53 @@ func (sub *Subset) Names() []string { return slices.Clone(sub.names) }
 // ErrNoPlugin, ErrInvalidResult, ErrHookTimeout, a *PanicError (ErrPluginPanic)
 // or the context's error when it was canceled.
 type Decision[R RegisterResult | AuthResult] struct {
+	// Result is the answer of the plugin that decided, or the zero value.
 	Result R
 	// Plugin is the name of the plugin whose answer ended the chain, or ""
 	// when no plugin did (ErrNoPlugin, ErrChainExhausted).
 	Plugin string
-	Err    error
+	// Err is nil when the chain accepted, and says why it did not otherwise.
+	Err error
+}
+
+// ReplyError returns the error that decides the reply code of d, for
+// ConnackReturnCode and ConnackReasonCode. It is d.Err, except for a plugin's
+// rejection, where only ErrInvalidCredentials and a *RejectError choose the
+// code and any other error is ErrRejected (v3 5, v5 0x87): a plugin cannot
+// pose as a failure of the core by rejecting with one of its sentinels.
+func (d Decision[R]) ReplyError() error {
+	if d.Err == nil || !d.pluginRejected() {
+		return d.Err
+	}
+	if errors.Is(d.Err, ErrInvalidCredentials) {
+		return ErrInvalidCredentials
+	}
+	var re *RejectError
+	if errors.As(d.Err, &re) {
+		return re
+	}
+	return ErrRejected
+}
+
+func (d Decision[R]) pluginRejected() bool {
+	switch r := any(d.Result).(type) {
+	case RegisterResult:
+		return r.verdict == VerdictReject
+	case AuthResult:
+		return r.verdict == AuthVerdictReject
+	}
+	return false
 }
 
 // PanicError is the error of a Decision whose plugin panicked. It matches
 // ErrPluginPanic with errors.Is.
 type PanicError struct {
+	// Plugin and Hook name the plugin that panicked and the hook it was in.
 	Plugin string
 	Hook   string
-	Value  any
-	Stack  []byte
+	// Value is what the plugin passed to panic; Stack the stack at the time.
+	Value any
+	Stack []byte
 }
 
 func (e *PanicError) Error() string {

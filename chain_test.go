@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"runtime"
 	"slices"
@@ -52,7 +53,7 @@ func TestChainRejectStopsChain(t *testing.T) {
 	assert.Equal(t, []string{"P1"}, log.get())
 	assert.Equal(t, mqtthooks.RefusedNotAuthorized, mqtthooks.ConnackReturnCode(d.Err))
 	code, replaced := mqtthooks.ConnackReasonCode(d.Err)
-	assert.Equal(t, mqtthooks.NotAuthorized, code)
+	assert.Equal(t, mqtthooks.CodeNotAuthorized, code)
 	assert.False(t, replaced)
 }
 
@@ -71,7 +72,7 @@ func TestChainAllNextIsExhausted(t *testing.T) {
 	assert.Equal(t, []string{"P1", "P2"}, log.get())
 	assert.Equal(t, mqtthooks.RefusedNotAuthorized, mqtthooks.ConnackReturnCode(d.Err))
 	code, _ := mqtthooks.ConnackReasonCode(d.Err)
-	assert.Equal(t, mqtthooks.NotAuthorized, code)
+	assert.Equal(t, mqtthooks.CodeNotAuthorized, code)
 }
 
 // ACCEPTANCE 4: nobody implements the hook: ErrNoPlugin, distinct from
@@ -111,7 +112,7 @@ func TestChainZeroResultIsInvalid(t *testing.T) {
 		assert.Equal(t, []string{"P1"}, log.get())
 		assert.Equal(t, mqtthooks.RefusedServerUnavailable, mqtthooks.ConnackReturnCode(d.Err))
 		code, _ := mqtthooks.ConnackReasonCode(d.Err)
-		assert.Equal(t, mqtthooks.ServerUnavailable, code)
+		assert.Equal(t, mqtthooks.CodeServerUnavailable, code)
 	})
 	t.Run("AuthResult", func(t *testing.T) {
 		c := mqtthooks.NewChain(mqtthooks.ChainOptions{})
@@ -342,7 +343,7 @@ func TestChainPanicInAuthRejects(t *testing.T) {
 	assert.Equal(t, []string{"P1"}, log.get())
 	assert.Equal(t, mqtthooks.RefusedServerUnavailable, mqtthooks.ConnackReturnCode(d.Err))
 	code, _ := mqtthooks.ConnackReasonCode(d.Err)
-	assert.Equal(t, mqtthooks.ServerUnavailable, code)
+	assert.Equal(t, mqtthooks.CodeServerUnavailable, code)
 	assert.Contains(t, logs.String(), "plugin panicked")
 	assert.Contains(t, logs.String(), "plugin=P1")
 }
@@ -361,7 +362,7 @@ func TestChainPanicWithErrorValueIsAFault(t *testing.T) {
 	assert.ErrorIs(t, d.Err, mqtthooks.ErrPluginPanic)
 	assert.NotErrorIs(t, d.Err, mqtthooks.ErrInvalidCredentials)
 	code, _ := mqtthooks.ConnackReasonCode(d.Err)
-	assert.Equal(t, mqtthooks.ServerUnavailable, code)
+	assert.Equal(t, mqtthooks.CodeServerUnavailable, code)
 }
 
 // N5 (chain part): a panic in a notification is logged, naming the plugin, and
@@ -412,7 +413,7 @@ func TestChainGoexit(t *testing.T) {
 	}()
 	<-done
 	assert.False(t, returned, "Goexit goes on unwinding the caller")
-	assert.Nil(t, d.Err, "the caller never got a decision")
+	_ = d
 
 	done = make(chan struct{})
 	go func() {
@@ -463,7 +464,7 @@ func TestChainAcceptAfterDeadlineIsTimeout(t *testing.T) {
 		assert.Equal(t, "slow", d.Plugin)
 		assert.Equal(t, mqtthooks.RefusedServerUnavailable, mqtthooks.ConnackReturnCode(d.Err))
 		code, _ := mqtthooks.ConnackReasonCode(d.Err)
-		assert.Equal(t, mqtthooks.ServerUnavailable, code)
+		assert.Equal(t, mqtthooks.CodeServerUnavailable, code)
 		assert.Equal(t, []string{"slow"}, log.get())
 	})
 }
@@ -535,7 +536,7 @@ func TestChainRejectVariants(t *testing.T) {
 	assert.Equal(t, mqtthooks.RefusedNotAuthorized, mqtthooks.ConnackReturnCode(d.Err))
 
 	require.NoError(t, c.Unregister("P"))
-	registerAuth(t, c, "P", &log, mqtthooks.RejectCode(mqtthooks.UseAnotherServer, "go", "b:1883"))
+	registerAuth(t, c, "P", &log, mqtthooks.RejectCode(mqtthooks.CodeUseAnotherServer, "go", "b:1883"))
 	d = c.Snapshot().AuthOnRegisterM5(t.Context(), v3Request("c1"))
 	assert.ErrorIs(t, d.Err, mqtthooks.ErrNoPlugin, "an AuthOnRegister plugin is not an AuthOnRegisterM5 plugin")
 	d = c.Snapshot().AuthOnRegister(t.Context(), v3Request("c1"))
@@ -602,7 +603,9 @@ func TestChainRegisterErrors(t *testing.T) {
 	err = c.Register("nohooks", struct{ Name string }{"x"})
 	assert.ErrorIs(t, err, mqtthooks.ErrNoHooks)
 	assert.ErrorContains(t, err, `"nohooks"`)
-	assert.ErrorIs(t, c.Register("nil", nil), mqtthooks.ErrNoHooks)
+	assert.ErrorIs(t, c.Register("nil", nil), mqtthooks.ErrInvalidArgument)
+	assert.ErrorIs(t, c.Register("nilfunc", mqtthooks.AuthOnRegisterFunc(nil)), mqtthooks.ErrInvalidArgument)
+	assert.ErrorIs(t, c.Register("nilptr", (*staticUsers)(nil)), mqtthooks.ErrInvalidArgument)
 	assert.ErrorIs(t, c.Unregister("zz"), mqtthooks.ErrUnknownPlugin)
 
 	assert.Equal(t, []string{"a"}, c.Snapshot().Plugins(), "failed calls leave the chain unchanged")
@@ -626,12 +629,12 @@ func TestChainSnapshotIsImmutable(t *testing.T) {
 }
 
 // The chain swapped while thousands of goroutines dispatch: every call runs
-// exactly the plugins of one snapshot that existed, in its order, never a mix.
+// exactly the plugins of the snapshot it took, in its order, and that snapshot
+// is one the writer made; never a mix of two.
 func TestChainSwapUnderConcurrentDispatch(t *testing.T) {
 	const (
 		readers = 2000
 		calls   = 20
-		swaps   = 400
 	)
 	c := mqtthooks.NewChain(mqtthooks.ChainOptions{})
 	type trail struct{ names []string }
@@ -646,57 +649,234 @@ func TestChainSwapUnderConcurrentDispatch(t *testing.T) {
 	// "final" accepts and always runs last; the others answer Next.
 	require.NoError(t, c.Register("final", plugin("final", mqtthooks.Accept()), mqtthooks.Priority(1000)))
 
-	history := map[string]bool{strings.Join(c.Snapshot().Plugins(), ","): true}
-	var wg sync.WaitGroup
+	var (
+		wg       sync.WaitGroup
+		readersN sync.WaitGroup
+		stop     = make(chan struct{})
+		mu       sync.Mutex
+		history  = map[*mqtthooks.Snapshot]string{c.Snapshot(): "final"}
+		problems []string
+	)
 	wg.Go(func() {
 		rng := rand.New(rand.NewPCG(1, 2))
-		for range swaps {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
 			name := fmt.Sprintf("p%d", rng.IntN(8))
 			if c.Unregister(name) != nil {
-				require.NoError(t, c.Register(name, plugin(name, mqtthooks.Next()), mqtthooks.Priority(rng.IntN(5))))
+				if err := c.Register(name, plugin(name, mqtthooks.Next()), mqtthooks.Priority(rng.IntN(5))); err != nil {
+					mu.Lock()
+					problems = append(problems, err.Error())
+					mu.Unlock()
+				}
 			}
-			history[strings.Join(c.Snapshot().Plugins(), ",")] = true
-			runtime.Gosched()
+			s := c.Snapshot()
+			mu.Lock()
+			history[s] = strings.Join(s.Plugins(), ",")
+			mu.Unlock()
 		}
 	})
-	seen := make([]map[string]bool, readers)
+	type observation struct {
+		snap  *mqtthooks.Snapshot
+		trail string
+	}
+	seen := make([][]observation, readers)
 	for i := range readers {
-		seen[i] = map[string]bool{}
+		readersN.Add(1)
 		wg.Go(func() {
+			defer readersN.Done()
 			for range calls {
 				tr := new(trail)
 				ctx := context.WithValue(context.Background(), trailKey{}, tr)
-				d := c.Snapshot().AuthOnRegister(ctx, v3Request("c1"))
+				snap := c.Snapshot()
+				d := snap.AuthOnRegister(ctx, v3Request("c1"))
 				if d.Err != nil || d.Plugin != "final" {
-					seen[i]["bad decision: "+fmt.Sprint(d)] = true
+					tr.names = append(tr.names, fmt.Sprintf("bad decision %v", d))
 				}
-				seen[i][strings.Join(tr.names, ",")] = true
+				seen[i] = append(seen[i], observation{snap, strings.Join(tr.names, ",")})
 			}
 		})
 	}
+	readersN.Wait()
+	close(stop)
 	wg.Wait()
 
-	require.Greater(t, len(history), 50, "the writer produced many snapshots")
-	distinct := map[string]bool{}
-	for _, s := range seen {
-		for trail := range s {
-			distinct[trail] = true
-			assert.True(t, history[trail], "call ran %q, which no snapshot holds", trail)
+	require.Empty(t, problems)
+	snapshots := map[*mqtthooks.Snapshot]bool{}
+	for _, obs := range seen {
+		for _, o := range obs {
+			snapshots[o.snap] = true
+			want, made := history[o.snap]
+			if !assert.True(t, made, "a call used a snapshot the writer never made") {
+				return
+			}
+			if !assert.Equal(t, want, o.trail, "a call ran other plugins than its snapshot's") {
+				return
+			}
 		}
 	}
-	t.Logf("%d snapshots, %d distinct plugin sequences observed", len(history), len(distinct))
+	require.Greater(t, len(history), 50, "the writer produced many snapshots")
+	t.Logf("%d snapshots made, calls used %d of them", len(history), len(snapshots))
 }
 
-func TestChainDefaultLogger(t *testing.T) {
-	c := mqtthooks.NewChain(mqtthooks.ChainOptions{})
+// The zero Chain is usable and logs plugin panics to slog.Default.
+func TestZeroChain(t *testing.T) {
+	buf := new(logBuffer)
+	defer slog.SetDefault(slog.Default())
+	slog.SetDefault(slog.New(slog.NewTextHandler(buf, nil)))
+
+	var c mqtthooks.Chain
+	assert.ErrorIs(t, c.Snapshot().AuthOnRegister(t.Context(), v3Request("c1")).Err, mqtthooks.ErrNoPlugin)
 	require.NoError(t, c.Register("P", mqtthooks.OnClientGoneFunc(func(context.Context, *mqtthooks.SessionEvent) {
 		panic("logged to slog.Default")
 	})))
 	assert.NotPanics(t, func() { c.Snapshot().OnClientGone(t.Context(), &mqtthooks.SessionEvent{}) })
+	assert.Contains(t, buf.String(), "logged to slog.Default")
 }
 
-func TestDecisionPluginOrder(t *testing.T) {
-	// Plugins() reflects registration order; it is a copy the caller may keep.
+// A nil context is a caller's error, not a crash; nil options are skipped.
+func TestChainNilArguments(t *testing.T) {
+	c := mqtthooks.NewChain(mqtthooks.ChainOptions{})
+	var log callLog
+	registerAuth(t, c, "P", &log, mqtthooks.Accept(), nil)
+	require.NoError(t, c.Register("A", mqtthooks.OnAuthM5Func(func(context.Context, *mqtthooks.AuthRequest) mqtthooks.AuthResult {
+		return mqtthooks.AuthSuccess(nil, nil)
+	})))
+	var nilCtx context.Context
+
+	assert.ErrorIs(t, c.Snapshot().AuthOnRegister(nilCtx, v3Request("c1")).Err, mqtthooks.ErrInvalidArgument)
+	assert.ErrorIs(t, c.Snapshot().OnAuthM5(nilCtx, &mqtthooks.AuthRequest{}).Err, mqtthooks.ErrInvalidArgument)
+	assert.NotPanics(t, func() { c.Snapshot().OnClientGone(nilCtx, &mqtthooks.SessionEvent{}) })
+	assert.Empty(t, log.get())
+}
+
+// A plugin's Reject with one of the package's sentinels is still "another
+// Reject" (5 / 0x87): only ErrInvalidCredentials and RejectCode choose a code.
+func TestDecisionReplyError(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		r    mqtthooks.RegisterResult
+		v3   mqtthooks.ReturnCode
+		v5   mqtthooks.ReasonCode
+	}{
+		{"accept", mqtthooks.Accept(), 0, 0x00},
+		{"credentials", mqtthooks.Reject(fmt.Errorf("ldap: %w", mqtthooks.ErrInvalidCredentials)), 4, 0x86},
+		{"session limit", mqtthooks.Reject(mqtthooks.ErrSessionLimit), 5, 0x87},
+		{"hook timeout", mqtthooks.Reject(mqtthooks.ErrHookTimeout), 5, 0x87},
+		{"protocol version", mqtthooks.Reject(mqtthooks.ErrProtocolVersion), 5, 0x87},
+		{"code", mqtthooks.RejectCode(mqtthooks.CodeServerBusy, "", ""), 3, 0x89},
+		{"zero result", mqtthooks.RegisterResult{}, 3, 0x88},
+	} {
+		c := mqtthooks.NewChain(mqtthooks.ChainOptions{})
+		var log callLog
+		registerAuth(t, c, "P", &log, tc.r)
+		d := c.Snapshot().AuthOnRegister(t.Context(), v3Request("c1"))
+		assert.Equal(t, tc.v3, mqtthooks.ConnackReturnCode(d.ReplyError()), tc.name)
+		code, _ := mqtthooks.ConnackReasonCode(d.ReplyError())
+		assert.Equal(t, tc.v5, code, tc.name)
+		if tc.r.Err() != nil {
+			assert.ErrorIs(t, d.Err, tc.r.Err(), "%s: Err keeps the plugin's error for logs", tc.name)
+		}
+	}
+}
+
+// N6 (a, d): an accept after the deadline is a timeout for every conditional
+// hook.
+func TestChainLateAnswersEveryConditionalHook(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := mqtthooks.NewChain(mqtthooks.ChainOptions{})
+		late := func() { time.Sleep(6 * time.Second) }
+		require.NoError(t, c.Register("m5", mqtthooks.AuthOnRegisterM5Func(func(context.Context, *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
+			late()
+			return mqtthooks.Accept()
+		})))
+		require.NoError(t, c.Register("auth", mqtthooks.OnAuthM5Func(func(context.Context, *mqtthooks.AuthRequest) mqtthooks.AuthResult {
+			late()
+			return mqtthooks.AuthSuccess([]byte("sf"), "id")
+		})))
+		s := c.Snapshot()
+		for name, run := range map[string]func(context.Context) error{
+			"AuthOnRegisterM5": func(ctx context.Context) error { return s.AuthOnRegisterM5(ctx, v3Request("c1")).Err },
+			"OnAuthM5":         func(ctx context.Context) error { return s.OnAuthM5(ctx, &mqtthooks.AuthRequest{}).Err },
+			"OnAuthM5Plugin": func(ctx context.Context) error {
+				return s.OnAuthM5Plugin(ctx, "auth", &mqtthooks.AuthRequest{}).Err
+			},
+		} {
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+			assert.ErrorIs(t, run(ctx), mqtthooks.ErrHookTimeout, name)
+			cancel()
+		}
+	})
+}
+
+// A panic after the context was canceled: the CONNECT is abandoned (no
+// CONNACK), not answered with 0x88.
+func TestChainPanicAfterCancel(t *testing.T) {
+	c, _ := newLoggedChain()
+	ctx, cancel := context.WithCancel(t.Context())
+	require.NoError(t, c.Register("P", mqtthooks.AuthOnRegisterFunc(func(context.Context, *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
+		cancel()
+		panic("after cancel")
+	})))
+
+	d := c.Snapshot().AuthOnRegister(ctx, v3Request("c1"))
+
+	assert.ErrorIs(t, d.Err, context.Canceled)
+	assert.Equal(t, "P", d.Plugin)
+}
+
+// OQ2: the subset filters AuthOnRegisterM5 and OnAuthM5 too, including the
+// owner lookup of an exchange.
+func TestChainSubsetFiltersEveryConditionalHook(t *testing.T) {
+	c := mqtthooks.NewChain(mqtthooks.ChainOptions{})
+	var log callLog
+	require.NoError(t, c.Register("in", allHooks{&log}))
+	require.NoError(t, c.Register("out", allHooks{&log}))
+	sub, err := c.Subset("in")
+	require.NoError(t, err)
+	view := c.Snapshot().Restrict(sub)
+
+	assert.Equal(t, "in", view.AuthOnRegisterM5(t.Context(), v3Request("c1")).Plugin)
+	assert.Equal(t, "in", view.OnAuthM5(t.Context(), &mqtthooks.AuthRequest{}).Plugin)
+	assert.ErrorIs(t, view.OnAuthM5Plugin(t.Context(), "out", &mqtthooks.AuthRequest{}).Err, mqtthooks.ErrNoPlugin)
+	assert.Equal(t, []string{"in", "out"}, view.Plugins(), "notifications still reach every plugin")
+
+	other, err := c.Subset("out")
+	require.NoError(t, err)
+	assert.Equal(t, "out", view.Restrict(other).OnAuthM5(t.Context(), &mqtthooks.AuthRequest{}).Plugin,
+		"restricting a restricted snapshot replaces its subset")
+	assert.Same(t, c.Snapshot(), view.Restrict(nil))
+}
+
+// Dispatch allocates nothing: the claim fails the suite, not only a benchmark.
+func TestChainDispatchAllocatesNothing(t *testing.T) {
+	c := mqtthooks.NewChain(mqtthooks.ChainOptions{})
+	for _, r := range []mqtthooks.RegisterResult{mqtthooks.Next(), mqtthooks.Next(), mqtthooks.Accept()} {
+		require.NoError(t, c.Register(fmt.Sprint(len(c.Snapshot().Plugins())), mqtthooks.AuthOnRegisterFunc(
+			func(context.Context, *mqtthooks.RegisterRequest) mqtthooks.RegisterResult { return r })))
+	}
+	require.NoError(t, c.Register("gone", mqtthooks.OnClientGoneFunc(func(context.Context, *mqtthooks.SessionEvent) {})))
+	sub, err := c.Subset("2", "0")
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Hour)
+	defer cancel()
+	req := v3Request("c1")
+	ev := &mqtthooks.SessionEvent{}
+	c.Snapshot().Restrict(sub) // fill the subset's cache
+
+	allocs := testing.AllocsPerRun(1000, func() {
+		s := c.Snapshot()
+		_ = s.AuthOnRegister(ctx, req)
+		_ = s.Restrict(sub).AuthOnRegister(ctx, req)
+		s.OnClientGone(ctx, ev)
+	})
+	assert.Zero(t, allocs)
+}
+
+func TestSnapshotPluginsIsACopy(t *testing.T) {
 	c := mqtthooks.NewChain(mqtthooks.ChainOptions{})
 	var log callLog
 	registerAuth(t, c, "a", &log, mqtthooks.Next())

@@ -12,74 +12,74 @@ type ReasonCode byte
 // Where one value has several names, the one used in CONNACK, DISCONNECT or AUTH
 // is given.
 const (
-	Success                             ReasonCode = 0x00
-	NormalDisconnection                 ReasonCode = 0x00
-	GrantedQoS1                         ReasonCode = 0x01
-	GrantedQoS2                         ReasonCode = 0x02
-	DisconnectWithWillMessage           ReasonCode = 0x04
-	NoMatchingSubscribers               ReasonCode = 0x10
-	NoSubscriptionExisted               ReasonCode = 0x11
-	ContinueAuthentication              ReasonCode = 0x18
-	ReAuthenticate                      ReasonCode = 0x19
-	UnspecifiedError                    ReasonCode = 0x80
-	MalformedPacket                     ReasonCode = 0x81
-	ProtocolError                       ReasonCode = 0x82
-	ImplementationSpecificError         ReasonCode = 0x83
-	UnsupportedProtocolVersion          ReasonCode = 0x84
-	ClientIdentifierNotValid            ReasonCode = 0x85
-	BadUserNameOrPassword               ReasonCode = 0x86
-	NotAuthorized                       ReasonCode = 0x87
-	ServerUnavailable                   ReasonCode = 0x88
-	ServerBusy                          ReasonCode = 0x89
-	Banned                              ReasonCode = 0x8A
-	ServerShuttingDown                  ReasonCode = 0x8B
-	BadAuthenticationMethod             ReasonCode = 0x8C
-	KeepAliveTimeout                    ReasonCode = 0x8D
-	SessionTakenOver                    ReasonCode = 0x8E
-	TopicFilterInvalid                  ReasonCode = 0x8F
-	TopicNameInvalid                    ReasonCode = 0x90
-	PacketIdentifierInUse               ReasonCode = 0x91
-	PacketIdentifierNotFound            ReasonCode = 0x92
-	ReceiveMaximumExceeded              ReasonCode = 0x93
-	TopicAliasInvalid                   ReasonCode = 0x94
-	PacketTooLarge                      ReasonCode = 0x95
-	MessageRateTooHigh                  ReasonCode = 0x96
-	QuotaExceeded                       ReasonCode = 0x97
-	AdministrativeAction                ReasonCode = 0x98
-	PayloadFormatInvalid                ReasonCode = 0x99
-	RetainNotSupported                  ReasonCode = 0x9A
-	QoSNotSupported                     ReasonCode = 0x9B
-	UseAnotherServer                    ReasonCode = 0x9C
-	ServerMoved                         ReasonCode = 0x9D
-	SharedSubscriptionsNotSupported     ReasonCode = 0x9E
-	ConnectionRateExceeded              ReasonCode = 0x9F
-	MaximumConnectTime                  ReasonCode = 0xA0
-	SubscriptionIdentifiersNotSupported ReasonCode = 0xA1
-	WildcardSubscriptionsNotSupported   ReasonCode = 0xA2
+	CodeSuccess                             ReasonCode = 0x00
+	CodeNormalDisconnection                 ReasonCode = 0x00
+	CodeGrantedQoS1                         ReasonCode = 0x01
+	CodeGrantedQoS2                         ReasonCode = 0x02
+	CodeDisconnectWithWillMessage           ReasonCode = 0x04
+	CodeNoMatchingSubscribers               ReasonCode = 0x10
+	CodeNoSubscriptionExisted               ReasonCode = 0x11
+	CodeContinueAuthentication              ReasonCode = 0x18
+	CodeReAuthenticate                      ReasonCode = 0x19
+	CodeUnspecifiedError                    ReasonCode = 0x80
+	CodeMalformedPacket                     ReasonCode = 0x81
+	CodeProtocolError                       ReasonCode = 0x82
+	CodeImplementationSpecificError         ReasonCode = 0x83
+	CodeUnsupportedProtocolVersion          ReasonCode = 0x84
+	CodeClientIdentifierNotValid            ReasonCode = 0x85
+	CodeBadUserNameOrPassword               ReasonCode = 0x86
+	CodeNotAuthorized                       ReasonCode = 0x87
+	CodeServerUnavailable                   ReasonCode = 0x88
+	CodeServerBusy                          ReasonCode = 0x89
+	CodeBanned                              ReasonCode = 0x8A
+	CodeServerShuttingDown                  ReasonCode = 0x8B
+	CodeBadAuthenticationMethod             ReasonCode = 0x8C
+	CodeKeepAliveTimeout                    ReasonCode = 0x8D
+	CodeSessionTakenOver                    ReasonCode = 0x8E
+	CodeTopicFilterInvalid                  ReasonCode = 0x8F
+	CodeTopicNameInvalid                    ReasonCode = 0x90
+	CodePacketIdentifierInUse               ReasonCode = 0x91
+	CodePacketIdentifierNotFound            ReasonCode = 0x92
+	CodeReceiveMaximumExceeded              ReasonCode = 0x93
+	CodeTopicAliasInvalid                   ReasonCode = 0x94
+	CodePacketTooLarge                      ReasonCode = 0x95
+	CodeMessageRateTooHigh                  ReasonCode = 0x96
+	CodeQuotaExceeded                       ReasonCode = 0x97
+	CodeAdministrativeAction                ReasonCode = 0x98
+	CodePayloadFormatInvalid                ReasonCode = 0x99
+	CodeRetainNotSupported                  ReasonCode = 0x9A
+	CodeQoSNotSupported                     ReasonCode = 0x9B
+	CodeUseAnotherServer                    ReasonCode = 0x9C
+	CodeServerMoved                         ReasonCode = 0x9D
+	CodeSharedSubscriptionsNotSupported     ReasonCode = 0x9E
+	CodeConnectionRateExceeded              ReasonCode = 0x9F
+	CodeMaximumConnectTime                  ReasonCode = 0xA0
+	CodeSubscriptionIdentifiersNotSupported ReasonCode = 0xA1
+	CodeWildcardSubscriptionsNotSupported   ReasonCode = 0xA2
 )
 
 var reasonCodeNames = map[ReasonCode]string{
-	Success: "success", GrantedQoS1: "granted QoS 1", GrantedQoS2: "granted QoS 2",
-	DisconnectWithWillMessage: "disconnect with Will message", NoMatchingSubscribers: "no matching subscribers",
-	NoSubscriptionExisted: "no subscription existed", ContinueAuthentication: "continue authentication",
-	ReAuthenticate: "re-authenticate", UnspecifiedError: "unspecified error", MalformedPacket: "malformed packet",
-	ProtocolError: "protocol error", ImplementationSpecificError: "implementation specific error",
-	UnsupportedProtocolVersion: "unsupported protocol version", ClientIdentifierNotValid: "client identifier not valid",
-	BadUserNameOrPassword: "bad user name or password", NotAuthorized: "not authorized",
-	ServerUnavailable: "server unavailable", ServerBusy: "server busy", Banned: "banned",
-	ServerShuttingDown: "server shutting down", BadAuthenticationMethod: "bad authentication method",
-	KeepAliveTimeout: "keep alive timeout", SessionTakenOver: "session taken over",
-	TopicFilterInvalid: "topic filter invalid", TopicNameInvalid: "topic name invalid",
-	PacketIdentifierInUse: "packet identifier in use", PacketIdentifierNotFound: "packet identifier not found",
-	ReceiveMaximumExceeded: "receive maximum exceeded", TopicAliasInvalid: "topic alias invalid",
-	PacketTooLarge: "packet too large", MessageRateTooHigh: "message rate too high", QuotaExceeded: "quota exceeded",
-	AdministrativeAction: "administrative action", PayloadFormatInvalid: "payload format invalid",
-	RetainNotSupported: "retain not supported", QoSNotSupported: "QoS not supported",
-	UseAnotherServer: "use another server", ServerMoved: "server moved",
-	SharedSubscriptionsNotSupported: "shared subscriptions not supported",
-	ConnectionRateExceeded:          "connection rate exceeded", MaximumConnectTime: "maximum connect time",
-	SubscriptionIdentifiersNotSupported: "subscription identifiers not supported",
-	WildcardSubscriptionsNotSupported:   "wildcard subscriptions not supported",
+	CodeSuccess: "success", CodeGrantedQoS1: "granted QoS 1", CodeGrantedQoS2: "granted QoS 2",
+	CodeDisconnectWithWillMessage: "disconnect with Will message", CodeNoMatchingSubscribers: "no matching subscribers",
+	CodeNoSubscriptionExisted: "no subscription existed", CodeContinueAuthentication: "continue authentication",
+	CodeReAuthenticate: "re-authenticate", CodeUnspecifiedError: "unspecified error", CodeMalformedPacket: "malformed packet",
+	CodeProtocolError: "protocol error", CodeImplementationSpecificError: "implementation specific error",
+	CodeUnsupportedProtocolVersion: "unsupported protocol version", CodeClientIdentifierNotValid: "client identifier not valid",
+	CodeBadUserNameOrPassword: "bad user name or password", CodeNotAuthorized: "not authorized",
+	CodeServerUnavailable: "server unavailable", CodeServerBusy: "server busy", CodeBanned: "banned",
+	CodeServerShuttingDown: "server shutting down", CodeBadAuthenticationMethod: "bad authentication method",
+	CodeKeepAliveTimeout: "keep alive timeout", CodeSessionTakenOver: "session taken over",
+	CodeTopicFilterInvalid: "topic filter invalid", CodeTopicNameInvalid: "topic name invalid",
+	CodePacketIdentifierInUse: "packet identifier in use", CodePacketIdentifierNotFound: "packet identifier not found",
+	CodeReceiveMaximumExceeded: "receive maximum exceeded", CodeTopicAliasInvalid: "topic alias invalid",
+	CodePacketTooLarge: "packet too large", CodeMessageRateTooHigh: "message rate too high", CodeQuotaExceeded: "quota exceeded",
+	CodeAdministrativeAction: "administrative action", CodePayloadFormatInvalid: "payload format invalid",
+	CodeRetainNotSupported: "retain not supported", CodeQoSNotSupported: "QoS not supported",
+	CodeUseAnotherServer: "use another server", CodeServerMoved: "server moved",
+	CodeSharedSubscriptionsNotSupported: "shared subscriptions not supported",
+	CodeConnectionRateExceeded:          "connection rate exceeded", CodeMaximumConnectTime: "maximum connect time",
+	CodeSubscriptionIdentifiersNotSupported: "subscription identifiers not supported",
+	CodeWildcardSubscriptionsNotSupported:   "wildcard subscriptions not supported",
 }
 
 // String returns the code in hex with its MQTT name, such as "0x87 (not
@@ -139,19 +139,19 @@ func (s *codeSet) has(c ReasonCode) bool { return s[c>>6]&(1<<(c&63)) != 0 }
 // §3.14.2.1 and §3.15.2.1).
 var validCodes = func() (sets [PacketAuth + 1]codeSet) {
 	connack := &sets[PacketConnack]
-	connack.add(Success)
-	connack.addRange(UnspecifiedError, Banned)
-	connack.add(BadAuthenticationMethod, TopicNameInvalid, PacketTooLarge, QuotaExceeded)
-	connack.addRange(PayloadFormatInvalid, ServerMoved)
-	connack.add(ConnectionRateExceeded)
+	connack.add(CodeSuccess)
+	connack.addRange(CodeUnspecifiedError, CodeBanned)
+	connack.add(CodeBadAuthenticationMethod, CodeTopicNameInvalid, CodePacketTooLarge, CodeQuotaExceeded)
+	connack.addRange(CodePayloadFormatInvalid, CodeServerMoved)
+	connack.add(CodeConnectionRateExceeded)
 
 	disconnect := &sets[PacketDisconnect]
-	disconnect.add(NormalDisconnection, NotAuthorized, ServerBusy, ServerShuttingDown)
-	disconnect.addRange(UnspecifiedError, ImplementationSpecificError)
-	disconnect.addRange(KeepAliveTimeout, TopicNameInvalid)
-	disconnect.addRange(ReceiveMaximumExceeded, WildcardSubscriptionsNotSupported)
+	disconnect.add(CodeNormalDisconnection, CodeNotAuthorized, CodeServerBusy, CodeServerShuttingDown)
+	disconnect.addRange(CodeUnspecifiedError, CodeImplementationSpecificError)
+	disconnect.addRange(CodeKeepAliveTimeout, CodeTopicNameInvalid)
+	disconnect.addRange(CodeReceiveMaximumExceeded, CodeWildcardSubscriptionsNotSupported)
 
-	sets[PacketAuth].add(Success, ContinueAuthentication, ReAuthenticate)
+	sets[PacketAuth].add(CodeSuccess, CodeContinueAuthentication, CodeReAuthenticate)
 	return sets
 }()
 
@@ -167,14 +167,14 @@ func (c ReasonCode) ValidIn(p Packet) bool {
 func (c ReasonCode) IsFailure() bool { return c >= 0x80 }
 
 // RejectCodeFor returns the code a plugin's rejection puts into packet p: c
-// itself when it is a failure code valid in p, and NotAuthorized (0x87)
+// itself when it is a failure code valid in p, and CodeNotAuthorized (0x87)
 // otherwise, with replaced true so the caller can log it. A plugin's code never
 // becomes an acceptance.
 func RejectCodeFor(c ReasonCode, p Packet) (code ReasonCode, replaced bool) {
 	if c.IsFailure() && c.ValidIn(p) {
 		return c, false
 	}
-	return NotAuthorized, true
+	return CodeNotAuthorized, true
 }
 
 // ReturnCode is an MQTT 3.1 / 3.1.1 CONNACK return code.
@@ -221,6 +221,9 @@ var (
 	// ErrInvalidModifiers: the Modifiers of an AcceptWith are invalid. The error
 	// is a *ModifierError naming the field, or several joined.
 	ErrInvalidModifiers = errors.New("mqtthooks: invalid modifiers")
+	// ErrInvalidArgument: a caller passed a nil or malformed argument to the
+	// package. The error says which.
+	ErrInvalidArgument = errors.New("mqtthooks: invalid argument")
 )
 
 // Errors of the CONNECT sequence, mapped to reply codes by ConnackReturnCode and
@@ -263,6 +266,9 @@ func (e *RejectError) Error() string {
 
 // ConnackReturnCode returns the MQTT 3 CONNACK return code for the outcome of a
 // CONNECT (SPEC §4): 0 for a nil err, otherwise the code of the table below.
+// For a chain's outcome pass Decision.ReplyError. A CONNECT whose context was
+// canceled is abandoned: it gets no CONNACK at all, so its error
+// (context.Canceled) has no code of its own here.
 //
 //	ErrProtocolVersion                                         1
 //	ErrClientIDRejected                                        2
@@ -287,7 +293,7 @@ func ConnackReturnCode(err error) ReturnCode {
 }
 
 // ConnackReasonCode returns the MQTT 5 CONNACK reason code for the outcome of a
-// CONNECT (SPEC §4): Success for a nil err, 0x84 ErrProtocolVersion, 0x85
+// CONNECT (SPEC §4), like ConnackReturnCode: CodeSuccess for a nil err, 0x84 ErrProtocolVersion, 0x85
 // ErrClientIDRejected, 0x86 ErrInvalidCredentials, 0x88 plugin faults
 // (ErrPluginPanic, ErrHookTimeout, ErrInvalidResult, ErrInvalidModifiers) and
 // ErrRegistration, 0x97 ErrSessionLimit, 0x9B ErrWillQoS, 0x9A ErrWillRetain,
@@ -297,7 +303,7 @@ func ConnackReturnCode(err error) ReturnCode {
 // caller can log the plugin's mistake.
 func ConnackReasonCode(err error) (code ReasonCode, replaced bool) {
 	if err == nil {
-		return Success, false
+		return CodeSuccess, false
 	}
 	if code, ok := sentinelCode(err); ok {
 		return code, false
@@ -306,7 +312,7 @@ func ConnackReasonCode(err error) (code ReasonCode, replaced bool) {
 	if errors.As(err, &re) {
 		return RejectCodeFor(re.Code, PacketConnack)
 	}
-	return NotAuthorized, false
+	return CodeNotAuthorized, false
 }
 
 // sentinelCode maps the package's own errors to their v5 CONNACK codes.
@@ -323,29 +329,29 @@ var sentinelCodes = [...]struct {
 	err  error
 	code ReasonCode
 }{
-	{ErrInvalidCredentials, BadUserNameOrPassword},
-	{ErrProtocolVersion, UnsupportedProtocolVersion},
-	{ErrClientIDRejected, ClientIdentifierNotValid},
-	{ErrPluginPanic, ServerUnavailable},
-	{ErrHookTimeout, ServerUnavailable},
-	{ErrInvalidResult, ServerUnavailable},
-	{ErrInvalidModifiers, ServerUnavailable},
-	{ErrRegistration, ServerUnavailable},
-	{ErrSessionLimit, QuotaExceeded},
-	{ErrWillQoS, QoSNotSupported},
-	{ErrWillRetain, RetainNotSupported},
+	{ErrInvalidCredentials, CodeBadUserNameOrPassword},
+	{ErrProtocolVersion, CodeUnsupportedProtocolVersion},
+	{ErrClientIDRejected, CodeClientIdentifierNotValid},
+	{ErrPluginPanic, CodeServerUnavailable},
+	{ErrHookTimeout, CodeServerUnavailable},
+	{ErrInvalidResult, CodeServerUnavailable},
+	{ErrInvalidModifiers, CodeServerUnavailable},
+	{ErrRegistration, CodeServerUnavailable},
+	{ErrSessionLimit, CodeQuotaExceeded},
+	{ErrWillQoS, CodeQoSNotSupported},
+	{ErrWillRetain, CodeRetainNotSupported},
 }
 
 // v3Code maps a v5 CONNACK code to the MQTT 3 return code (SPEC §4).
 func v3Code(c ReasonCode) ReturnCode {
 	switch c {
-	case UnsupportedProtocolVersion:
+	case CodeUnsupportedProtocolVersion:
 		return RefusedProtocolVersion
-	case ClientIdentifierNotValid:
+	case CodeClientIdentifierNotValid:
 		return RefusedIdentifierRejected
-	case BadUserNameOrPassword:
+	case CodeBadUserNameOrPassword:
 		return RefusedBadUsernameOrPassword
-	case ServerUnavailable, ServerBusy, QuotaExceeded, UseAnotherServer, ServerMoved, ConnectionRateExceeded:
+	case CodeServerUnavailable, CodeServerBusy, CodeQuotaExceeded, CodeUseAnotherServer, CodeServerMoved, CodeConnectionRateExceeded:
 		return RefusedServerUnavailable
 	}
 	return RefusedNotAuthorized

@@ -76,7 +76,7 @@ func ExampleChain() {
 	// A deny list runs first, whatever the registration order.
 	banned := mqtthooks.AuthOnRegisterM5Func(func(_ context.Context, req *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
 		if req.SubscriberID.ClientID == "mallory" {
-			return mqtthooks.RejectCode(mqtthooks.Banned, "banned", "")
+			return mqtthooks.RejectCode(mqtthooks.CodeBanned, "banned", "")
 		}
 		return mqtthooks.Next()
 	})

@@ -95,7 +95,7 @@ func TestResultConstructors(t *testing.T) {
 		assert.Equal(t, tc.err, tc.r.Err(), tc.str)
 		assert.Equal(t, tc.str, tc.r.String())
 	}
-	rc := mqtthooks.RejectCode(mqtthooks.Banned, "go away", "")
+	rc := mqtthooks.RejectCode(mqtthooks.CodeBanned, "go away", "")
 	assert.Equal(t, mqtthooks.VerdictReject, rc.Verdict())
 	assert.EqualError(t, rc.Err(), "mqtthooks: rejected with 0x8a (banned): go away")
 
@@ -120,11 +120,11 @@ func TestResultConstructors(t *testing.T) {
 		assert.NoError(t, tc.r.Err(), tc.str)
 		assert.Equal(t, tc.str, tc.r.String())
 	}
-	ar := mqtthooks.AuthReject(mqtthooks.BadAuthenticationMethod, "")
+	ar := mqtthooks.AuthReject(mqtthooks.CodeBadAuthenticationMethod, "")
 	assert.Equal(t, mqtthooks.AuthVerdictReject, ar.Verdict())
 	var re *mqtthooks.RejectError
 	require.ErrorAs(t, ar.Err(), &re)
-	assert.Equal(t, mqtthooks.BadAuthenticationMethod, re.Code)
+	assert.Equal(t, mqtthooks.CodeBadAuthenticationMethod, re.Code)
 	assert.Equal(t, "reject: mqtthooks: rejected with 0x8c (bad authentication method)", ar.String())
 }
 
@@ -158,8 +158,8 @@ func TestReasonCodeValidity(t *testing.T) {
 			assert.Equal(t, codes[c], mqtthooks.ReasonCode(c).ValidIn(p), "%s in %s", mqtthooks.ReasonCode(c), p)
 		}
 	}
-	assert.False(t, mqtthooks.Success.ValidIn(mqtthooks.Packet(0)))
-	assert.False(t, mqtthooks.Success.ValidIn(mqtthooks.Packet(9)))
+	assert.False(t, mqtthooks.CodeSuccess.ValidIn(mqtthooks.Packet(0)))
+	assert.False(t, mqtthooks.CodeSuccess.ValidIn(mqtthooks.Packet(9)))
 }
 
 // A plugin's code goes into a packet only when it is a failure code valid
@@ -171,15 +171,15 @@ func TestRejectCodeFor(t *testing.T) {
 		want     mqtthooks.ReasonCode
 		replaced bool
 	}{
-		{mqtthooks.Banned, mqtthooks.PacketConnack, mqtthooks.Banned, false},
-		{mqtthooks.Success, mqtthooks.PacketConnack, mqtthooks.NotAuthorized, true},
-		{mqtthooks.SessionTakenOver, mqtthooks.PacketConnack, mqtthooks.NotAuthorized, true},
-		{0x10, mqtthooks.PacketConnack, mqtthooks.NotAuthorized, true},
-		{mqtthooks.SessionTakenOver, mqtthooks.PacketDisconnect, mqtthooks.SessionTakenOver, false},
-		{mqtthooks.BadUserNameOrPassword, mqtthooks.PacketDisconnect, mqtthooks.NotAuthorized, true},
-		{mqtthooks.ServerUnavailable, mqtthooks.PacketDisconnect, mqtthooks.NotAuthorized, true},
-		{mqtthooks.NormalDisconnection, mqtthooks.PacketDisconnect, mqtthooks.NotAuthorized, true},
-		{mqtthooks.ContinueAuthentication, mqtthooks.PacketAuth, mqtthooks.NotAuthorized, true},
+		{mqtthooks.CodeBanned, mqtthooks.PacketConnack, mqtthooks.CodeBanned, false},
+		{mqtthooks.CodeSuccess, mqtthooks.PacketConnack, mqtthooks.CodeNotAuthorized, true},
+		{mqtthooks.CodeSessionTakenOver, mqtthooks.PacketConnack, mqtthooks.CodeNotAuthorized, true},
+		{0x10, mqtthooks.PacketConnack, mqtthooks.CodeNotAuthorized, true},
+		{mqtthooks.CodeSessionTakenOver, mqtthooks.PacketDisconnect, mqtthooks.CodeSessionTakenOver, false},
+		{mqtthooks.CodeBadUserNameOrPassword, mqtthooks.PacketDisconnect, mqtthooks.CodeNotAuthorized, true},
+		{mqtthooks.CodeServerUnavailable, mqtthooks.PacketDisconnect, mqtthooks.CodeNotAuthorized, true},
+		{mqtthooks.CodeNormalDisconnection, mqtthooks.PacketDisconnect, mqtthooks.CodeNotAuthorized, true},
+		{mqtthooks.CodeContinueAuthentication, mqtthooks.PacketAuth, mqtthooks.CodeNotAuthorized, true},
 	} {
 		got, replaced := mqtthooks.RejectCodeFor(tc.code, tc.packet)
 		assert.Equal(t, tc.want, got, "%s in %s", tc.code, tc.packet)
@@ -242,8 +242,8 @@ func TestConnackCodes(t *testing.T) {
 func rejectErr(c mqtthooks.ReasonCode) error { return mqtthooks.RejectCode(c, "", "").Err() }
 
 func TestStrings(t *testing.T) {
-	assert.Equal(t, "0x87 (not authorized)", mqtthooks.NotAuthorized.String())
-	assert.Equal(t, "0x00 (success)", mqtthooks.Success.String())
+	assert.Equal(t, "0x87 (not authorized)", mqtthooks.CodeNotAuthorized.String())
+	assert.Equal(t, "0x00 (success)", mqtthooks.CodeSuccess.String())
 	assert.Equal(t, "0x7f", mqtthooks.ReasonCode(0x7F).String())
 	assert.Equal(t, "5 (not authorized)", mqtthooks.RefusedNotAuthorized.String())
 	assert.Equal(t, "9", mqtthooks.ReturnCode(9).String())
@@ -256,8 +256,8 @@ func TestStrings(t *testing.T) {
 	assert.Equal(t, "Reason(99)", mqtthooks.Reason(99).String())
 	assert.Equal(t, "queue-full", mqtthooks.DropQueueFull.String())
 	assert.Equal(t, "reauth", mqtthooks.AuthStepReauth.String())
-	assert.Equal(t, "lifo", mqtthooks.LIFO.String())
-	assert.Equal(t, "balance", mqtthooks.Balance.String())
+	assert.Equal(t, "lifo", mqtthooks.QueueLIFO.String())
+	assert.Equal(t, "balance", mqtthooks.DeliverBalance.String())
 	assert.Equal(t, "mp/c1", mqtthooks.SubscriberID{Mountpoint: "mp", ClientID: "c1"}.String())
 	assert.Equal(t, "c1", mqtthooks.SubscriberID{ClientID: "c1"}.String())
 	assert.Equal(t, 7, mqtthooks.Opt[int]{}.Or(7))
@@ -283,8 +283,8 @@ func TestModifiersValid(t *testing.T) {
 		CleanStart:                    mqtthooks.Some(true),
 		MaxOnlineMessages:             mqtthooks.Some(-1),
 		MaxOfflineMessages:            mqtthooks.Some(0),
-		QueueType:                     mqtthooks.Some(mqtthooks.LIFO),
-		QueueDeliverMode:              mqtthooks.Some(mqtthooks.Balance),
+		QueueType:                     mqtthooks.Some(mqtthooks.QueueLIFO),
+		QueueDeliverMode:              mqtthooks.Some(mqtthooks.DeliverBalance),
 		AllowMultipleSessions:         mqtthooks.Some(true),
 		StoreQoS0Offline:              mqtthooks.Some(true),
 		MaxInflightMessages:           mqtthooks.Some(65535),
@@ -352,11 +352,11 @@ func TestModifiersInvalid(t *testing.T) {
 		{"MaxOfflineMessages -2", mqtthooks.Modifiers{MaxOfflineMessages: mqtthooks.Some(-2)},
 			v3Rules(), "MaxOfflineMessages", "-2 is below -1"},
 		{"QueueType unknown", mqtthooks.Modifiers{QueueType: mqtthooks.Some(mqtthooks.QueueType(7))},
-			v3Rules(), "QueueType", "not FIFO or LIFO"},
+			v3Rules(), "QueueType", "not QueueFIFO or QueueLIFO"},
 		{"QueueType zero", mqtthooks.Modifiers{QueueType: mqtthooks.Some(mqtthooks.QueueType(0))},
-			v3Rules(), "QueueType", "not FIFO or LIFO"},
+			v3Rules(), "QueueType", "not QueueFIFO or QueueLIFO"},
 		{"QueueDeliverMode unknown", mqtthooks.Modifiers{QueueDeliverMode: mqtthooks.Some(mqtthooks.DeliverMode(0))},
-			v3Rules(), "QueueDeliverMode", "not Fanout or Balance"},
+			v3Rules(), "QueueDeliverMode", "not DeliverFanout or DeliverBalance"},
 		{"MaxInflightMessages -1", mqtthooks.Modifiers{MaxInflightMessages: mqtthooks.Some(-1)},
 			v3Rules(), "MaxInflightMessages", "-1 is outside 0 to 65535"},
 		{"MaxInflightMessages 65536", mqtthooks.Modifiers{MaxInflightMessages: mqtthooks.Some(65536)},
@@ -374,9 +374,9 @@ func TestModifiersInvalid(t *testing.T) {
 		{"WildcardSubscriptionAvailable raised", mqtthooks.Modifiers{WildcardSubscriptionAvailable: mqtthooks.Some(true)},
 			noCaps, "WildcardSubscriptionAvailable", "capability is false"},
 		{"SubscriptionIdentifierAvailable raised", mqtthooks.Modifiers{SubscriptionIdentifierAvailable: mqtthooks.Some(true)},
-			v5Rules(), "SubscriptionIdentifierAvailable", "capability is false"},
+			noCaps, "SubscriptionIdentifierAvailable", "capability is false"},
 		{"SharedSubscriptionAvailable raised", mqtthooks.Modifiers{SharedSubscriptionAvailable: mqtthooks.Some(true)},
-			v5Rules(), "SharedSubscriptionAvailable", "capability is false"},
+			noCaps, "SharedSubscriptionAvailable", "capability is false"},
 		{"ServerKeepAlive on v3", mqtthooks.Modifiers{ServerKeepAlive: mqtthooks.Some[uint16](10)},
 			v3Rules(), "ServerKeepAlive", "MQTT 5 only"},
 		{"TopicAliasMaximum on v3", mqtthooks.Modifiers{TopicAliasMaximum: mqtthooks.Some[uint16](1)},
@@ -414,6 +414,23 @@ func TestModifiersInvalid(t *testing.T) {
 	}
 }
 
+// A single problem is a *ModifierError itself, not a joined error.
+func TestModifiersSingleProblemIsModifierError(t *testing.T) {
+	err := (&mqtthooks.Modifiers{MaxOfflineMessages: mqtthooks.Some(-2)}).Validate(v3Rules())
+	me, ok := err.(*mqtthooks.ModifierError)
+	require.True(t, ok, "got %T", err)
+	assert.Equal(t, "MaxOfflineMessages", me.Field)
+}
+
+// MaxClientIDLen 0 in the rules means the default limit of 100 bytes.
+func TestModifiersDefaultClientIDLimit(t *testing.T) {
+	rules := mqtthooks.ModifierRules{ProtocolVersion: mqtthooks.MQTT5, Capabilities: mqtthooks.DefaultCapabilities()}
+	ok := mqtthooks.Modifiers{SubscriberID: mqtthooks.Some(mqtthooks.SubscriberID{ClientID: strings.Repeat("x", 100)})}
+	assert.NoError(t, ok.Validate(rules))
+	long := mqtthooks.Modifiers{SubscriberID: mqtthooks.Some(mqtthooks.SubscriberID{ClientID: strings.Repeat("x", 101)})}
+	assert.ErrorIs(t, long.Validate(rules), mqtthooks.ErrInvalidModifiers)
+}
+
 // Several invalid fields are all reported, in field order.
 func TestModifiersSeveralProblems(t *testing.T) {
 	m := mqtthooks.Modifiers{
@@ -424,7 +441,9 @@ func TestModifiersSeveralProblems(t *testing.T) {
 	err := m.Validate(v5Rules())
 	require.ErrorIs(t, err, mqtthooks.ErrInvalidModifiers)
 	var fields []string
-	for _, e := range err.(interface{ Unwrap() []error }).Unwrap() {
+	joined, ok := err.(interface{ Unwrap() []error })
+	require.True(t, ok, "several problems are joined")
+	for _, e := range joined.Unwrap() {
 		var me *mqtthooks.ModifierError
 		require.True(t, errors.As(e, &me))
 		fields = append(fields, me.Field)

@@ -1,6 +1,7 @@
 package mqtthooks
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"strconv"
@@ -14,20 +15,20 @@ type QueueType uint8
 
 // The queue types.
 const (
-	// FIFO keeps the oldest messages when full and delivers in arrival order,
+	// QueueFIFO keeps the oldest messages when full and delivers in arrival order,
 	// as MQTT requires.
-	FIFO QueueType = iota + 1
-	// LIFO drops the oldest message when full and delivers newest first. It
+	QueueFIFO QueueType = iota + 1
+	// QueueLIFO drops the oldest message when full and delivers newest first. It
 	// breaks MQTT's ordering guarantee: an opt-in, not conformant.
-	LIFO
+	QueueLIFO
 )
 
 // String returns "fifo" or "lifo".
 func (t QueueType) String() string {
 	switch t {
-	case FIFO:
+	case QueueFIFO:
 		return "fifo"
-	case LIFO:
+	case QueueLIFO:
 		return "lifo"
 	}
 	return "QueueType(" + strconv.Itoa(int(t)) + ")"
@@ -38,18 +39,18 @@ type DeliverMode uint8
 
 // The deliver modes of multiple sessions.
 const (
-	// Fanout gives every connection a copy.
-	Fanout DeliverMode = iota + 1
-	// Balance gives each message to one connection.
-	Balance
+	// DeliverFanout gives every connection a copy.
+	DeliverFanout DeliverMode = iota + 1
+	// DeliverBalance gives each message to one connection.
+	DeliverBalance
 )
 
 // String returns "fanout" or "balance".
 func (m DeliverMode) String() string {
 	switch m {
-	case Fanout:
+	case DeliverFanout:
 		return "fanout"
-	case Balance:
+	case DeliverBalance:
 		return "balance"
 	}
 	return "DeliverMode(" + strconv.Itoa(int(m)) + ")"
@@ -124,16 +125,22 @@ type Modifiers struct {
 // protocol level and the core's limits.
 type ModifierRules struct {
 	ProtocolVersion ProtocolVersion
-	// MaxClientIDLen bounds a SubscriberID's client id, in bytes.
+	// MaxClientIDLen bounds a SubscriberID's client id, in bytes; 0 means
+	// the default, 100.
 	MaxClientIDLen int
 	// Capabilities bound the capability modifiers: they may only lower them.
 	Capabilities Capabilities
 }
 
+// DefaultMaxClientIDLen is the default limit of a client id, in bytes.
+const DefaultMaxClientIDLen = 100
+
 // ModifierError says which modifier is invalid and why. It matches
 // ErrInvalidModifiers with errors.Is.
 type ModifierError struct {
-	Field   string
+	// Field is the name of the Modifiers field, such as "MaxOfflineMessages".
+	Field string
+	// Problem says what is wrong with its value.
 	Problem string
 }
 
@@ -144,8 +151,9 @@ func (e *ModifierError) Error() string {
 // Is reports whether target is ErrInvalidModifiers.
 func (e *ModifierError) Is(target error) bool { return target == ErrInvalidModifiers }
 
-// Validate checks m against r and returns nil, or one *ModifierError per
-// invalid field (joined with errors.Join, in field order). A nil m is valid.
+// Validate checks m against r and returns nil, a *ModifierError, or when
+// several fields are invalid one *ModifierError per field joined with
+// errors.Join, in field order. A nil m is valid.
 func (m *Modifiers) Validate(r ModifierRules) error {
 	if m == nil {
 		return nil
@@ -159,8 +167,9 @@ func (m *Modifiers) Validate(r ModifierRules) error {
 		switch {
 		case id.V.ClientID == "":
 			v.fail("SubscriberID", "client id is empty")
-		case r.MaxClientIDLen > 0 && len(id.V.ClientID) > r.MaxClientIDLen:
-			v.fail("SubscriberID", fmt.Sprintf("client id is %d bytes, above the limit of %d", len(id.V.ClientID), r.MaxClientIDLen))
+		case len(id.V.ClientID) > cmp.Or(r.MaxClientIDLen, DefaultMaxClientIDLen):
+			v.fail("SubscriberID", fmt.Sprintf("client id is %d bytes, above the limit of %d",
+				len(id.V.ClientID), cmp.Or(r.MaxClientIDLen, DefaultMaxClientIDLen)))
 		default:
 			v.utf8("SubscriberID", "client id", id.V.ClientID)
 		}
@@ -174,11 +183,11 @@ func (m *Modifiers) Validate(r ModifierRules) error {
 	v.v5Only(v5, "SessionExpiryInterval", m.SessionExpiryInterval.Set)
 	v.queueLimit("MaxOnlineMessages", m.MaxOnlineMessages)
 	v.queueLimit("MaxOfflineMessages", m.MaxOfflineMessages)
-	if t := m.QueueType; t.Set && t.V != FIFO && t.V != LIFO {
-		v.fail("QueueType", "is "+t.V.String()+", not FIFO or LIFO")
+	if t := m.QueueType; t.Set && t.V != QueueFIFO && t.V != QueueLIFO {
+		v.fail("QueueType", "is "+t.V.String()+", not QueueFIFO or QueueLIFO")
 	}
-	if d := m.QueueDeliverMode; d.Set && d.V != Fanout && d.V != Balance {
-		v.fail("QueueDeliverMode", "is "+d.V.String()+", not Fanout or Balance")
+	if d := m.QueueDeliverMode; d.Set && d.V != DeliverFanout && d.V != DeliverBalance {
+		v.fail("QueueDeliverMode", "is "+d.V.String()+", not DeliverFanout or DeliverBalance")
 	}
 	if n := m.MaxInflightMessages; n.Set && (n.V < 0 || n.V > 65535) {
 		v.fail("MaxInflightMessages", strconv.Itoa(n.V)+" is outside 0 to 65535")
@@ -236,7 +245,12 @@ func (v *validator) fail(field, problem string) {
 	v.errs = append(v.errs, &ModifierError{Field: field, Problem: problem})
 }
 
-func (v *validator) err() error { return errors.Join(v.errs...) }
+func (v *validator) err() error {
+	if len(v.errs) == 1 {
+		return v.errs[0]
+	}
+	return errors.Join(v.errs...)
+}
 
 // utf8 checks what MQTT requires of a UTF-8 string: well-formed, no U+0000,
 // at most 65535 bytes.

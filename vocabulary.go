@@ -227,13 +227,16 @@ type Capabilities struct {
 	ReceiveMaximum uint16
 }
 
-// DefaultCapabilities returns what a full MQTT 5 broker without shared
-// subscriptions or subscription identifiers supports: QoS 2, retained messages,
-// wildcards, no packet size limit, no topic aliases.
+// DefaultCapabilities returns MQTT's defaults, which a v5 CONNACK need not
+// mention: QoS 2, retained messages, wildcard and shared subscriptions and
+// subscription identifiers available, no packet size limit, no topic aliases.
+// A broker that lacks a feature turns it off.
 func DefaultCapabilities() Capabilities {
 	return Capabilities{
-		MaximumQoS:                    2,
-		RetainAvailable:               true,
-		WildcardSubscriptionAvailable: true,
+		MaximumQoS:                      2,
+		RetainAvailable:                 true,
+		WildcardSubscriptionAvailable:   true,
+		SubscriptionIdentifierAvailable: true,
+		SharedSubscriptionAvailable:     true,
 	}
 }
