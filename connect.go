@@ -1,0 +1,615 @@
+package mqtthooks
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// StepKind says what the broker does next with a CONNECT.
+type StepKind uint8
+
+// The steps of a CONNECT.
+const (
+	// SendConnack: send Step.Connack. With Step.Session set the client is
+	// connected; otherwise close the connection after the CONNACK.
+	SendConnack StepKind = iota + 1
+	// SendAuth: send Step.Auth (MQTT 5 enhanced authentication) and hand the
+	// client's answer to the Handshake.
+	SendAuth
+	// CloseConnection: close the connection without sending anything.
+	CloseConnection
+)
+
+// String returns "send-connack", "send-auth" or "close".
+func (k StepKind) String() string {
+	switch k {
+	case SendConnack:
+		return "send-connack"
+	case SendAuth:
+		return "send-auth"
+	case CloseConnection:
+		return "close"
+	}
+	return fmt.Sprintf("StepKind(%d)", uint8(k))
+}
+
+// Step is what the broker does next with a CONNECT. It can only send the
+// CONNACK the Core decided.
+type Step struct {
+	Kind    StepKind
+	Connack *Connack    // for SendConnack
+	Auth    *AuthPacket // for SendAuth
+	// Session is the connected client's session, for an accepted CONNACK.
+	// Call its Start once the CONNACK is sent.
+	Session *Session
+	// Err says why the CONNECT failed or was abandoned; nil when accepted or
+	// while the exchange goes on.
+	Err error
+}
+
+// Connack is a CONNACK as the broker sends it.
+type Connack struct {
+	SessionPresent bool
+	// ReturnCode is for MQTT 3, ReasonCode for MQTT 5.
+	ReturnCode ReturnCode
+	ReasonCode ReasonCode
+	// Properties are the MQTT 5 properties; zero for MQTT 3.
+	Properties ConnackProperties
+}
+
+// AuthPacket is an MQTT 5 AUTH packet, in either direction.
+type AuthPacket struct {
+	ReasonCode     ReasonCode
+	Method         string
+	Data           []byte
+	ReasonString   string
+	UserProperties []UserProperty
+}
+
+// Handshake is a CONNECT in progress. For a CONNECT with MQTT 5 enhanced
+// authentication it carries the exchange: the broker hands it the client's
+// AUTH packets until a step is not SendAuth. A Handshake is used by one
+// goroutine at a time.
+type Handshake struct {
+	core    *Core
+	ci      *ConnInfo
+	connect *ConnectRequest
+	conn    Conn
+	lst     ListenerOptions
+	snap    *Snapshot
+	id      SubscriberID // after the client-id rules
+
+	budget   time.Duration // what is left of ConnectTimeout
+	deadline time.Time     // the end of the enhanced-auth exchange
+	enhanced *EnhancedAuth
+	authData []byte // Authentication Data for the success CONNACK
+	owner    string // the plugin that owns a running exchange
+	state    any
+	finished bool
+}
+
+// Deadline returns when an enhanced-authentication exchange must be over:
+// the broker waits for the client's AUTH until then, and calls Timeout after.
+func (h *Handshake) Deadline() time.Time { return h.deadline }
+
+// Connect starts a CONNECT: the client-id rules, enhanced authentication,
+// AuthOnRegister or AuthOnRegisterM5, the Will checks, then registration with
+// OnClientWakeup and OnRegister. It never touches the network: the returned
+// Step says what the broker sends. When ctx is canceled (the client went
+// away) the CONNECT is abandoned: CloseConnection, and no session is touched.
+//
+// The Core keeps copies of what it needs from ci and req; the broker may
+// reuse them once the CONNECT is over.
+func (c *Core) Connect(ctx context.Context, ci *ConnInfo, req *ConnectRequest, conn Conn) (*Handshake, Step) {
+	h := &Handshake{core: c, ci: ci, connect: req, conn: conn, finished: true}
+	switch {
+	case ctx == nil, ci == nil, req == nil, conn == nil:
+		return h, Step{Kind: CloseConnection, Err: fmt.Errorf("%w: Connect needs a context, a ConnInfo, a ConnectRequest and a Conn", ErrInvalidArgument)}
+	case c.closed.Load():
+		return h, h.reject(ErrShutdown)
+	}
+	now := time.Now()
+	h.budget = c.opts.ConnectTimeout
+	h.deadline = now.Add(c.opts.AuthExchangeTimeout)
+	lst, sub := c.listener(ci.Listener)
+	h.lst = lst
+	v := req.ProtocolVersion
+	if !v.Valid() || !lst.allows(v) {
+		return h, h.reject(fmt.Errorf("%w: %s on listener %q", ErrProtocolVersion, v, ci.Listener))
+	}
+	if problem := checkConnect(req); problem != "" {
+		err := fmt.Errorf("%w: %s", errMalformed, problem)
+		if !v.IsV5() {
+			c.stats.rejected.Add(1)
+			return h, Step{Kind: CloseConnection, Err: err}
+		}
+		return h, h.reject(err)
+	}
+	id, err := c.clientID(ci, req)
+	if err != nil {
+		return h, h.reject(err)
+	}
+	h.id = id
+	h.snap = c.chain.Snapshot().Restrict(sub)
+	if v.IsV5() && req.Properties.AuthenticationMethod != "" {
+		h.finished = false
+		return h, h.startAuth(ctx)
+	}
+	return h, h.authorize(ctx)
+}
+
+var errMalformed = fmt.Errorf("%w: malformed CONNECT", ErrInvalidArgument)
+
+// checkConnect returns what is wrong with the strings of a CONNECT, or "".
+func checkConnect(req *ConnectRequest) string {
+	check := func(what, s string) string {
+		if p := checkMQTTString(s); p != "" {
+			return what + " " + p
+		}
+		return ""
+	}
+	props := func(what string, ps []UserProperty) string {
+		for _, p := range ps {
+			if problem := cmp.Or(check(what+" user property key", p.Key), check(what+" user property value", p.Value)); problem != "" {
+				return problem
+			}
+		}
+		return ""
+	}
+	problem := cmp.Or(check("client id", req.ClientID), check("username", req.Username),
+		check("authentication method", req.Properties.AuthenticationMethod), props("CONNECT", req.Properties.UserProperties))
+	if w := req.Will; w != nil && problem == "" {
+		wp := &w.Properties
+		problem = cmp.Or(check("Will topic", w.Topic), check("Will content type", wp.ContentType),
+			check("Will response topic", wp.ResponseTopic), props("Will", wp.UserProperties))
+		if problem == "" && w.Topic == "" {
+			problem = "Will topic is empty"
+		}
+		if problem == "" && w.QoS > 2 {
+			problem = "Will QoS is above 2"
+		}
+	}
+	return problem
+}
+
+// clientID applies the client-id rules of SPEC §6.1.
+func (c *Core) clientID(ci *ConnInfo, req *ConnectRequest) (SubscriberID, error) {
+	id := SubscriberID{Mountpoint: ci.Mountpoint, ClientID: req.ClientID}
+	if req.ClientID != "" {
+		if len(req.ClientID) > c.opts.MaxClientIDLen {
+			return id, fmt.Errorf("%w: %d bytes, above the limit of %d", ErrClientIDRejected, len(req.ClientID), c.opts.MaxClientIDLen)
+		}
+		return id, nil
+	}
+	if req.ProtocolVersion == MQTT31 || (req.ProtocolVersion == MQTT311 && !req.CleanStart) {
+		return id, fmt.Errorf("%w: empty client id needs MQTT 5, or 3.1.1 with clean session", ErrClientIDRejected)
+	}
+	for range maxIDCollisions + 1 {
+		id.ClientID = c.opts.ClientIDGenerator()
+		if p := checkMQTTString(id.ClientID); p != "" || id.ClientID == "" || len(id.ClientID) > c.opts.MaxClientIDLen {
+			err := fmt.Errorf("%w: generated client id %q breaks the client-id rules", ErrRegistration, id.ClientID)
+			c.logger.Error("mqtthooks: ClientIDGenerator", "err", err)
+			return id, err
+		}
+		if !c.exists(id) {
+			return id, nil
+		}
+	}
+	err := fmt.Errorf("%w: %d generated client ids named existing sessions", ErrRegistration, maxIDCollisions+1)
+	c.logger.Error("mqtthooks: ClientIDGenerator", "err", err)
+	return id, err
+}
+
+const maxIDCollisions = 8
+
+func (c *Core) exists(id SubscriberID) bool {
+	e := c.reg.lookup(id)
+	if e == nil {
+		return false
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.state != nil
+}
+
+// reject ends the CONNECT with the CONNACK for err.
+func (h *Handshake) reject(err error) Step {
+	h.finished = true
+	h.core.stats.rejected.Add(1)
+	ack := &Connack{ReturnCode: ConnackReturnCode(err)}
+	code, replaced := ConnackReasonCode(err)
+	ack.ReasonCode = code
+	if replaced {
+		h.core.logger.Warn("mqtthooks: plugin reason code not valid in a CONNACK; sent 0x87", "err", err)
+	}
+	var re *RejectError
+	if h.connect != nil && h.connect.ProtocolVersion.IsV5() && errors.As(err, &re) && !replaced {
+		ack.Properties.ReasonString = re.Reason
+		ack.Properties.ServerReference = re.ServerReference
+	}
+	return Step{Kind: SendConnack, Connack: ack, Err: err}
+}
+
+// abandon ends the CONNECT without a reply.
+func (h *Handshake) abandon(err error) Step {
+	h.finished = true
+	h.core.stats.abandoned.Add(1)
+	return Step{Kind: CloseConnection, Err: err}
+}
+
+// spend runs fn with a context bounded by what is left of the CONNECT's
+// deadline, and deducts the time it took.
+func (h *Handshake) spend(ctx context.Context, fn func(ctx context.Context)) {
+	start := time.Now()
+	cctx, cancel := context.WithTimeout(ctx, max(h.budget, 0))
+	fn(cctx)
+	cancel()
+	h.budget -= time.Since(start)
+}
+
+// authorize runs AuthOnRegister or AuthOnRegisterM5 and, when the client is
+// accepted, registers it.
+func (h *Handshake) authorize(ctx context.Context) Step {
+	c, req := h.core, h.connect
+	rreq := &RegisterRequest{SubscriberID: h.id, Connect: req, Conn: h.ci, EnhancedAuth: h.enhanced}
+	var d Decision[RegisterResult]
+	h.spend(ctx, func(cctx context.Context) {
+		if req.ProtocolVersion.IsV5() {
+			d = h.snap.AuthOnRegisterM5(cctx, rreq)
+		} else {
+			d = h.snap.AuthOnRegister(cctx, rreq)
+		}
+	})
+	if err := ctx.Err(); err != nil {
+		return h.abandon(err)
+	}
+	if errors.Is(d.Err, context.Canceled) {
+		return h.abandon(d.Err)
+	}
+	err := d.ReplyError()
+	if err != nil && h.lst.AllowAnonymous && !req.HasUsername &&
+		(errors.Is(d.Err, ErrChainExhausted) || errors.Is(d.Err, ErrNoPlugin)) {
+		err = nil
+	}
+	if err != nil {
+		if !errors.Is(err, d.Err) {
+			err = fmt.Errorf("%w (plugin %q: %w)", err, d.Plugin, d.Err)
+		}
+		return h.reject(err)
+	}
+	p, err := h.plan(d.Result.Modifiers())
+	if err != nil {
+		c.logger.Warn("mqtthooks: CONNECT rejected", "plugin", d.Plugin, "err", err)
+		return h.reject(err)
+	}
+	return h.register(ctx, p)
+}
+
+// plan is a CONNECT's accepted settings, after modifiers.
+type plan struct {
+	id          SubscriberID
+	username    string
+	hasUsername bool
+	cleanStart  bool
+	cleanup     bool
+	sei         uint32
+	expiry      time.Duration
+	multi       bool
+	limits      Limits
+	connack     ConnackProperties
+	will        *Will
+}
+
+// plan applies the modifiers m to the CONNECT and checks its Will.
+func (h *Handshake) plan(m *Modifiers) (*plan, error) {
+	c, req := h.core, h.connect
+	v5 := req.ProtocolVersion.IsV5()
+	if err := m.Validate(ModifierRules{ProtocolVersion: req.ProtocolVersion, MaxClientIDLen: c.opts.MaxClientIDLen,
+		Capabilities: c.caps}); err != nil {
+		return nil, err
+	}
+	if m == nil {
+		m = &Modifiers{}
+	}
+	caps := c.caps
+	p := &plan{
+		id:          m.SubscriberID.Or(h.id),
+		username:    m.Username.Or(req.Username),
+		hasUsername: req.HasUsername || m.Username.Set,
+		cleanStart:  req.CleanStart || m.CleanStart.V,
+		multi:       m.AllowMultipleSessions.V,
+	}
+	p.id = SubscriberID{Mountpoint: strings.Clone(p.id.Mountpoint), ClientID: strings.Clone(p.id.ClientID)}
+	p.username = strings.Clone(p.username)
+	if v5 {
+		p.sei = m.SessionExpiryInterval.Or(req.Properties.SessionExpiryInterval)
+		p.cleanup = p.sei == 0
+		p.expiry = seiDuration(p.sei)
+	} else {
+		p.cleanup = req.CleanStart
+		if m.Persistent.Set {
+			p.cleanup = !m.Persistent.V
+		}
+		p.expiry = c.opts.PersistentExpiry
+	}
+	p.limits = Limits{
+		MaxMessageSize:                  m.MaxMessageSize.Or(caps.MaximumPacketSize),
+		MaxMessageRate:                  m.MaxMessageRate.V,
+		UpgradeQoS:                      m.UpgradeQoS.V,
+		MaximumQoS:                      m.MaximumQoS.Or(caps.MaximumQoS),
+		RetainAvailable:                 m.RetainAvailable.Or(caps.RetainAvailable),
+		WildcardSubscriptionAvailable:   m.WildcardSubscriptionAvailable.Or(caps.WildcardSubscriptionAvailable),
+		SubscriptionIdentifierAvailable: m.SubscriptionIdentifierAvailable.Or(caps.SubscriptionIdentifierAvailable),
+		SharedSubscriptionAvailable:     m.SharedSubscriptionAvailable.Or(caps.SharedSubscriptionAvailable),
+		TopicAliasMaximum:               m.TopicAliasMaximum.Or(caps.TopicAliasMaximum),
+		ReceiveMaximum:                  m.ReceiveMaximum.Or(caps.ReceiveMaximum),
+		KeepAlive:                       m.ServerKeepAlive.Or(req.KeepAlive),
+	}
+	if w := req.Will; w != nil {
+		if w.QoS > p.limits.MaximumQoS {
+			return nil, fmt.Errorf("%w: Will QoS %d is above the maximum %d", ErrWillQoS, w.QoS, p.limits.MaximumQoS)
+		}
+		if w.Retain && !p.limits.RetainAvailable {
+			return nil, fmt.Errorf("%w: the Will is retained", ErrWillRetain)
+		}
+		p.will = cloneWill(w)
+	}
+	if v5 {
+		p.connack = h.connackProperties(m, p)
+	}
+	return p, nil
+}
+
+// connackProperties returns the properties of a successful v5 CONNACK: only
+// those that differ from what MQTT assumes when a property is absent.
+func (h *Handshake) connackProperties(m *Modifiers, p *plan) ConnackProperties {
+	req, l := h.connect, p.limits
+	var props ConnackProperties
+	if p.id.ClientID != req.ClientID {
+		props.AssignedClientIdentifier = p.id.ClientID
+	}
+	if m.SessionExpiryInterval.Set && m.SessionExpiryInterval.V != req.Properties.SessionExpiryInterval {
+		props.SessionExpiryInterval = m.SessionExpiryInterval
+	}
+	if l.MaximumQoS < 2 {
+		props.MaximumQoS = Some(l.MaximumQoS)
+	}
+	if !l.RetainAvailable {
+		props.RetainAvailable = Some(false)
+	}
+	if l.MaxMessageSize != 0 {
+		props.MaximumPacketSize = Some(l.MaxMessageSize)
+	}
+	if l.TopicAliasMaximum != 0 {
+		props.TopicAliasMaximum = Some(l.TopicAliasMaximum)
+	}
+	if l.ReceiveMaximum != 0 && l.ReceiveMaximum != 65535 {
+		props.ReceiveMaximum = Some(l.ReceiveMaximum)
+	}
+	if !l.WildcardSubscriptionAvailable {
+		props.WildcardSubscriptionAvailable = Some(false)
+	}
+	if !l.SubscriptionIdentifierAvailable {
+		props.SubscriptionIdentifierAvailable = Some(false)
+	}
+	if !l.SharedSubscriptionAvailable {
+		props.SharedSubscriptionAvailable = Some(false)
+	}
+	props.ServerKeepAlive = m.ServerKeepAlive
+	if m.ResponseInformation.Set && req.Properties.RequestResponseInformation {
+		props.ResponseInformation = m.ResponseInformation.V
+	}
+	props.UserProperties = cloneProperties(m.UserProperties.V)
+	if h.enhanced != nil {
+		props.AuthenticationMethod = h.enhanced.Method
+		props.AuthenticationData = h.authData
+	}
+	return props
+}
+
+// register runs the registration of SPEC §6.5 as a lifecycle operation of the
+// accepted SubscriberID.
+func (h *Handshake) register(ctx context.Context, p *plan) Step {
+	var step Step
+	err := h.core.reg.do(ctx, p.id, func(e *entry) { step = h.attach(ctx, e, p) })
+	if err != nil {
+		return h.abandon(err)
+	}
+	return step
+}
+
+// attach registers the connection with its session: it creates, resumes,
+// takes over or discards the existing one, then fires OnClientWakeup and
+// OnRegister.
+func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
+	c := h.core
+	st := e.state
+	existed := st != nil
+	if existed {
+		prev := st.offlineEvent(ReasonNone)
+		rr := &ResumeRequest{SubscriberID: p.id, Username: p.username, HasUsername: p.hasUsername,
+			PrevUsername: prev.Username, PrevHasUsername: prev.HasUsername, CleanStart: p.cleanStart, Conn: h.ci}
+		rctx, cancel := c.hookCtx()
+		ok := c.opts.ResumePolicy(rctx, rr)
+		cancel()
+		if !ok {
+			return h.reject(fmt.Errorf("%w: session %s belongs to another user", ErrResumeRefused, p.id))
+		}
+	} else if !c.reserveSession() {
+		return h.reject(fmt.Errorf("%w: %d sessions", ErrSessionLimit, c.opts.MaxSessions))
+	}
+
+	present := false
+	switch {
+	case st == nil:
+	case p.cleanStart:
+		c.takeOver(st, true)
+		ev := st.offlineEvent(ReasonCleanStart)
+		c.endSession(e, st, hookOnClientGone, &ev)
+		st = nil
+	case !st.online():
+		c.cancelTimers(st)
+		present = true
+	case st.multi && p.multi:
+		present = true
+	default:
+		c.stats.takeovers.Add(1)
+		last, cleanup := c.takeOver(st, false)
+		ev := last.event(ReasonTakenOver)
+		if last.version.IsV5() {
+			ev.Code, ev.HasCode = CodeSessionTakenOver, true
+		}
+		if cleanup {
+			c.endSession(e, st, hookOnClientGone, &ev)
+			st = nil
+		} else {
+			ctx, cancel := c.hookCtx()
+			c.chain.Snapshot().OnClientOffline(ctx, &ev)
+			cancel()
+			c.cancelTimers(st)
+			present = true
+		}
+	}
+	if st == nil {
+		if existed {
+			c.stats.sessions.Add(1) // replacing a session is not a new one (OQ15)
+		}
+		var err error
+		if st, err = c.createSession(e, p); err != nil {
+			return h.reject(err)
+		}
+	} else {
+		c.stats.resumed.Add(1)
+	}
+	s := h.newSession(st, p, present)
+	st.mu.Lock()
+	st.conns = append(st.conns, s)
+	st.multi = p.multi
+	r := st.rec
+	r.Username, r.HasUsername, r.ConnID, r.Peer, r.ProtocolVersion = s.username, s.hasUsername, s.connID, s.peer, s.version
+	st.mu.Unlock()
+	c.stats.connections.Add(1)
+
+	wake := s.event(ReasonNone)
+	reg := &RegisterEvent{SessionEvent: wake, SessionPresent: present, Conn: h.ci}
+	hctx, cancel := c.hookCtx()
+	snap := c.chain.Snapshot()
+	snap.OnClientWakeup(hctx, &wake)
+	if s.version.IsV5() {
+		props := p.connack
+		reg.Connack = &props
+		snap.OnRegisterM5(hctx, reg)
+	} else {
+		snap.OnRegister(hctx, reg)
+	}
+	cancel()
+	if err := ctx.Err(); err != nil {
+		// The client went away after registration: a lost connection (OQ8).
+		c.endConnection(e, st, s, endCause{reason: ReasonNetworkError, will: true})
+		return h.abandon(err)
+	}
+	h.finished = true
+	c.stats.accepted.Add(1)
+	ack := &Connack{SessionPresent: present, ReturnCode: ConnectionAccepted, ReasonCode: CodeSuccess}
+	if s.version.IsV5() {
+		ack.Properties = p.connack
+	}
+	return Step{Kind: SendConnack, Connack: ack, Session: s}
+}
+
+// takeOver ends every connection of the session, making their Wills due. It
+// returns the last of them and whether it had cleanup on disconnect.
+func (c *Core) takeOver(st *sessionState, sessionEnds bool) (last *Session, cleanup bool) {
+	conns := st.snapshotConns()
+	for _, s := range conns {
+		c.detach(st, s)
+		c.kick(s, ErrTakenOver)
+		s.mu.Lock()
+		cleanup = s.cleanup
+		s.mu.Unlock()
+		last = s
+	}
+	for _, s := range conns {
+		c.willDue(st, s, sessionEnds || cleanup)
+	}
+	return last, cleanup
+}
+
+// reserveSession takes one of MaxSessions' slots for a new session.
+func (c *Core) reserveSession() bool {
+	if c.opts.MaxSessions == 0 {
+		c.stats.sessions.Add(1)
+		return true
+	}
+	for {
+		n := c.stats.sessions.Load()
+		if n >= int64(c.opts.MaxSessions) {
+			return false
+		}
+		if c.stats.sessions.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// createSession starts a new life for the SubscriberID.
+func (c *Core) createSession(e *entry, p *plan) (*sessionState, error) {
+	rec := &SessionRecord{ID: p.id, Generation: c.store.NextGeneration()}
+	ctx, cancel := c.hookCtx()
+	err := c.store.Create(ctx, rec)
+	cancel()
+	if err != nil {
+		c.stats.sessions.Add(-1)
+		c.logger.Error("mqtthooks: session store: create failed", "session", p.id.String(), "err", err)
+		return nil, fmt.Errorf("%w: %w", ErrRegistration, err)
+	}
+	st := &sessionState{rec: rec}
+	e.mu.Lock()
+	e.state = st
+	e.mu.Unlock()
+	c.stats.created.Add(1)
+	return st, nil
+}
+
+// newSession returns the handle of a connection accepted with p.
+func (h *Handshake) newSession(st *sessionState, p *plan, present bool) *Session {
+	connID := h.ci.ConnID
+	if connID == 0 {
+		connID = h.core.connIDs.Add(1) | 1<<63 // the broker gave none: ours cannot collide with small ones
+	}
+	return &Session{
+		core: h.core, id: p.id, conn: h.conn, connID: connID, version: h.connect.ProtocolVersion,
+		username: p.username, hasUsername: p.hasUsername, peer: h.ci.Peer, generation: st.rec.Generation,
+		sessionPresent: present, limits: p.limits, will: p.will, attached: true,
+		sei: p.sei, cleanup: p.cleanup, expiry: p.expiry,
+	}
+}
+
+func cloneWill(w *Will) *Will {
+	c := *w
+	c.Topic = strings.Clone(w.Topic)
+	c.Payload = bytes.Clone(w.Payload)
+	c.Properties.ContentType = strings.Clone(w.Properties.ContentType)
+	c.Properties.ResponseTopic = strings.Clone(w.Properties.ResponseTopic)
+	c.Properties.CorrelationData = bytes.Clone(w.Properties.CorrelationData)
+	c.Properties.UserProperties = cloneProperties(w.Properties.UserProperties)
+	return &c
+}
+
+func cloneProperties(ps []UserProperty) []UserProperty {
+	if ps == nil {
+		return nil
+	}
+	out := make([]UserProperty, len(ps))
+	for i, p := range ps {
+		out[i] = UserProperty{Key: strings.Clone(p.Key), Value: strings.Clone(p.Value)}
+	}
+	return out
+}
+
+func cloneString(s string) string { return strings.Clone(s) }

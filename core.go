@@ -1,0 +1,428 @@
+package mqtthooks
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Errors of the Core's methods. Compare with errors.Is.
+var (
+	// ErrSessionNotFound: no session exists for the SubscriberID.
+	ErrSessionNotFound = errors.New("mqtthooks: no such session")
+	// ErrShutdown: the Core has been shut down.
+	ErrShutdown = errors.New("mqtthooks: core shut down")
+)
+
+// Options configure a Core. The zero value is usable: every field has a
+// default, given in its comment.
+type Options struct {
+	// Listeners holds per-listener settings, by ConnInfo.Listener. A listener
+	// without an entry gets the zero ListenerOptions.
+	Listeners map[string]ListenerOptions
+
+	// MaxClientIDLen bounds client ids, in UTF-8 bytes; default 100. Values
+	// below 23 are refused: MQTT requires servers to accept 23.
+	MaxClientIDLen int
+	// ClientIDGenerator makes client ids for clients that send none; default
+	// "auto-" followed by 18 base62 characters from crypto/rand (23 bytes).
+	// An id that names an existing session is replaced by another, up to 8
+	// times.
+	ClientIDGenerator func() string
+	// ResumePolicy decides whether a CONNECT may take over or discard an
+	// existing session; default SameUsername.
+	ResumePolicy ResumePolicy
+	// PersistentExpiry is how long an offline MQTT 3 persistent session lives;
+	// default 0, never expire.
+	PersistentExpiry time.Duration
+	// ConnectTimeout bounds a CONNECT from its hand-over to the CONNACK
+	// decision, without the time spent waiting for the client during enhanced
+	// authentication; default 5 s.
+	ConnectTimeout time.Duration
+	// HookTimeout bounds the hooks that run outside a CONNECT; default 5 s.
+	HookTimeout time.Duration
+	// AuthExchangeTimeout bounds a whole enhanced-authentication exchange;
+	// default 30 s.
+	AuthExchangeTimeout time.Duration
+	// MaxSessions bounds the number of sessions, online or offline; 0 means
+	// no limit. A CONNECT that would create one more gets 3 / 0x97.
+	MaxSessions int
+	// Capabilities are what the broker supports; default DefaultCapabilities().
+	Capabilities *Capabilities
+
+	// PublishWill publishes a Will for the broker. The Core calls it when a
+	// Will is due, before the session's terminal hook, never under a lock.
+	// Nil drops Wills.
+	PublishWill func(ctx context.Context, id SubscriberID, will *Will)
+	// Router is told when subscriptions start and end; nil means no router.
+	Router Router
+	// Store keeps the sessions; default a new MemoryStore.
+	Store SessionStore
+	// Logger receives what goes wrong in plugins and callers; default
+	// slog.Default().
+	Logger *slog.Logger
+	// Workers bounds the goroutines that run timed work (expiry, delayed
+	// Wills) and their hooks; default 4 × GOMAXPROCS.
+	Workers int
+}
+
+// ListenerOptions are the settings of one listener.
+type ListenerOptions struct {
+	// AllowedVersions are the protocol levels the listener accepts; empty
+	// means all of 3, 4 and 5.
+	AllowedVersions []ProtocolVersion
+	// AllowAnonymous accepts clients without a username when no plugin
+	// decides (ErrChainExhausted or ErrNoPlugin). The chain still runs, and a
+	// plugin's Reject still rejects.
+	AllowAnonymous bool
+	// AuthPlugins, when not empty, are the plugins (by name, in this order)
+	// that run the conditional hooks for this listener.
+	AuthPlugins []string
+}
+
+// Router is the broker's topic router. The Core calls it whenever a
+// subscription starts or ends, never under a lock; matching stays in the
+// broker. When a session ends, the Core calls RemoveAll once, before the
+// terminal hook, if the session held a subscription.
+type Router interface {
+	Add(id SubscriberID, sub Subscription)
+	Remove(id SubscriberID, filter string)
+	RemoveAll(id SubscriberID)
+}
+
+// ResumeRequest is what a ResumePolicy decides on: a CONNECT that would take
+// over, resume or discard the existing session of the same SubscriberID.
+type ResumeRequest struct {
+	SubscriberID SubscriberID
+	// Username and HasUsername are the new CONNECT's, after modifiers.
+	Username    string
+	HasUsername bool
+	// PrevUsername and PrevHasUsername are those of the session's last
+	// connection.
+	PrevUsername    string
+	PrevHasUsername bool
+	CleanStart      bool
+	Conn            *ConnInfo
+}
+
+// ResumePolicy decides whether a CONNECT may take over, resume, discard or
+// join an existing session. A refusal rejects the CONNECT with 5 / 0x87 and
+// leaves the session untouched.
+type ResumePolicy func(ctx context.Context, r *ResumeRequest) bool
+
+// SameUsername allows a CONNECT to touch an existing session only with the
+// username of the session's last connection; an absent username matches only
+// an absent one. It is the default policy.
+func SameUsername(_ context.Context, r *ResumeRequest) bool {
+	return r.HasUsername == r.PrevHasUsername && r.Username == r.PrevUsername
+}
+
+// AnyUser allows any CONNECT to take over any session, as VerneMQ does.
+func AnyUser(context.Context, *ResumeRequest) bool { return true }
+
+// Stats are the Core's counters.
+type Stats struct {
+	// Sessions exist now, online or offline; Connections are attached now.
+	Sessions, Connections int64
+	// ConnectsAccepted and ConnectsRejected count CONNECT outcomes;
+	// ConnectsAbandoned those that got no CONNACK.
+	ConnectsAccepted, ConnectsRejected, ConnectsAbandoned uint64
+	// SessionsCreated, SessionsResumed, Takeovers, SessionsExpired count
+	// lifecycle events.
+	SessionsCreated, SessionsResumed, Takeovers, SessionsExpired uint64
+	// WillsPublished counts Wills handed to PublishWill.
+	WillsPublished uint64
+}
+
+type counters struct {
+	sessions, connections                                atomic.Int64
+	accepted, rejected, abandoned                        atomic.Uint64
+	created, resumed, takeovers, expired, willsPublished atomic.Uint64
+}
+
+// Core owns the MQTT sessions of a broker and fires the hooks of a Chain at
+// the points of their lifecycle. Create it with NewCore; it is safe for
+// concurrent use.
+//
+// For one SubscriberID, lifecycle operations (registration, the end of a
+// connection, expiry, admin calls) run one at a time, in the order they
+// arrive; different SubscriberIDs never wait for each other. No lock is held
+// while the Core calls a hook, a Conn, the Router or PublishWill, so those may
+// call back into the Core. A call made with the context of a lifecycle hook is
+// queued behind that hook and returns at once.
+type Core struct {
+	chain   *Chain
+	opts    Options
+	caps    Capabilities
+	subsets map[string]*Subset
+	logger  *slog.Logger
+	store   SessionStore
+	router  Router
+
+	reg   *registry
+	sched *scheduler
+	stats counters
+
+	connIDs   atomic.Uint64
+	closed    atomic.Bool
+	conns     sync.WaitGroup // calls to Conn.Disconnect in flight
+	closeOnce sync.Once
+}
+
+// NewCore returns a Core that runs chain's hooks. It fails with
+// ErrInvalidArgument when chain is nil or an option is out of range, and with
+// ErrUnknownPlugin when a listener names a plugin chain does not have.
+func NewCore(chain *Chain, opts Options) (*Core, error) {
+	if chain == nil {
+		return nil, fmt.Errorf("%w: nil chain", ErrInvalidArgument)
+	}
+	opts.MaxClientIDLen = cmp.Or(opts.MaxClientIDLen, DefaultMaxClientIDLen)
+	opts.ConnectTimeout = cmp.Or(opts.ConnectTimeout, 5*time.Second)
+	opts.HookTimeout = cmp.Or(opts.HookTimeout, 5*time.Second)
+	opts.AuthExchangeTimeout = cmp.Or(opts.AuthExchangeTimeout, 30*time.Second)
+	opts.Workers = cmp.Or(opts.Workers, 4*runtime.GOMAXPROCS(0))
+	switch {
+	case opts.MaxClientIDLen < 23:
+		return nil, fmt.Errorf("%w: MaxClientIDLen %d is below 23, which MQTT requires", ErrInvalidArgument, opts.MaxClientIDLen)
+	case opts.ConnectTimeout < 0, opts.HookTimeout < 0, opts.AuthExchangeTimeout < 0, opts.PersistentExpiry < 0:
+		return nil, fmt.Errorf("%w: negative timeout", ErrInvalidArgument)
+	case opts.MaxSessions < 0 || opts.Workers < 0:
+		return nil, fmt.Errorf("%w: negative MaxSessions or Workers", ErrInvalidArgument)
+	}
+	c := &Core{
+		chain:   chain,
+		opts:    opts,
+		caps:    DefaultCapabilities(),
+		subsets: map[string]*Subset{},
+		logger:  cmp.Or(opts.Logger, slog.Default()),
+		store:   opts.Store,
+		router:  opts.Router,
+		reg:     newRegistry(),
+		sched:   newScheduler(opts.Workers),
+	}
+	if opts.Capabilities != nil {
+		c.caps = *opts.Capabilities
+		if c.caps.MaximumQoS > 2 {
+			return nil, fmt.Errorf("%w: Capabilities.MaximumQoS %d is above 2", ErrInvalidArgument, c.caps.MaximumQoS)
+		}
+	}
+	if c.store == nil {
+		c.store = new(MemoryStore)
+	}
+	if c.router == nil {
+		c.router = nopRouter{}
+	}
+	if c.opts.ResumePolicy == nil {
+		c.opts.ResumePolicy = SameUsername
+	}
+	if c.opts.ClientIDGenerator == nil {
+		c.opts.ClientIDGenerator = generateClientID
+	}
+	for name, l := range opts.Listeners {
+		for _, v := range l.AllowedVersions {
+			if !v.Valid() {
+				return nil, fmt.Errorf("%w: listener %q allows unknown protocol level %d", ErrInvalidArgument, name, v)
+			}
+		}
+		if len(l.AuthPlugins) > 0 {
+			sub, err := chain.Subset(l.AuthPlugins...)
+			if err != nil {
+				return nil, fmt.Errorf("listener %q: %w", name, err)
+			}
+			c.subsets[name] = sub
+		}
+	}
+	if err := c.restore(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+type nopRouter struct{}
+
+func (nopRouter) Add(SubscriberID, Subscription) {}
+func (nopRouter) Remove(SubscriberID, string)    {}
+func (nopRouter) RemoveAll(SubscriberID)         {}
+
+// restore takes over the sessions a durable store already holds, offline.
+func (c *Core) restore() error {
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.HookTimeout)
+	defer cancel()
+	return c.store.Range(ctx, func(rec *SessionRecord) bool {
+		e := c.reg.acquire(rec.ID)
+		st := &sessionState{rec: rec}
+		e.mu.Lock()
+		e.state = st
+		e.mu.Unlock()
+		c.stats.sessions.Add(1)
+		c.armTimers(e, st, time.Now())
+		c.reg.release(e)
+		return true
+	})
+}
+
+// Stats returns the Core's counters.
+func (c *Core) Stats() Stats {
+	s := &c.stats
+	return Stats{
+		Sessions: s.sessions.Load(), Connections: s.connections.Load(),
+		ConnectsAccepted: s.accepted.Load(), ConnectsRejected: s.rejected.Load(), ConnectsAbandoned: s.abandoned.Load(),
+		SessionsCreated: s.created.Load(), SessionsResumed: s.resumed.Load(), Takeovers: s.takeovers.Load(),
+		SessionsExpired: s.expired.Load(), WillsPublished: s.willsPublished.Load(),
+	}
+}
+
+// SessionInfo describes a session at one moment.
+type SessionInfo struct {
+	ID         SubscriberID
+	Generation uint64
+	// Connections attached now; 0 for an offline session.
+	Connections int
+	// Username of the last connection.
+	Username      string
+	HasUsername   bool
+	Subscriptions []Subscription
+	// ExpiresAt is when the offline session expires; zero for never and for
+	// online sessions.
+	ExpiresAt time.Time
+}
+
+// Lookup describes the session of id, if one exists.
+func (c *Core) Lookup(id SubscriberID) (SessionInfo, bool) {
+	e := c.reg.lookup(id)
+	if e == nil {
+		return SessionInfo{}, false
+	}
+	e.mu.Lock()
+	st := e.state
+	e.mu.Unlock()
+	if st == nil {
+		return SessionInfo{}, false
+	}
+	return st.info(), true
+}
+
+// Range calls fn with each session until fn returns false. Sessions created or
+// ended meanwhile may or may not be seen.
+func (c *Core) Range(fn func(SessionInfo) bool) {
+	c.reg.each(func(e *entry) bool {
+		e.mu.Lock()
+		st := e.state
+		e.mu.Unlock()
+		if st == nil {
+			return true
+		}
+		return fn(st.info())
+	})
+}
+
+// Disconnect ends the session of id for an administrator. Its connections
+// get DISCONNECT 0x98 (MQTT 3: closed) and their Wills are due. Without
+// cleanup the session then goes offline (or is gone, if it had cleanup on
+// disconnect), like after any server-side close; an offline session is left
+// as it is. With cleanup its state is deleted and OnClientGone fires, also for
+// an offline session. Disconnect waits for the hooks to run, except when
+// called with a hook's context. It fails with ErrSessionNotFound when no
+// session exists.
+func (c *Core) Disconnect(ctx context.Context, id SubscriberID, cleanup bool) error {
+	if ctx == nil {
+		return fmt.Errorf("%w: nil context", ErrInvalidArgument)
+	}
+	if c.closed.Load() {
+		return ErrShutdown
+	}
+	var err error
+	async := insideHook(ctx)
+	derr := c.reg.do(ctx, id, func(e *entry) {
+		st := e.state
+		if st == nil {
+			err = ErrSessionNotFound
+			return
+		}
+		c.adminDisconnect(e, st, cleanup)
+	})
+	if async {
+		return nil
+	}
+	return cmp.Or(derr, err)
+}
+
+// Shutdown ends every connection with DISCONNECT 0x8B (MQTT 3: closed), fires
+// OnClientOffline or OnClientGone for the connected sessions, and stops the
+// Core's timers. Offline sessions fire nothing: they stay in a durable store,
+// and end with the process in the in-memory one, whose pending delayed Wills
+// are published now. Shutdown returns when no goroutine of the Core is left,
+// or with ctx's error when ctx ends first. Later calls return ErrShutdown.
+func (c *Core) Shutdown(ctx context.Context) error {
+	if ctx == nil {
+		return fmt.Errorf("%w: nil context", ErrInvalidArgument)
+	}
+	first := false
+	c.closeOnce.Do(func() { first = true })
+	if !first {
+		return ErrShutdown
+	}
+	c.closed.Store(true)
+	pending := c.sched.close()
+	c.sched.wait()
+	durable := c.store.Durable()
+	var wg sync.WaitGroup
+	c.reg.each(func(e *entry) bool {
+		wg.Go(func() {
+			_ = c.reg.do(context.Background(), e.id, func(e *entry) {
+				if st := e.state; st != nil {
+					c.shutdownSession(e, st, durable)
+				}
+			})
+		})
+		return true
+	})
+	wg.Wait()
+	_ = pending // their sessions were handled above: Wills published, nothing else runs
+	done := make(chan struct{})
+	go func() {
+		c.conns.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("mqtthooks: shutdown: connections still closing: %w", ctx.Err())
+	}
+}
+
+// hookContext is the context of a lifecycle hook: it carries the hook's
+// deadline and marks calls made with it as coming from inside a hook.
+type hookContext struct {
+	context.Context
+}
+
+func (h hookContext) Value(key any) any {
+	if key == (hookCtxKey{}) {
+		return true
+	}
+	return h.Context.Value(key)
+}
+
+// hookCtx returns the context for lifecycle hooks outside a CONNECT.
+func (c *Core) hookCtx() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.HookTimeout)
+	return hookContext{ctx}, cancel
+}
+
+// listener returns the options and subset of a listener.
+func (c *Core) listener(name string) (ListenerOptions, *Subset) {
+	return c.opts.Listeners[name], c.subsets[name]
+}
+
+func (l ListenerOptions) allows(v ProtocolVersion) bool {
+	return len(l.AllowedVersions) == 0 || slices.Contains(l.AllowedVersions, v)
+}

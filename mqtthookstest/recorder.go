@@ -1,0 +1,292 @@
+// Package mqtthookstest provides test doubles for mqtthooks, in the spirit of
+// net/http/httptest: a Recorder plugin that records every hook call in order,
+// and fake connections and clients that drive a Core's step API without a
+// network. With them, users unit-test their plugins and brokers.
+package mqtthookstest
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/mqtthooks/mqtthooks"
+)
+
+// Call is one recorded call: a hook, a Router call or a published Will.
+type Call struct {
+	// Hook is the hook's name ("AuthOnRegister", "OnClientWakeup", …), or
+	// "Add", "Remove", "RemoveAll" for the Router and "PublishWill".
+	Hook string
+	ID   mqtthooks.SubscriberID
+	// Event is the SessionEvent of a lifecycle hook (for OnRegister and
+	// OnRegisterM5, the embedded one).
+	Event mqtthooks.SessionEvent
+	// SessionPresent and Connack are OnRegister's and OnRegisterM5's.
+	SessionPresent bool
+	Connack        *mqtthooks.ConnackProperties
+	// Register is a copy of an AuthOnRegister or AuthOnRegisterM5 request;
+	// Auth of an OnAuthM5 request.
+	Register *mqtthooks.RegisterRequest
+	Auth     *mqtthooks.AuthRequest
+	// Will is the published Will; Subscription the Router's Add; Filter its
+	// Remove.
+	Will         *mqtthooks.Will
+	Subscription mqtthooks.Subscription
+	Filter       string
+	// Drop is the DropEvent of OnMessageDrop.
+	Drop *mqtthooks.DropEvent
+}
+
+// Recorder is a plugin that implements every hook and records each call, in
+// order. Its conditional hooks answer with the funcs below, or Next when a
+// func is nil, so a Recorder can sit in a chain without deciding anything.
+// It also offers a Router and a PublishWill func that record into the same
+// log, so tests can check the order of hooks, Router calls and Wills.
+//
+// A Recorder is safe for concurrent use. It notes when two lifecycle hooks of
+// one SubscriberID overlap; Overlaps reports them.
+type Recorder struct {
+	// AuthOnRegisterFunc answers AuthOnRegister; nil means Next.
+	AuthOnRegisterFunc func(ctx context.Context, req *mqtthooks.RegisterRequest) mqtthooks.RegisterResult
+	// AuthOnRegisterM5Func answers AuthOnRegisterM5; nil means Next.
+	AuthOnRegisterM5Func func(ctx context.Context, req *mqtthooks.RegisterRequest) mqtthooks.RegisterResult
+	// OnAuthM5Func answers OnAuthM5; nil means AuthNext.
+	OnAuthM5Func func(ctx context.Context, req *mqtthooks.AuthRequest) mqtthooks.AuthResult
+	// Lifecycle, if set, runs inside every lifecycle hook after it is
+	// recorded: a test can block or call back into the Core there.
+	Lifecycle func(ctx context.Context, c Call)
+
+	mu       sync.Mutex
+	calls    []Call
+	running  map[mqtthooks.SubscriberID]string
+	overlaps []string
+}
+
+// NewRecorder returns a Recorder whose conditional hooks accept everybody.
+func NewRecorder() *Recorder {
+	return &Recorder{
+		AuthOnRegisterFunc: func(context.Context, *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
+			return mqtthooks.Accept()
+		},
+		AuthOnRegisterM5Func: func(context.Context, *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
+			return mqtthooks.Accept()
+		},
+	}
+}
+
+func (r *Recorder) record(c Call) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls = append(r.calls, c)
+}
+
+// Calls returns every call so far, in order.
+func (r *Recorder) Calls() []Call {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.calls)
+}
+
+// CallsFor returns the calls for id, in order.
+func (r *Recorder) CallsFor(id mqtthooks.SubscriberID) []Call {
+	var out []Call
+	for _, c := range r.Calls() {
+		if c.ID == id {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// Hooks returns the names of the calls for id, in order: the sequence a test
+// compares with what it expects.
+func (r *Recorder) Hooks(id mqtthooks.SubscriberID) []string {
+	var out []string
+	for _, c := range r.CallsFor(id) {
+		out = append(out, c.Hook)
+	}
+	return out
+}
+
+// Last returns the last call of hook for id, and whether there was one.
+func (r *Recorder) Last(id mqtthooks.SubscriberID, hook string) (Call, bool) {
+	calls := r.CallsFor(id)
+	for i := len(calls) - 1; i >= 0; i-- {
+		if calls[i].Hook == hook {
+			return calls[i], true
+		}
+	}
+	return Call{}, false
+}
+
+// Count returns how often hook was called for id.
+func (r *Recorder) Count(id mqtthooks.SubscriberID, hook string) int {
+	n := 0
+	for _, c := range r.CallsFor(id) {
+		if c.Hook == hook {
+			n++
+		}
+	}
+	return n
+}
+
+// Reset forgets the calls recorded so far.
+func (r *Recorder) Reset() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls = nil
+}
+
+// Overlaps describes every moment two lifecycle hooks of one SubscriberID ran
+// at once; the Core promises there are none.
+func (r *Recorder) Overlaps() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.overlaps)
+}
+
+// ExpectHooks fails t unless the calls for id are exactly want, in order.
+func (r *Recorder) ExpectHooks(t TB, id mqtthooks.SubscriberID, want ...string) {
+	t.Helper()
+	got := r.Hooks(id)
+	if !slices.Equal(got, want) {
+		t.Errorf("hooks for %s:\n got  %s\n want %s", id, strings.Join(got, " → "), strings.Join(want, " → "))
+	}
+}
+
+// TB is the part of testing.TB the helpers use.
+type TB interface {
+	Helper()
+	Errorf(format string, args ...any)
+	Fatalf(format string, args ...any)
+}
+
+func (r *Recorder) lifecycle(ctx context.Context, c Call) {
+	r.mu.Lock()
+	if r.running == nil {
+		r.running = map[mqtthooks.SubscriberID]string{}
+	}
+	if other, busy := r.running[c.ID]; busy {
+		r.overlaps = append(r.overlaps, fmt.Sprintf("%s of %s ran during %s", c.Hook, c.ID, other))
+	} else {
+		r.running[c.ID] = c.Hook
+		defer func() {
+			r.mu.Lock()
+			delete(r.running, c.ID)
+			r.mu.Unlock()
+		}()
+	}
+	r.calls = append(r.calls, c)
+	r.mu.Unlock()
+	if r.Lifecycle != nil {
+		r.Lifecycle(ctx, c)
+	}
+}
+
+// AuthOnRegister records the call and answers with AuthOnRegisterFunc.
+func (r *Recorder) AuthOnRegister(ctx context.Context, req *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
+	r.record(Call{Hook: "AuthOnRegister", ID: req.SubscriberID, Register: copyRegister(req)})
+	if r.AuthOnRegisterFunc == nil {
+		return mqtthooks.Next()
+	}
+	return r.AuthOnRegisterFunc(ctx, req)
+}
+
+// AuthOnRegisterM5 records the call and answers with AuthOnRegisterM5Func.
+func (r *Recorder) AuthOnRegisterM5(ctx context.Context, req *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
+	r.record(Call{Hook: "AuthOnRegisterM5", ID: req.SubscriberID, Register: copyRegister(req)})
+	if r.AuthOnRegisterM5Func == nil {
+		return mqtthooks.Next()
+	}
+	return r.AuthOnRegisterM5Func(ctx, req)
+}
+
+// OnAuthM5 records the call and answers with OnAuthM5Func.
+func (r *Recorder) OnAuthM5(ctx context.Context, req *mqtthooks.AuthRequest) mqtthooks.AuthResult {
+	cp := *req
+	cp.Data = slices.Clone(req.Data)
+	r.record(Call{Hook: "OnAuthM5", ID: req.SubscriberID, Auth: &cp})
+	if r.OnAuthM5Func == nil {
+		return mqtthooks.AuthNext()
+	}
+	return r.OnAuthM5Func(ctx, req)
+}
+
+// OnRegister records the call.
+func (r *Recorder) OnRegister(ctx context.Context, ev *mqtthooks.RegisterEvent) {
+	r.lifecycle(ctx, Call{Hook: "OnRegister", ID: ev.SubscriberID, Event: ev.SessionEvent, SessionPresent: ev.SessionPresent})
+}
+
+// OnRegisterM5 records the call.
+func (r *Recorder) OnRegisterM5(ctx context.Context, ev *mqtthooks.RegisterEvent) {
+	c := Call{Hook: "OnRegisterM5", ID: ev.SubscriberID, Event: ev.SessionEvent, SessionPresent: ev.SessionPresent}
+	if ev.Connack != nil {
+		props := *ev.Connack
+		c.Connack = &props
+	}
+	r.lifecycle(ctx, c)
+}
+
+// OnClientWakeup records the call.
+func (r *Recorder) OnClientWakeup(ctx context.Context, ev *mqtthooks.SessionEvent) {
+	r.lifecycle(ctx, Call{Hook: "OnClientWakeup", ID: ev.SubscriberID, Event: *ev})
+}
+
+// OnClientOffline records the call.
+func (r *Recorder) OnClientOffline(ctx context.Context, ev *mqtthooks.SessionEvent) {
+	r.lifecycle(ctx, Call{Hook: "OnClientOffline", ID: ev.SubscriberID, Event: *ev})
+}
+
+// OnClientGone records the call.
+func (r *Recorder) OnClientGone(ctx context.Context, ev *mqtthooks.SessionEvent) {
+	r.lifecycle(ctx, Call{Hook: "OnClientGone", ID: ev.SubscriberID, Event: *ev})
+}
+
+// OnSessionExpired records the call.
+func (r *Recorder) OnSessionExpired(ctx context.Context, ev *mqtthooks.SessionEvent) {
+	r.lifecycle(ctx, Call{Hook: "OnSessionExpired", ID: ev.SubscriberID, Event: *ev})
+}
+
+// OnMessageDrop records the call.
+func (r *Recorder) OnMessageDrop(_ context.Context, ev *mqtthooks.DropEvent) {
+	cp := *ev
+	r.record(Call{Hook: "OnMessageDrop", ID: ev.SubscriberID, Drop: &cp})
+}
+
+// PublishWill records the Will; use it as mqtthooks.Options.PublishWill.
+func (r *Recorder) PublishWill(_ context.Context, id mqtthooks.SubscriberID, w *mqtthooks.Will) {
+	r.record(Call{Hook: "PublishWill", ID: id, Will: w})
+}
+
+// Router returns a mqtthooks.Router that records its calls into r.
+func (r *Recorder) Router() mqtthooks.Router { return recRouter{r} }
+
+type recRouter struct{ r *Recorder }
+
+func (rr recRouter) Add(id mqtthooks.SubscriberID, sub mqtthooks.Subscription) {
+	rr.r.record(Call{Hook: "Add", ID: id, Subscription: sub})
+}
+
+func (rr recRouter) Remove(id mqtthooks.SubscriberID, filter string) {
+	rr.r.record(Call{Hook: "Remove", ID: id, Filter: filter})
+}
+
+func (rr recRouter) RemoveAll(id mqtthooks.SubscriberID) {
+	rr.r.record(Call{Hook: "RemoveAll", ID: id})
+}
+
+func copyRegister(req *mqtthooks.RegisterRequest) *mqtthooks.RegisterRequest {
+	cp := *req
+	if req.Connect != nil {
+		c := *req.Connect
+		c.Password = slices.Clone(c.Password)
+		cp.Connect = &c
+	}
+	if req.EnhancedAuth != nil {
+		ea := *req.EnhancedAuth
+		cp.EnhancedAuth = &ea
+	}
+	return &cp
+}

@@ -1,0 +1,209 @@
+package mqtthooks
+
+import (
+	"context"
+	"hash/maphash"
+	"sync"
+	"sync/atomic"
+)
+
+// The registry maps SubscriberIDs to entries without a global lock: the map
+// is sharded, and each entry serialises the lifecycle operations of its
+// SubscriberID.
+//
+// Serialisation is not a mutex held across hooks. An entry has a queue of
+// operations and a running flag: the goroutine that finds the entry idle runs
+// its operation and then every operation queued meanwhile, while the callers
+// of those wait for theirs to finish. Hooks therefore run one at a time per
+// SubscriberID, with no lock held, and a hook may call back into the Core:
+// such a call (recognised by the hook's context) is queued and returns at once.
+
+const registryShards = 64
+
+type registry struct {
+	seed   maphash.Seed
+	shards [registryShards]registryShard
+}
+
+type registryShard struct {
+	mu sync.Mutex
+	m  map[SubscriberID]*entry
+}
+
+// entry is the registry's slot for one SubscriberID. It lives while a session
+// exists for the id or an operation holds a reference to it.
+type entry struct {
+	id SubscriberID
+
+	mu      sync.Mutex // guards the fields below; never held across a call out
+	refs    int        // operations holding the entry, running or queued
+	running bool
+	queue   []*op
+	state   *sessionState // nil when no session exists; owned by the running op
+}
+
+// op is a lifecycle operation on one SubscriberID.
+type op struct {
+	run func(e *entry)
+	// status moves from opQueued to opRunning (the executor took it) or
+	// opCanceled (its caller gave up first).
+	status atomic.Int32
+	done   chan struct{}
+}
+
+const (
+	opQueued int32 = iota
+	opRunning
+	opCanceled
+)
+
+func newRegistry() *registry {
+	r := &registry{seed: maphash.MakeSeed()}
+	for i := range r.shards {
+		r.shards[i].m = make(map[SubscriberID]*entry)
+	}
+	return r
+}
+
+func (r *registry) shard(id SubscriberID) *registryShard {
+	var h maphash.Hash
+	h.SetSeed(r.seed)
+	h.WriteString(id.Mountpoint)
+	h.WriteByte(0)
+	h.WriteString(id.ClientID)
+	return &r.shards[h.Sum64()%registryShards]
+}
+
+// acquire returns the entry of id, creating it, with one more reference.
+func (r *registry) acquire(id SubscriberID) *entry {
+	s := r.shard(id)
+	s.mu.Lock()
+	e := s.m[id]
+	if e == nil {
+		e = &entry{id: id}
+		s.m[id] = e
+	}
+	e.mu.Lock()
+	e.refs++
+	e.mu.Unlock()
+	s.mu.Unlock()
+	return e
+}
+
+// release drops a reference and removes the entry when nothing holds it and no
+// session exists.
+func (r *registry) release(e *entry) {
+	s := r.shard(e.id)
+	s.mu.Lock()
+	e.mu.Lock()
+	e.refs--
+	if e.refs == 0 && e.state == nil {
+		delete(s.m, e.id)
+	}
+	e.mu.Unlock()
+	s.mu.Unlock()
+}
+
+// lookup returns the entry of id if one exists, without a reference.
+func (r *registry) lookup(id SubscriberID) *entry {
+	s := r.shard(id)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.m[id]
+}
+
+// each calls fn for every entry until fn returns false. Entries added or
+// removed meanwhile may or may not be seen.
+func (r *registry) each(fn func(*entry) bool) {
+	for i := range r.shards {
+		s := &r.shards[i]
+		s.mu.Lock()
+		entries := make([]*entry, 0, len(s.m))
+		for _, e := range s.m {
+			entries = append(entries, e)
+		}
+		s.mu.Unlock()
+		for _, e := range entries {
+			if !fn(e) {
+				return
+			}
+		}
+	}
+}
+
+// hookCtxKey marks the contexts the Core hands to lifecycle hooks.
+type hookCtxKey struct{}
+
+// insideHook reports whether ctx is (derived from) a context the Core handed
+// to a hook.
+func insideHook(ctx context.Context) bool { return ctx.Value(hookCtxKey{}) != nil }
+
+// do runs fn as an operation on id, after the operations queued before it, and
+// waits for it to finish. Called with the context of a hook, it queues fn and
+// returns at once, since the caller may be the operation fn must wait for. If
+// ctx ends before fn starts, fn never runs and do returns ctx.Err().
+func (r *registry) do(ctx context.Context, id SubscriberID, fn func(e *entry)) error {
+	e := r.acquire(id)
+	o := &op{run: fn}
+	e.mu.Lock()
+	if e.running {
+		wait := !insideHook(ctx)
+		if wait {
+			o.done = make(chan struct{})
+		}
+		e.queue = append(e.queue, o)
+		e.mu.Unlock()
+		if !wait {
+			return nil
+		}
+		select {
+		case <-o.done:
+			return nil
+		case <-ctx.Done():
+			if o.status.CompareAndSwap(opQueued, opCanceled) {
+				return ctx.Err()
+			}
+			<-o.done // already running: it finishes
+			return nil
+		}
+	}
+	e.running = true
+	e.mu.Unlock()
+	o.status.Store(opRunning)
+	r.execute(e, o)
+	return nil
+}
+
+// execute runs o and then the operations queued on e, until none is left. It
+// releases o's reference and those of the operations it runs or finds
+// canceled.
+func (r *registry) execute(e *entry, o *op) {
+	for o != nil {
+		o.run(e)
+		if o.done != nil {
+			close(o.done)
+		}
+		r.release(e)
+		o = nil
+		canceled := 0
+		e.mu.Lock()
+		for len(e.queue) > 0 && o == nil {
+			next := e.queue[0]
+			e.queue[0] = nil
+			e.queue = e.queue[1:]
+			if next.status.CompareAndSwap(opQueued, opRunning) {
+				o = next
+			} else {
+				canceled++
+			}
+		}
+		if o == nil {
+			e.running = false
+			e.queue = nil
+		}
+		e.mu.Unlock()
+		for range canceled {
+			r.release(e)
+		}
+	}
+}

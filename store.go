@@ -1,0 +1,114 @@
+package mqtthooks
+
+import (
+	"context"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// SessionRecord is what survives a session's connections: the part of a
+// session a SessionStore keeps.
+type SessionRecord struct {
+	ID SubscriberID
+	// Generation is the session's life; a new life gets a new number.
+	Generation uint64
+
+	// The identity of the session's last connection, for events with no live
+	// connection and for the resume policy.
+	Username        string
+	HasUsername     bool
+	ConnID          uint64
+	Peer            netip.AddrPort
+	ProtocolVersion ProtocolVersion
+
+	// Subscriptions in the order they were made.
+	Subscriptions []Subscription
+
+	// Will is the Will waiting for its delay to pass (WillAt), or nil.
+	Will   *Will
+	WillAt time.Time
+	// ExpiresAt is when an offline session expires; zero means never, or
+	// that the session is online.
+	ExpiresAt time.Time
+}
+
+// Subscription is a subscription of a session, as the client made it.
+type Subscription struct {
+	Filter            string
+	QoS               byte
+	NoLocal           bool
+	RetainAsPublished bool
+	RetainHandling    byte
+	// Identifier is the v5 Subscription Identifier; 0 means none.
+	Identifier uint32
+}
+
+// SessionStore keeps the sessions of a Core while they exist. It is shaped
+// around whole sessions, so that a durable or distributed store can replace the
+// in-memory default without changing the Core's API.
+//
+// The Core calls a store for one SubscriberID at a time, never concurrently
+// for the same one, and never while holding a lock. A store that keeps
+// records beyond the call must copy them: the Core goes on changing its own.
+type SessionStore interface {
+	// Create records a new session. An error refuses it: the CONNECT is
+	// rejected with ErrRegistration and nothing is left behind.
+	Create(ctx context.Context, rec *SessionRecord) error
+	// Save records the current state of an existing session. The Core calls
+	// it when the session goes offline and when its subscriptions change.
+	Save(ctx context.Context, rec *SessionRecord) error
+	// Delete removes the session; deleting a missing one is not an error.
+	Delete(ctx context.Context, id SubscriberID) error
+	// Range calls fn for each stored session until fn returns false. NewCore
+	// uses it to take over the offline sessions of a durable store.
+	Range(ctx context.Context, fn func(*SessionRecord) bool) error
+	// NextGeneration returns a number greater than any it returned before,
+	// also across restarts for a durable store.
+	NextGeneration() uint64
+	// Durable reports whether sessions outlive the process. A Core with a
+	// store that is not durable publishes pending delayed Wills at Shutdown,
+	// since those sessions end with the process.
+	Durable() bool
+}
+
+// MemoryStore is the default SessionStore: sessions live in the Core's memory
+// and end with the process. Its zero value is ready to use.
+//
+// Unlike other stores, it keeps the pointers it is given: the records are the
+// Core's own, so sessions are not held twice.
+type MemoryStore struct {
+	generation atomic.Uint64
+	sessions   sync.Map // SubscriberID → *SessionRecord
+}
+
+// Create records rec.
+func (m *MemoryStore) Create(_ context.Context, rec *SessionRecord) error {
+	m.sessions.Store(rec.ID, rec)
+	return nil
+}
+
+// Save records rec.
+func (m *MemoryStore) Save(_ context.Context, rec *SessionRecord) error {
+	m.sessions.Store(rec.ID, rec)
+	return nil
+}
+
+// Delete forgets the session id.
+func (m *MemoryStore) Delete(_ context.Context, id SubscriberID) error {
+	m.sessions.Delete(id)
+	return nil
+}
+
+// Range calls fn for each session.
+func (m *MemoryStore) Range(_ context.Context, fn func(*SessionRecord) bool) error {
+	m.sessions.Range(func(_, v any) bool { return fn(v.(*SessionRecord)) })
+	return nil
+}
+
+// NextGeneration returns 1, 2, 3, …
+func (m *MemoryStore) NextGeneration() uint64 { return m.generation.Add(1) }
+
+// Durable returns false.
+func (m *MemoryStore) Durable() bool { return false }
