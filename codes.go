@@ -244,6 +244,9 @@ var (
 	ErrResumeRefused = errors.New("mqtthooks: session resume refused")
 	// ErrRegistration: the session could not be registered (a store failure).
 	ErrRegistration = errors.New("mqtthooks: session registration failed")
+	// ErrMalformedPacket: a packet breaks the rules of MQTT, such as a string
+	// that is not well-formed UTF-8 (v5 0x81; an MQTT 3 connection is closed).
+	ErrMalformedPacket = errors.New("mqtthooks: malformed packet")
 )
 
 // RejectError is the error of a rejection that names its reason code: the
@@ -340,6 +343,7 @@ var sentinelCodes = [...]struct {
 	{ErrSessionLimit, CodeQuotaExceeded},
 	{ErrWillQoS, CodeQoSNotSupported},
 	{ErrWillRetain, CodeRetainNotSupported},
+	{ErrMalformedPacket, CodeMalformedPacket},
 }
 
 // v3Code maps a v5 CONNACK code to the MQTT 3 return code (SPEC §4).

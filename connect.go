@@ -123,7 +123,7 @@ func (c *Core) Connect(ctx context.Context, ci *ConnInfo, req *ConnectRequest, c
 		return h, h.reject(fmt.Errorf("%w: %s on listener %q", ErrProtocolVersion, v, ci.Listener))
 	}
 	if problem := checkConnect(req); problem != "" {
-		err := fmt.Errorf("%w: %s", errMalformed, problem)
+		err := fmt.Errorf("%w: %s", ErrMalformedPacket, problem)
 		if !v.IsV5() {
 			c.stats.rejected.Add(1)
 			return h, Step{Kind: CloseConnection, Err: err}
@@ -143,7 +143,6 @@ func (c *Core) Connect(ctx context.Context, ci *ConnInfo, req *ConnectRequest, c
 	return h, h.authorize(ctx)
 }
 
-var errMalformed = fmt.Errorf("%w: malformed CONNECT", ErrInvalidArgument)
 
 // checkConnect returns what is wrong with the strings of a CONNECT, or "".
 func checkConnect(req *ConnectRequest) string {
@@ -218,17 +217,21 @@ func (c *Core) exists(id SubscriberID) bool {
 }
 
 // reject ends the CONNECT with the CONNACK for err.
-func (h *Handshake) reject(err error) Step {
+func (h *Handshake) reject(err error) Step { return h.rejectAs(err, err) }
+
+// rejectAs ends the CONNECT with the CONNACK for reply; the step carries err,
+// which says more (a plugin's own error, say).
+func (h *Handshake) rejectAs(reply, err error) Step {
 	h.finished = true
 	h.core.stats.rejected.Add(1)
-	ack := &Connack{ReturnCode: ConnackReturnCode(err)}
-	code, replaced := ConnackReasonCode(err)
+	ack := &Connack{ReturnCode: ConnackReturnCode(reply)}
+	code, replaced := ConnackReasonCode(reply)
 	ack.ReasonCode = code
 	if replaced {
 		h.core.logger.Warn("mqtthooks: plugin reason code not valid in a CONNACK; sent 0x87", "err", err)
 	}
 	var re *RejectError
-	if h.connect != nil && h.connect.ProtocolVersion.IsV5() && errors.As(err, &re) && !replaced {
+	if h.connect != nil && h.connect.ProtocolVersion.IsV5() && errors.As(reply, &re) && !replaced {
 		ack.Properties.ReasonString = re.Reason
 		ack.Properties.ServerReference = re.ServerReference
 	}
@@ -277,10 +280,7 @@ func (h *Handshake) authorize(ctx context.Context) Step {
 		err = nil
 	}
 	if err != nil {
-		if !errors.Is(err, d.Err) {
-			err = fmt.Errorf("%w (plugin %q: %w)", err, d.Plugin, d.Err)
-		}
-		return h.reject(err)
+		return h.rejectAs(err, d.Err)
 	}
 	p, err := h.plan(d.Result.Modifiers())
 	if err != nil {
