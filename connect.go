@@ -143,7 +143,6 @@ func (c *Core) Connect(ctx context.Context, ci *ConnInfo, req *ConnectRequest, c
 	return h, h.authorize(ctx)
 }
 
-
 // checkConnect returns what is wrong with the strings of a CONNECT, or "".
 func checkConnect(req *ConnectRequest) string {
 	check := func(what, s string) string {
