@@ -344,6 +344,7 @@ var sentinelCodes = [...]struct {
 	{ErrWillQoS, CodeQoSNotSupported},
 	{ErrWillRetain, CodeRetainNotSupported},
 	{ErrMalformedPacket, CodeMalformedPacket},
+	{ErrShutdown, CodeServerUnavailable},
 }
 
 // v3Code maps a v5 CONNACK code to the MQTT 3 return code (SPEC §4).
