@@ -91,6 +91,19 @@ type Handshake struct {
 	owner    string // the plugin that owns a running exchange
 	state    any
 	finished bool
+
+	// What one CONNECT needs, kept here so that a CONNECT allocates little:
+	// the context of its conditional hooks, its requests and events, its
+	// registration operation and its reply.
+	stepCtx opCtx
+	rreq    RegisterRequest
+	plan    plan
+	regOp   op
+	regCtx  context.Context
+	step    Step
+	connack Connack
+	resume  ResumeRequest
+	reg     RegisterEvent
 }
 
 // Deadline returns when an enhanced-authentication exchange must be over:
@@ -113,9 +126,7 @@ func (c *Core) Connect(ctx context.Context, ci *ConnInfo, req *ConnectRequest, c
 	case c.closed.Load():
 		return h, h.reject(ErrShutdown)
 	}
-	now := time.Now()
 	h.budget = c.opts.ConnectTimeout
-	h.deadline = now.Add(c.opts.AuthExchangeTimeout)
 	lst, sub := c.listener(ci.Listener)
 	h.lst = lst
 	v := req.ProtocolVersion
@@ -138,6 +149,7 @@ func (c *Core) Connect(ctx context.Context, ci *ConnInfo, req *ConnectRequest, c
 	h.snap = c.chain.Snapshot().Restrict(sub)
 	if v.IsV5() && req.Properties.AuthenticationMethod != "" {
 		h.finished = false
+		h.deadline = time.Now().Add(c.opts.AuthExchangeTimeout)
 		return h, h.startAuth(ctx)
 	}
 	return h, h.authorize(ctx)
@@ -247,10 +259,11 @@ func (h *Handshake) abandon(err error) Step {
 // spend runs fn with a context bounded by what is left of the CONNECT's
 // deadline, and deducts the time it took.
 func (h *Handshake) spend(ctx context.Context, fn func(ctx context.Context)) {
-	start := time.Now()
-	cctx, cancel := context.WithTimeout(ctx, max(h.budget, 0))
-	fn(cctx)
-	cancel()
+	budget := max(h.budget, 0)
+	h.stepCtx.startWith(ctx, budget)
+	start := h.stepCtx.deadline.Add(-budget)
+	fn(&h.stepCtx)
+	h.stepCtx.release()
 	h.budget -= time.Since(start)
 }
 
@@ -258,7 +271,8 @@ func (h *Handshake) spend(ctx context.Context, fn func(ctx context.Context)) {
 // accepted, registers it.
 func (h *Handshake) authorize(ctx context.Context) Step {
 	c, req := h.core, h.connect
-	rreq := &RegisterRequest{SubscriberID: h.id, Connect: req, Conn: h.ci, EnhancedAuth: h.enhanced}
+	h.rreq = RegisterRequest{SubscriberID: h.id, Connect: req, Conn: h.ci, EnhancedAuth: h.enhanced}
+	rreq := &h.rreq
 	var d Decision[RegisterResult]
 	h.spend(ctx, func(cctx context.Context) {
 		if req.ProtocolVersion.IsV5() {
@@ -281,7 +295,7 @@ func (h *Handshake) authorize(ctx context.Context) Step {
 	if err != nil {
 		return h.rejectAs(err, d.Err)
 	}
-	p, err := h.plan(d.Result.Modifiers())
+	p, err := h.makePlan(d.Result.Modifiers())
 	if err != nil {
 		c.logger.Warn("mqtthooks: CONNECT rejected", "plugin", d.Plugin, "err", err)
 		return h.reject(err)
@@ -304,27 +318,29 @@ type plan struct {
 	will        *Will
 }
 
-// plan applies the modifiers m to the CONNECT and checks its Will.
-func (h *Handshake) plan(m *Modifiers) (*plan, error) {
+// noModifiers stands for an Accept without modifiers.
+var noModifiers Modifiers
+
+// makePlan applies the modifiers m to the CONNECT and checks its Will.
+func (h *Handshake) makePlan(m *Modifiers) (*plan, error) {
 	c, req := h.core, h.connect
 	v5 := req.ProtocolVersion.IsV5()
-	if err := m.Validate(ModifierRules{ProtocolVersion: req.ProtocolVersion, MaxClientIDLen: c.opts.MaxClientIDLen,
-		Capabilities: c.caps}); err != nil {
+	if m == nil {
+		m = &noModifiers
+	} else if err := m.Validate(ModifierRules{ProtocolVersion: req.ProtocolVersion,
+		MaxClientIDLen: c.opts.MaxClientIDLen, Capabilities: c.caps}); err != nil {
 		return nil, err
 	}
-	if m == nil {
-		m = &Modifiers{}
-	}
 	caps := c.caps
-	p := &plan{
+	p := &h.plan
+	*p = plan{
 		id:          m.SubscriberID.Or(h.id),
 		username:    m.Username.Or(req.Username),
 		hasUsername: req.HasUsername || m.Username.Set,
 		cleanStart:  req.CleanStart || m.CleanStart.V,
 		multi:       m.AllowMultipleSessions.V,
 	}
-	p.id = SubscriberID{Mountpoint: strings.Clone(p.id.Mountpoint), ClientID: strings.Clone(p.id.ClientID)}
-	p.username = strings.Clone(p.username)
+	p.id, p.username = cloneIdentity(p.id, p.username)
 	if v5 {
 		p.sei = m.SessionExpiryInterval.Or(req.Properties.SessionExpiryInterval)
 		p.cleanup = p.sei == 0
@@ -414,29 +430,30 @@ func (h *Handshake) connackProperties(m *Modifiers, p *plan) ConnackProperties {
 // register runs the registration of SPEC §6.5 as a lifecycle operation of the
 // accepted SubscriberID.
 func (h *Handshake) register(ctx context.Context, p *plan) Step {
-	var step Step
-	err := h.core.reg.do(ctx, p.id, func(e *entry) { step = h.attach(ctx, e, p) })
-	if err != nil {
+	h.regCtx = ctx
+	h.regOp.runner = h
+	if err := h.core.reg.do(ctx, p.id, &h.regOp); err != nil {
 		return h.abandon(err)
 	}
-	return step
+	return h.step
 }
+
+func (h *Handshake) runOp(ctx context.Context, e *entry) { h.step = h.attach(ctx, e, &h.plan) }
 
 // attach registers the connection with its session: it creates, resumes,
 // takes over or discards the existing one, then fires OnClientWakeup and
-// OnRegister.
+// OnRegister. ctx is the operation's; h.regCtx the broker's, whose end
+// abandons the CONNECT.
 func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 	c := h.core
 	st := e.state
 	existed := st != nil
 	if existed {
-		prev := st.offlineEvent(ReasonNone)
-		rr := &ResumeRequest{SubscriberID: p.id, Username: p.username, HasUsername: p.hasUsername,
-			PrevUsername: prev.Username, PrevHasUsername: prev.HasUsername, CleanStart: p.cleanStart, Conn: h.ci}
-		rctx, cancel := c.hookCtx()
-		ok := c.opts.ResumePolicy(rctx, rr)
-		cancel()
-		if !ok {
+		st.mu.Lock()
+		h.resume = ResumeRequest{SubscriberID: p.id, Username: p.username, HasUsername: p.hasUsername,
+			PrevUsername: st.rec.Username, PrevHasUsername: st.rec.HasUsername, CleanStart: p.cleanStart, Conn: h.ci}
+		st.mu.Unlock()
+		if !c.opts.ResumePolicy(ctx, &h.resume) {
 			return h.reject(fmt.Errorf("%w: session %s belongs to another user", ErrResumeRefused, p.id))
 		}
 	} else if !c.reserveSession() {
@@ -445,11 +462,11 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 
 	present := false
 	switch {
-	case st == nil:
+	case !existed:
 	case p.cleanStart:
-		c.takeOver(st, true)
+		c.takeOver(ctx, st, true)
 		ev := st.offlineEvent(ReasonCleanStart)
-		c.endSession(e, st, hookOnClientGone, &ev)
+		c.endSession(ctx, e, st, hookOnClientGone, &ev)
 		st = nil
 	case !st.online():
 		c.cancelTimers(st)
@@ -458,18 +475,16 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 		present = true
 	default:
 		c.stats.takeovers.Add(1)
-		last, cleanup := c.takeOver(st, false)
+		last, cleanup := c.takeOver(ctx, st, false)
 		ev := last.event(ReasonTakenOver)
 		if last.version.IsV5() {
 			ev.Code, ev.HasCode = CodeSessionTakenOver, true
 		}
 		if cleanup {
-			c.endSession(e, st, hookOnClientGone, &ev)
+			c.endSession(ctx, e, st, hookOnClientGone, &ev)
 			st = nil
 		} else {
-			ctx, cancel := c.hookCtx()
 			c.chain.Snapshot().OnClientOffline(ctx, &ev)
-			cancel()
 			c.cancelTimers(st)
 			present = true
 		}
@@ -479,7 +494,7 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 			c.stats.sessions.Add(1) // replacing a session is not a new one (OQ15)
 		}
 		var err error
-		if st, err = c.createSession(e, p); err != nil {
+		if st, err = c.createSession(ctx, e, p); err != nil {
 			return h.reject(err)
 		}
 	} else {
@@ -489,54 +504,32 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 	st.mu.Lock()
 	st.conns = append(st.conns, s)
 	st.multi = p.multi
-	r := st.rec
+	r := &st.rec
 	r.Username, r.HasUsername, r.ConnID, r.Peer, r.ProtocolVersion = s.username, s.hasUsername, s.connID, s.peer, s.version
 	st.mu.Unlock()
 	c.stats.connections.Add(1)
 
-	wake := s.event(ReasonNone)
-	reg := &RegisterEvent{SessionEvent: wake, SessionPresent: present, Conn: h.ci}
-	hctx, cancel := c.hookCtx()
+	h.reg = RegisterEvent{SessionEvent: s.event(ReasonNone), SessionPresent: present, Conn: h.ci}
 	snap := c.chain.Snapshot()
-	snap.OnClientWakeup(hctx, &wake)
+	snap.OnClientWakeup(ctx, &h.reg.SessionEvent)
 	if s.version.IsV5() {
-		props := p.connack
-		reg.Connack = &props
-		snap.OnRegisterM5(hctx, reg)
+		h.reg.Connack = &p.connack
+		snap.OnRegisterM5(ctx, &h.reg)
 	} else {
-		snap.OnRegister(hctx, reg)
+		snap.OnRegister(ctx, &h.reg)
 	}
-	cancel()
-	if err := ctx.Err(); err != nil {
+	if err := h.regCtx.Err(); err != nil {
 		// The client went away after registration: a lost connection (OQ8).
-		c.endConnection(e, st, s, endCause{reason: ReasonNetworkError, will: true})
+		c.endConnection(ctx, e, st, s, endCause{reason: ReasonNetworkError, will: true})
 		return h.abandon(err)
 	}
 	h.finished = true
 	c.stats.accepted.Add(1)
-	ack := &Connack{SessionPresent: present, ReturnCode: ConnectionAccepted, ReasonCode: CodeSuccess}
+	h.connack = Connack{SessionPresent: present, ReturnCode: ConnectionAccepted, ReasonCode: CodeSuccess}
 	if s.version.IsV5() {
-		ack.Properties = p.connack
+		h.connack.Properties = p.connack
 	}
-	return Step{Kind: SendConnack, Connack: ack, Session: s}
-}
-
-// takeOver ends every connection of the session, making their Wills due. It
-// returns the last of them and whether it had cleanup on disconnect.
-func (c *Core) takeOver(st *sessionState, sessionEnds bool) (last *Session, cleanup bool) {
-	conns := st.snapshotConns()
-	for _, s := range conns {
-		c.detach(st, s)
-		c.kick(s, ErrTakenOver)
-		s.mu.Lock()
-		cleanup = s.cleanup
-		s.mu.Unlock()
-		last = s
-	}
-	for _, s := range conns {
-		c.willDue(st, s, sessionEnds || cleanup)
-	}
-	return last, cleanup
+	return Step{Kind: SendConnack, Connack: &h.connack, Session: s}
 }
 
 // reserveSession takes one of MaxSessions' slots for a new session.
@@ -557,17 +550,14 @@ func (c *Core) reserveSession() bool {
 }
 
 // createSession starts a new life for the SubscriberID.
-func (c *Core) createSession(e *entry, p *plan) (*sessionState, error) {
-	rec := &SessionRecord{ID: p.id, Generation: c.store.NextGeneration()}
-	ctx, cancel := c.hookCtx()
-	err := c.store.Create(ctx, rec)
-	cancel()
-	if err != nil {
+func (c *Core) createSession(ctx context.Context, e *entry, p *plan) (*sessionState, error) {
+	st := &e.session
+	st.reset(&SessionRecord{ID: p.id, Generation: c.store.NextGeneration()})
+	if err := c.store.Create(ctx, &st.rec); err != nil {
 		c.stats.sessions.Add(-1)
 		c.logger.Error("mqtthooks: session store: create failed", "session", p.id.String(), "err", err)
 		return nil, fmt.Errorf("%w: %w", ErrRegistration, err)
 	}
-	st := &sessionState{rec: rec}
 	e.mu.Lock()
 	e.state = st
 	e.mu.Unlock()
@@ -587,6 +577,19 @@ func (h *Handshake) newSession(st *sessionState, p *plan, present bool) *Session
 		sessionPresent: present, limits: p.limits, will: p.will, attached: true,
 		sei: p.sei, cleanup: p.cleanup, expiry: p.expiry,
 	}
+}
+
+// cloneIdentity copies a session's id and username out of the caller's
+// buffers, in one allocation.
+func cloneIdentity(id SubscriberID, username string) (SubscriberID, string) {
+	m, c := len(id.Mountpoint), len(id.ClientID)
+	var b strings.Builder // not +, which may hand back an operand itself
+	b.Grow(m + c + len(username))
+	b.WriteString(id.Mountpoint)
+	b.WriteString(id.ClientID)
+	b.WriteString(username)
+	buf := b.String()
+	return SubscriberID{Mountpoint: buf[:m], ClientID: buf[m : m+c]}, buf[m+c:]
 }
 
 func cloneWill(w *Will) *Will {

@@ -204,7 +204,7 @@ func NewCore(chain *Chain, opts Options) (*Core, error) {
 		logger:  cmp.Or(opts.Logger, slog.Default()),
 		store:   opts.Store,
 		router:  opts.Router,
-		reg:     newRegistry(),
+		reg:     newRegistry(opts.HookTimeout),
 		sched:   newScheduler(opts.Workers),
 	}
 	if opts.Capabilities != nil {
@@ -257,12 +257,12 @@ func (c *Core) restore() error {
 	defer cancel()
 	return c.store.Range(ctx, func(rec *SessionRecord) bool {
 		e := c.reg.acquire(rec.ID)
-		st := &sessionState{rec: rec}
 		e.mu.Lock()
-		e.state = st
+		e.session.reset(rec)
+		e.state = &e.session
 		e.mu.Unlock()
 		c.stats.sessions.Add(1)
-		c.armTimers(e, st, time.Now())
+		c.armTimers(e.state)
 		c.reg.release(e)
 		return true
 	})
@@ -340,14 +340,14 @@ func (c *Core) Disconnect(ctx context.Context, id SubscriberID, cleanup bool) er
 	}
 	var err error
 	async := insideHook(ctx)
-	derr := c.reg.do(ctx, id, func(e *entry) {
+	derr := c.reg.do(ctx, id, newOp(func(ctx context.Context, e *entry) {
 		st := e.state
 		if st == nil {
 			err = ErrSessionNotFound
 			return
 		}
-		c.adminDisconnect(e, st, cleanup)
-	})
+		c.adminDisconnect(ctx, e, st, cleanup)
+	}))
 	if async {
 		return nil
 	}
@@ -376,11 +376,11 @@ func (c *Core) Shutdown(ctx context.Context) error {
 	var wg sync.WaitGroup
 	c.reg.each(func(e *entry) bool {
 		wg.Go(func() {
-			_ = c.reg.do(context.Background(), e.id, func(e *entry) {
+			_ = c.reg.do(context.Background(), e.id, newOp(func(ctx context.Context, e *entry) {
 				if st := e.state; st != nil {
-					c.shutdownSession(e, st, durable)
+					c.shutdownSession(ctx, e, st, durable)
 				}
-			})
+			}))
 		})
 		return true
 	})
@@ -397,25 +397,6 @@ func (c *Core) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("mqtthooks: shutdown: connections still closing: %w", ctx.Err())
 	}
-}
-
-// hookContext is the context of a lifecycle hook: it carries the hook's
-// deadline and marks calls made with it as coming from inside a hook.
-type hookContext struct {
-	context.Context
-}
-
-func (h hookContext) Value(key any) any {
-	if key == (hookCtxKey{}) {
-		return true
-	}
-	return h.Context.Value(key)
-}
-
-// hookCtx returns the context for lifecycle hooks outside a CONNECT.
-func (c *Core) hookCtx() (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.opts.HookTimeout)
-	return hookContext{ctx}, cancel
 }
 
 // listener returns the options and subset of a listener.

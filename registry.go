@@ -5,6 +5,7 @@ import (
 	"hash/maphash"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // The registry maps SubscriberIDs to entries without a global lock: the map
@@ -21,8 +22,9 @@ import (
 const registryShards = 64
 
 type registry struct {
-	seed   maphash.Seed
-	shards [registryShards]registryShard
+	seed        maphash.Seed
+	hookTimeout time.Duration
+	shards      [registryShards]registryShard
 }
 
 type registryShard struct {
@@ -39,17 +41,38 @@ type entry struct {
 	refs    int        // operations holding the entry, running or queued
 	running bool
 	queue   []*op
-	state   *sessionState // nil when no session exists; owned by the running op
+	state   *sessionState // &session while a session exists, else nil; owned by the running op
+
+	// session is the state of the SubscriberID's session, kept in the entry
+	// so that a session costs one allocation.
+	session sessionState
 }
 
-// op is a lifecycle operation on one SubscriberID.
+// op is a lifecycle operation on one SubscriberID. Hot operations embed it in
+// a value they already have (a Handshake, a Session), so that running them
+// allocates nothing.
 type op struct {
-	run func(e *entry)
+	runner opRunner
+	// ctx is the context of the operation's hooks, made when it starts.
+	ctx opCtx
 	// status moves from opQueued to opRunning (the executor took it) or
 	// opCanceled (its caller gave up first).
 	status atomic.Int32
 	done   chan struct{}
 }
+
+// opRunner is the work of an op.
+type opRunner interface {
+	runOp(ctx context.Context, e *entry)
+}
+
+// opFunc adapts a function to opRunner.
+type opFunc func(ctx context.Context, e *entry)
+
+func (f opFunc) runOp(ctx context.Context, e *entry) { f(ctx, e) }
+
+// newOp returns an op that runs fn.
+func newOp(fn func(ctx context.Context, e *entry)) *op { return &op{runner: opFunc(fn)} }
 
 const (
 	opQueued int32 = iota
@@ -57,8 +80,8 @@ const (
 	opCanceled
 )
 
-func newRegistry() *registry {
-	r := &registry{seed: maphash.MakeSeed()}
+func newRegistry(hookTimeout time.Duration) *registry {
+	r := &registry{seed: maphash.MakeSeed(), hookTimeout: hookTimeout}
 	for i := range r.shards {
 		r.shards[i].m = make(map[SubscriberID]*entry)
 	}
@@ -131,20 +154,17 @@ func (r *registry) each(fn func(*entry) bool) {
 	}
 }
 
-// hookCtxKey marks the contexts the Core hands to lifecycle hooks.
-type hookCtxKey struct{}
-
 // insideHook reports whether ctx is (derived from) a context the Core handed
-// to a hook.
+// to a lifecycle hook.
 func insideHook(ctx context.Context) bool { return ctx.Value(hookCtxKey{}) != nil }
 
-// do runs fn as an operation on id, after the operations queued before it, and
-// waits for it to finish. Called with the context of a hook, it queues fn and
-// returns at once, since the caller may be the operation fn must wait for. If
-// ctx ends before fn starts, fn never runs and do returns ctx.Err().
-func (r *registry) do(ctx context.Context, id SubscriberID, fn func(e *entry)) error {
+// do runs o as an operation on id, after the operations queued before it, and
+// waits for it to finish. Called with the context of a hook, it queues o and
+// returns at once, since the caller may be the operation o must wait for. If
+// ctx ends before o starts, o never runs and do returns ctx.Err(). An op is
+// run once: do must not be called again with the same o.
+func (r *registry) do(ctx context.Context, id SubscriberID, o *op) error {
 	e := r.acquire(id)
-	o := &op{run: fn}
 	e.mu.Lock()
 	if e.running {
 		wait := !insideHook(ctx)
@@ -179,7 +199,9 @@ func (r *registry) do(ctx context.Context, id SubscriberID, fn func(e *entry)) e
 // canceled.
 func (r *registry) execute(e *entry, o *op) {
 	for o != nil {
-		o.run(e)
+		o.ctx.start(r.hookTimeout)
+		o.runner.runOp(&o.ctx, e)
+		o.ctx.release()
 		if o.done != nil {
 			close(o.done)
 		}

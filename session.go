@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -39,11 +40,17 @@ func (e *EndedError) Error() string { return "mqtthooks: connection ended: " + e
 // use errors.As with *EndedError for the code.
 var (
 	// ErrTakenOver: another connection took the session over (0x8E).
-	ErrTakenOver error = &EndedError{Code: CodeSessionTakenOver, Reason: ReasonTakenOver}
+	ErrTakenOver error = errTakenOver
 	// ErrAdminDisconnect: an administrator disconnected the session (0x98).
-	ErrAdminDisconnect error = &EndedError{Code: CodeAdministrativeAction, Reason: ReasonAdmin}
+	ErrAdminDisconnect error = errAdminDisconnect
 	// ErrServerShutdown: the Core shut down (0x8B).
-	ErrServerShutdown error = &EndedError{Code: CodeServerShuttingDown, Reason: ReasonShutdown}
+	ErrServerShutdown error = errServerShutdown
+)
+
+var (
+	errTakenOver       = &EndedError{Code: CodeSessionTakenOver, Reason: ReasonTakenOver}
+	errAdminDisconnect = &EndedError{Code: CodeAdministrativeAction, Reason: ReasonAdmin}
+	errServerShutdown  = &EndedError{Code: CodeServerShuttingDown, Reason: ReasonShutdown}
 )
 
 // Errors of Session's methods.
@@ -126,10 +133,17 @@ type Session struct {
 	mu       sync.Mutex
 	started  bool
 	attached bool  // still attached to its session, as the Core sees it
-	endErr   error // why the Core ended the connection, for Pull
+	endErr   error // why the connection ended, for Pull
 	sei      uint32
 	cleanup  bool // cleanup on disconnect
 	expiry   time.Duration
+
+	// The end of the connection runs once, as an operation kept here so that
+	// it allocates nothing.
+	ending   atomic.Bool
+	endOp    op
+	cause    endCause
+	endEvent SessionEvent
 }
 
 // ID returns the session's SubscriberID, after modifiers.
@@ -237,13 +251,22 @@ func (s *Session) Lost(ctx context.Context, err error) {
 	_ = s.end(ctx, cause)
 }
 
-// end ends the connection as a lifecycle operation of its session.
+// end ends the connection as a lifecycle operation of its session. Only the
+// first call does anything: the broker reports an end once, and a second
+// report (a DISCONNECT racing a read error, say) is the same end.
 func (s *Session) end(ctx context.Context, cause endCause) error {
-	return s.core.reg.do(ctx, s.id, func(e *entry) {
-		if st := e.state; st != nil {
-			s.core.endConnection(e, st, s, cause)
-		}
-	})
+	if !s.ending.CompareAndSwap(false, true) {
+		return nil
+	}
+	s.cause = cause
+	s.endOp.runner = s
+	return s.core.reg.do(ctx, s.id, &s.endOp)
+}
+
+func (s *Session) runOp(ctx context.Context, e *entry) {
+	if st := e.state; st != nil {
+		s.core.endConnection(ctx, e, st, s, s.cause)
+	}
 }
 
 // Subscribe stores subs in the session, replacing a subscription with the
@@ -260,7 +283,7 @@ func (s *Session) Subscribe(ctx context.Context, subs ...Subscription) error {
 		}
 	}
 	var err error
-	derr := s.core.reg.do(ctx, s.id, func(e *entry) {
+	derr := s.core.reg.do(ctx, s.id, newOp(func(_ context.Context, e *entry) {
 		st := e.state
 		if st == nil || !st.has(s) {
 			err = ErrSessionEnded
@@ -283,7 +306,7 @@ func (s *Session) Subscribe(ctx context.Context, subs ...Subscription) error {
 		for _, sub := range added {
 			s.core.router.Add(s.id, sub)
 		}
-	})
+	}))
 	return errors.Join(derr, err)
 }
 
@@ -294,7 +317,7 @@ func (s *Session) Unsubscribe(ctx context.Context, filters ...string) (existed [
 		return nil, fmt.Errorf("%w: nil context", ErrInvalidArgument)
 	}
 	existed = make([]bool, len(filters))
-	derr := s.core.reg.do(ctx, s.id, func(e *entry) {
+	derr := s.core.reg.do(ctx, s.id, newOp(func(_ context.Context, e *entry) {
 		st := e.state
 		if st == nil || !st.has(s) {
 			err = ErrSessionEnded
@@ -313,7 +336,7 @@ func (s *Session) Unsubscribe(ctx context.Context, filters ...string) (existed [
 				s.core.router.Remove(s.id, f)
 			}
 		}
-	})
+	}))
 	return existed, errors.Join(derr, err)
 }
 
@@ -338,10 +361,11 @@ func (s *Session) event(reason Reason) SessionEvent {
 // sessionState is the Core's state of one session. Lifecycle operations of its
 // SubscriberID own it; mu guards what Lookup and Range read meanwhile.
 type sessionState struct {
-	mu    sync.Mutex
-	rec   *SessionRecord
-	conns []*Session
-	multi bool // the session allows multiple connections
+	mu       sync.Mutex
+	rec      SessionRecord
+	conns    []*Session
+	connsBuf [1]*Session // conns' backing array while there is one connection
+	multi    bool        // the session allows multiple connections
 
 	expiryItem, willItem *timerItem
 }
@@ -361,7 +385,7 @@ func (st *sessionState) online() bool {
 func (st *sessionState) info() SessionInfo {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	r := st.rec
+	r := &st.rec
 	return SessionInfo{ID: r.ID, Generation: r.Generation, Connections: len(st.conns), Username: r.Username,
 		HasUsername: r.HasUsername, Subscriptions: slices.Clone(r.Subscriptions), ExpiresAt: r.ExpiresAt}
 }
@@ -370,266 +394,9 @@ func (st *sessionState) info() SessionInfo {
 func (st *sessionState) offlineEvent(reason Reason) SessionEvent {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	r := st.rec
+	r := &st.rec
 	return SessionEvent{SubscriberID: r.ID, Generation: r.Generation, ConnID: r.ConnID, Username: r.Username,
 		HasUsername: r.HasUsername, Peer: r.Peer, ProtocolVersion: r.ProtocolVersion, Reason: reason}
-}
-
-// endCause says how a connection ended.
-type endCause struct {
-	reason  Reason
-	code    ReasonCode
-	hasCode bool
-	will    bool // the connection's Will is due
-}
-
-func (c endCause) apply(ev *SessionEvent) {
-	ev.Reason, ev.Code, ev.HasCode = c.reason, c.code, c.hasCode
-}
-
-// detach removes s from the session's connections. It reports false when s
-// was no longer attached.
-func (c *Core) detach(st *sessionState, s *Session) bool {
-	st.mu.Lock()
-	i := slices.Index(st.conns, s)
-	if i >= 0 {
-		st.conns = slices.Delete(st.conns, i, i+1)
-	}
-	st.mu.Unlock()
-	if i < 0 {
-		return false
-	}
-	s.mu.Lock()
-	s.attached = false
-	if s.endErr == nil {
-		s.endErr = ErrSessionEnded
-	}
-	s.mu.Unlock()
-	c.stats.connections.Add(-1)
-	return true
-}
-
-// kick ends s from the Core's side: the broker learns of it through
-// Conn.Disconnect once the CONNACK is out, and through Pull in any case.
-func (c *Core) kick(s *Session, end error) {
-	s.mu.Lock()
-	s.endErr = end
-	started := s.started
-	s.mu.Unlock()
-	if started {
-		code := end.(*EndedError).Code
-		c.conns.Go(func() { s.conn.Disconnect(code) })
-	}
-}
-
-// endConnection runs when connection s of the session ends. Its Will becomes
-// due if cause says so; when it was the last connection, the session goes
-// offline or, with cleanup on disconnect, is gone.
-func (c *Core) endConnection(e *entry, st *sessionState, s *Session, cause endCause) {
-	if !c.detach(st, s) {
-		return
-	}
-	s.mu.Lock()
-	cleanup, expiry := s.cleanup, s.expiry
-	s.mu.Unlock()
-	last := !st.online()
-	if cause.will {
-		c.willDue(st, s, last && cleanup)
-	}
-	if !last {
-		return
-	}
-	ev := s.event(cause.reason)
-	cause.apply(&ev)
-	if cleanup {
-		c.endSession(e, st, hookOnClientGone, &ev)
-		return
-	}
-	c.goOffline(e, st, &ev, expiry)
-}
-
-// willDue publishes the Will of s now, or arms its delay. A v5 Will with a
-// delay waits, unless the session ends now; a resume cancels it.
-func (c *Core) willDue(st *sessionState, s *Session, sessionEnds bool) {
-	w := s.will
-	if w == nil {
-		return
-	}
-	delay := time.Duration(w.Properties.WillDelayInterval) * time.Second
-	if !s.version.IsV5() || delay == 0 || sessionEnds {
-		c.publishWill(s.id, w)
-		return
-	}
-	st.mu.Lock()
-	old := st.rec.Will
-	st.rec.Will, st.rec.WillAt = w, time.Now().Add(delay)
-	st.mu.Unlock()
-	if old != nil {
-		c.publishWill(s.id, old) // an earlier connection's delayed Will is due no later than this one's
-	}
-}
-
-// publishWill hands w to the broker.
-func (c *Core) publishWill(id SubscriberID, w *Will) {
-	c.stats.willsPublished.Add(1)
-	if c.opts.PublishWill == nil {
-		return
-	}
-	ctx, cancel := c.hookCtx()
-	defer cancel()
-	c.opts.PublishWill(ctx, id, w)
-}
-
-// publishPendingWill publishes the session's delayed Will, if one waits.
-func (c *Core) publishPendingWill(st *sessionState) {
-	st.mu.Lock()
-	w := st.rec.Will
-	st.rec.Will, st.rec.WillAt = nil, time.Time{}
-	st.mu.Unlock()
-	c.sched.cancel(st.willItem)
-	st.willItem = nil
-	if w != nil {
-		c.publishWill(st.rec.ID, w)
-	}
-}
-
-// endSession ends the life of the session: its pending Will is published, its
-// subscriptions are removed, the terminal hook h (OnClientGone or
-// OnSessionExpired) fires with ev, and its state is deleted.
-func (c *Core) endSession(e *entry, st *sessionState, h hookID, ev *SessionEvent) {
-	c.publishPendingWill(st)
-	c.sched.cancel(st.expiryItem)
-	st.expiryItem = nil
-	st.mu.Lock()
-	subscribed := len(st.rec.Subscriptions) > 0
-	st.rec.Subscriptions = nil
-	st.mu.Unlock()
-	if subscribed {
-		c.router.RemoveAll(st.rec.ID)
-	}
-	ctx, cancel := c.hookCtx()
-	if h == hookOnSessionExpired {
-		c.chain.Snapshot().OnSessionExpired(ctx, ev)
-	} else {
-		c.chain.Snapshot().OnClientGone(ctx, ev)
-	}
-	cancel()
-	if err := c.store.Delete(context.Background(), st.rec.ID); err != nil {
-		c.logger.Error("mqtthooks: session store: delete failed", "session", st.rec.ID.String(), "err", err)
-	}
-	e.mu.Lock()
-	e.state = nil
-	e.mu.Unlock()
-	c.stats.sessions.Add(-1)
-}
-
-// goOffline fires OnClientOffline and arms the session's expiry and delayed
-// Will.
-func (c *Core) goOffline(e *entry, st *sessionState, ev *SessionEvent, expiry time.Duration) {
-	ctx, cancel := c.hookCtx()
-	c.chain.Snapshot().OnClientOffline(ctx, ev)
-	cancel()
-	now := time.Now()
-	st.mu.Lock()
-	st.rec.ExpiresAt = time.Time{}
-	if expiry > 0 {
-		st.rec.ExpiresAt = now.Add(expiry)
-	}
-	st.mu.Unlock()
-	c.armTimers(e, st, now)
-	if err := c.store.Save(context.Background(), st.rec); err != nil {
-		c.logger.Error("mqtthooks: session store: save failed", "session", st.rec.ID.String(), "err", err)
-	}
-}
-
-// armTimers schedules the expiry and the delayed Will of an offline session.
-func (c *Core) armTimers(e *entry, st *sessionState, now time.Time) {
-	st.mu.Lock()
-	id, gen := st.rec.ID, st.rec.Generation
-	expiresAt, willAt, will := st.rec.ExpiresAt, st.rec.WillAt, st.rec.Will
-	st.mu.Unlock()
-	if !expiresAt.IsZero() {
-		st.expiryItem = c.sched.schedule(expiresAt, func() { c.expire(id, gen) })
-	}
-	if will != nil && (expiresAt.IsZero() || willAt.Before(expiresAt)) {
-		st.willItem = c.sched.schedule(willAt, func() { c.delayedWill(id, gen) })
-	}
-}
-
-// cancelTimers stops the expiry and delayed Will of a session that resumes;
-// the delayed Will is dropped.
-func (c *Core) cancelTimers(st *sessionState) {
-	c.sched.cancel(st.expiryItem)
-	c.sched.cancel(st.willItem)
-	st.expiryItem, st.willItem = nil, nil
-	st.mu.Lock()
-	st.rec.Will, st.rec.WillAt, st.rec.ExpiresAt = nil, time.Time{}, time.Time{}
-	st.mu.Unlock()
-}
-
-// expire ends an offline session whose expiry interval passed.
-func (c *Core) expire(id SubscriberID, gen uint64) {
-	_ = c.reg.do(context.Background(), id, func(e *entry) {
-		st := e.state
-		if st == nil || st.rec.Generation != gen || st.online() {
-			return
-		}
-		st.expiryItem = nil
-		ev := st.offlineEvent(ReasonExpired)
-		c.stats.expired.Add(1)
-		c.endSession(e, st, hookOnSessionExpired, &ev)
-	})
-}
-
-// delayedWill publishes the Will of an offline session whose delay passed.
-func (c *Core) delayedWill(id SubscriberID, gen uint64) {
-	_ = c.reg.do(context.Background(), id, func(e *entry) {
-		st := e.state
-		if st == nil || st.rec.Generation != gen || st.online() {
-			return
-		}
-		st.willItem = nil
-		c.publishPendingWill(st)
-	})
-}
-
-// adminDisconnect ends the session's connections for an administrator.
-func (c *Core) adminDisconnect(e *entry, st *sessionState, cleanup bool) {
-	conns := st.snapshotConns()
-	if cleanup {
-		for _, s := range conns {
-			c.detach(st, s)
-			c.kick(s, ErrAdminDisconnect)
-			c.willDue(st, s, true)
-		}
-		ev := st.offlineEvent(ReasonAdmin)
-		if len(conns) > 0 {
-			ev = conns[len(conns)-1].event(ReasonAdmin)
-			ev.Code, ev.HasCode = CodeAdministrativeAction, ev.ProtocolVersion.IsV5()
-		}
-		c.endSession(e, st, hookOnClientGone, &ev)
-		return
-	}
-	for _, s := range conns {
-		c.kick(s, ErrAdminDisconnect)
-		c.endConnection(e, st, s, endCause{reason: ReasonAdmin, code: CodeAdministrativeAction,
-			hasCode: s.version.IsV5(), will: true})
-	}
-}
-
-// shutdownSession ends the session's connections at Shutdown. Offline
-// sessions fire nothing; with a store that is not durable their delayed Wills
-// are published, since they end with the process.
-func (c *Core) shutdownSession(e *entry, st *sessionState, durable bool) {
-	conns := st.snapshotConns()
-	for _, s := range conns {
-		c.kick(s, ErrServerShutdown)
-		c.endConnection(e, st, s, endCause{reason: ReasonShutdown, code: CodeServerShuttingDown,
-			hasCode: s.version.IsV5(), will: true})
-	}
-	if !durable {
-		c.publishPendingWill(st)
-	}
 }
 
 func (st *sessionState) snapshotConns() []*Session {
@@ -646,4 +413,14 @@ func seiDuration(sei uint32) time.Duration {
 		return 0
 	}
 	return time.Duration(sei) * time.Second
+}
+
+// reset begins a new life of the session with the record rec.
+func (st *sessionState) reset(rec *SessionRecord) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.rec = *rec
+	st.conns = st.connsBuf[:0]
+	st.multi = false
+	st.expiryItem, st.willItem = nil, nil
 }

@@ -2,6 +2,7 @@ package mqtthooks
 
 import (
 	"context"
+	"hash/maphash"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -77,33 +78,79 @@ type SessionStore interface {
 // and end with the process. Its zero value is ready to use.
 //
 // Unlike other stores, it keeps the pointers it is given: the records are the
-// Core's own, so sessions are not held twice.
+// Core's own, so sessions are not held twice. Its map is sharded, so that
+// CONNECTs of different clients do not wait for one lock.
 type MemoryStore struct {
 	generation atomic.Uint64
-	sessions   sync.Map // SubscriberID → *SessionRecord
+	once       sync.Once
+	seed       maphash.Seed
+	shards     [memoryShards]memoryShard
+}
+
+const memoryShards = 64
+
+type memoryShard struct {
+	mu sync.Mutex
+	m  map[SubscriberID]*SessionRecord
+}
+
+func (m *MemoryStore) shard(id SubscriberID) *memoryShard {
+	m.once.Do(func() { m.seed = maphash.MakeSeed() })
+	var h maphash.Hash
+	h.SetSeed(m.seed)
+	h.WriteString(id.Mountpoint)
+	h.WriteByte(0)
+	h.WriteString(id.ClientID)
+	return &m.shards[h.Sum64()%memoryShards]
+}
+
+func (m *MemoryStore) put(rec *SessionRecord) {
+	s := m.shard(rec.ID)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = make(map[SubscriberID]*SessionRecord)
+	}
+	s.m[rec.ID] = rec
 }
 
 // Create records rec.
 func (m *MemoryStore) Create(_ context.Context, rec *SessionRecord) error {
-	m.sessions.Store(rec.ID, rec)
+	m.put(rec)
 	return nil
 }
 
 // Save records rec.
 func (m *MemoryStore) Save(_ context.Context, rec *SessionRecord) error {
-	m.sessions.Store(rec.ID, rec)
+	m.put(rec)
 	return nil
 }
 
 // Delete forgets the session id.
 func (m *MemoryStore) Delete(_ context.Context, id SubscriberID) error {
-	m.sessions.Delete(id)
+	s := m.shard(id)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.m, id)
 	return nil
 }
 
-// Range calls fn for each session.
+// Range calls fn for each session until fn returns false.
 func (m *MemoryStore) Range(_ context.Context, fn func(*SessionRecord) bool) error {
-	m.sessions.Range(func(_, v any) bool { return fn(v.(*SessionRecord)) })
+	for i := range m.shards {
+		s := &m.shards[i]
+		s.mu.Lock()
+		recs := make([]*SessionRecord, 0, len(s.m))
+		for _, r := range s.m {
+			recs = append(recs, r)
+		}
+		s.mu.Unlock()
+		for _, r := range recs {
+			if !fn(r) {
+				return nil
+			}
+		}
+	}
 	return nil
 }
 
