@@ -16,8 +16,10 @@ import (
 // fakeTB records what a helper reports.
 type fakeTB struct{ errors []string }
 
-func (f *fakeTB) Helper()                           {}
-func (f *fakeTB) Errorf(format string, args ...any) { f.errors = append(f.errors, fmt.Sprintf(format, args...)) }
+func (f *fakeTB) Helper() {}
+func (f *fakeTB) Errorf(format string, args ...any) {
+	f.errors = append(f.errors, fmt.Sprintf(format, args...))
+}
 func (f *fakeTB) Fatalf(format string, args ...any) { f.Errorf(format, args...) }
 
 func TestRecorderExpectHooks(t *testing.T) {
