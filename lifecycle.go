@@ -196,11 +196,13 @@ func (c *Core) cancelTimers(st *sessionState) {
 	st.mu.Unlock()
 }
 
-// expire ends an offline session whose expiry interval passed.
+// expire ends an offline session whose expiry interval passed. The timer may
+// be stale: the session may have resumed, and gone offline again with a later
+// expiry, while this waited for a worker; its deadline decides.
 func (c *Core) expire(id SubscriberID, gen uint64) {
 	_ = c.reg.do(context.Background(), id, newOp(func(ctx context.Context, e *entry) {
 		st := e.state
-		if st == nil || st.rec.Generation != gen || st.online() {
+		if st == nil || st.rec.Generation != gen || st.online() || !due(st.rec.ExpiresAt) {
 			return
 		}
 		st.expiryItem = nil
@@ -210,11 +212,12 @@ func (c *Core) expire(id SubscriberID, gen uint64) {
 	}))
 }
 
-// delayedWill publishes the Will of an offline session whose delay passed.
+// delayedWill publishes the Will of an offline session whose delay passed;
+// like expire, it checks that the Will waiting now is the one that is due.
 func (c *Core) delayedWill(id SubscriberID, gen uint64) {
 	_ = c.reg.do(context.Background(), id, newOp(func(ctx context.Context, e *entry) {
 		st := e.state
-		if st == nil || st.rec.Generation != gen || st.online() {
+		if st == nil || st.rec.Generation != gen || st.online() || st.rec.Will == nil || !due(st.rec.WillAt) {
 			return
 		}
 		st.willItem = nil
@@ -277,3 +280,6 @@ func (c *Core) shutdownSession(ctx context.Context, e *entry, st *sessionState, 
 		c.publishPendingWill(ctx, st)
 	}
 }
+
+// due reports whether the deadline t is set and has passed.
+func due(t time.Time) bool { return !t.IsZero() && !time.Now().Before(t) }

@@ -594,3 +594,33 @@ func TestShutdownLeavesNoGoroutine(t *testing.T) {
 		t.Logf("baseline %d, now %d:\n%s", baseline, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
 	}
 }
+
+// An expiry that waited for a busy worker while its session resumed and went
+// offline again must not end the session early (found by the model test).
+func TestStaleExpiryAfterResume(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t, mqtthooks.Options{Workers: 1})
+		release := make(chan struct{})
+		f.rec.Lifecycle = func(_ context.Context, c mqtthookstest.Call) {
+			if c.Hook == "OnSessionExpired" && c.ID == sid("a") {
+				<-release
+			}
+		}
+		f.v5("a", false, 10).Drop(t.Context(), nil)
+		f.v5("b", false, 20).Drop(t.Context(), nil)
+		time.Sleep(25 * time.Second) // a's expiry holds the only worker; b's waits
+		synctest.Wait()
+		b := f.v5("b", false, 300)
+		require.True(t, b.Connack().SessionPresent)
+		b.Drop(t.Context(), nil)
+		close(release)
+		synctest.Wait()
+
+		info, ok := f.core.Lookup(sid("b"))
+		require.True(t, ok, "b expired early")
+		assert.Equal(t, time.Now().Add(300*time.Second), info.ExpiresAt)
+		time.Sleep(300 * time.Second)
+		synctest.Wait()
+		assert.Equal(t, 1, f.rec.Count(sid("b"), "OnSessionExpired"))
+	})
+}
