@@ -224,7 +224,7 @@ func (c *Core) exists(id SubscriberID) bool {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.state != nil
+	return e.state.Load() != nil
 }
 
 // reject ends the CONNECT with the CONNACK for err.
@@ -314,6 +314,7 @@ type plan struct {
 	expiry      time.Duration
 	multi       bool
 	limits      Limits
+	queue       QueueSettings
 	connack     ConnackProperties
 	will        *Will
 }
@@ -365,6 +366,7 @@ func (h *Handshake) makePlan(m *Modifiers) (*plan, error) {
 		ReceiveMaximum:                  m.ReceiveMaximum.Or(caps.ReceiveMaximum),
 		KeepAlive:                       m.ServerKeepAlive.Or(req.KeepAlive),
 	}
+	p.queue = c.queueSettings(m, req)
 	if w := req.Will; w != nil {
 		if w.QoS > p.limits.MaximumQoS {
 			return nil, fmt.Errorf("%w: Will QoS %d is above the maximum %d", ErrWillQoS, w.QoS, p.limits.MaximumQoS)
@@ -378,6 +380,24 @@ func (h *Handshake) makePlan(m *Modifiers) (*plan, error) {
 		p.connack = h.connackProperties(m, p)
 	}
 	return p, nil
+}
+
+// queueSettings returns the queue limits for a CONNECT accepted with m.
+func (c *Core) queueSettings(m *Modifiers, req *ConnectRequest) QueueSettings {
+	o := &c.opts
+	set := QueueSettings{
+		MaxOnlineMessages:  m.MaxOnlineMessages.Or(o.MaxOnlineMessages.Or(1000)),
+		MaxOfflineMessages: m.MaxOfflineMessages.Or(o.MaxOfflineMessages.Or(1000)),
+		QueueType:          m.QueueType.Or(cmp.Or(o.QueueType, QueueFIFO)),
+		DeliverMode:        m.QueueDeliverMode.Or(cmp.Or(o.DeliverMode, DeliverFanout)),
+		StoreQoS0Offline:   m.StoreQoS0Offline.Or(o.StoreQoS0Offline),
+		MaxInflight:        m.MaxInflightMessages.Or(o.MaxInflightMessages.Or(20)),
+	}
+	if rm := int(req.Properties.ReceiveMaximum); req.ProtocolVersion.IsV5() && rm > 0 &&
+		(set.MaxInflight == 0 || rm < set.MaxInflight) {
+		set.MaxInflight = rm
+	}
+	return set
 }
 
 // connackProperties returns the properties of a successful v5 CONNACK: only
@@ -446,7 +466,7 @@ func (h *Handshake) runOp(ctx context.Context, e *entry) { h.step = h.attach(ctx
 // abandons the CONNECT.
 func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 	c := h.core
-	st := e.state
+	st := e.state.Load()
 	existed := st != nil
 	if existed {
 		st.mu.Lock()
@@ -502,6 +522,13 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 	}
 	s := h.newSession(st, p, present)
 	st.mu.Lock()
+	if len(st.conns) == 0 {
+		s.q = &st.q
+	} else {
+		s.q = &queue{} // joining a multiple session: a queue of its own
+	}
+	s.q.adopt(s, p.queue)
+	st.q.set = p.queue // the latest attach's settings apply (OQ12)
 	st.conns = append(st.conns, s)
 	st.multi = p.multi
 	r := &st.rec
@@ -559,7 +586,7 @@ func (c *Core) createSession(ctx context.Context, e *entry, p *plan) (*sessionSt
 		return nil, fmt.Errorf("%w: %w", ErrRegistration, err)
 	}
 	e.mu.Lock()
-	e.state = st
+	e.state.Store(st)
 	e.mu.Unlock()
 	c.stats.created.Add(1)
 	return st, nil
@@ -572,7 +599,7 @@ func (h *Handshake) newSession(st *sessionState, p *plan, present bool) *Session
 		connID = h.core.connIDs.Add(1) | 1<<63 // the broker gave none: ours cannot collide with small ones
 	}
 	return &Session{
-		core: h.core, id: p.id, conn: h.conn, connID: connID, version: h.connect.ProtocolVersion,
+		core: h.core, st: st, id: p.id, conn: h.conn, connID: connID, version: h.connect.ProtocolVersion,
 		username: p.username, hasUsername: p.hasUsername, peer: h.ci.Peer, generation: st.rec.Generation,
 		sessionPresent: present, limits: p.limits, will: p.will, attached: true,
 		sei: p.sei, cleanup: p.cleanup, expiry: p.expiry,

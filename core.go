@@ -57,6 +57,22 @@ type Options struct {
 	// Capabilities are what the broker supports; default DefaultCapabilities().
 	Capabilities *Capabilities
 
+	// MaxOnlineMessages and MaxOfflineMessages bound a session's pending
+	// messages while connected and while offline: -1 unlimited, 0 none;
+	// default 1000 each. Modifiers may change them per session.
+	MaxOnlineMessages, MaxOfflineMessages Opt[int]
+	// MaxInflightMessages bounds a connection's unacknowledged QoS 1 and 2
+	// deliveries, together with the client's Receive Maximum; 0 means only the
+	// Receive Maximum; default 20.
+	MaxInflightMessages Opt[int]
+	// QueueType is QueueFIFO (default) or QueueLIFO, which is not conformant.
+	QueueType QueueType
+	// DeliverMode shares the messages of a multiple session: DeliverFanout
+	// (default) or DeliverBalance.
+	DeliverMode DeliverMode
+	// StoreQoS0Offline keeps QoS 0 messages for offline sessions.
+	StoreQoS0Offline bool
+
 	// PublishWill publishes a Will for the broker. The Core calls it when a
 	// Will is due, before the session's terminal hook, never under a lock.
 	// Nil drops Wills.
@@ -139,12 +155,21 @@ type Stats struct {
 	SessionsCreated, SessionsResumed, Takeovers, SessionsExpired uint64
 	// WillsPublished counts Wills handed to PublishWill.
 	WillsPublished uint64
+
+	// Messages: every Deliver that reached a session is Routed, and ends up
+	// Delivered (QoS 0 handed out, QoS 1 PUBACK, QoS 2 PUBCOMP), Dropped
+	// (queue full, expired; OnMessageDrop fired), NotStoredQoS0 (QoS 0 for an
+	// offline session), Discarded (its session ended), or is still pending or
+	// in flight (SessionInfo). Nothing is lost: Routed = Delivered + Dropped
+	// + NotStoredQoS0 + Discarded + pending + in flight.
+	Routed, Delivered, Dropped, NotStoredQoS0, Discarded uint64
 }
 
 type counters struct {
 	sessions, connections                                atomic.Int64
 	accepted, rejected, abandoned                        atomic.Uint64
 	created, resumed, takeovers, expired, willsPublished atomic.Uint64
+	routed, delivered, dropped, notStoredQoS0, discarded atomic.Uint64
 }
 
 // Core owns the MQTT sessions of a broker and fires the hooks of a Chain at
@@ -195,6 +220,17 @@ func NewCore(chain *Chain, opts Options) (*Core, error) {
 		return nil, fmt.Errorf("%w: negative timeout", ErrInvalidArgument)
 	case opts.MaxSessions < 0 || opts.Workers < 0:
 		return nil, fmt.Errorf("%w: negative MaxSessions or Workers", ErrInvalidArgument)
+	}
+	defaults := Modifiers{MaxOnlineMessages: opts.MaxOnlineMessages, MaxOfflineMessages: opts.MaxOfflineMessages,
+		MaxInflightMessages: opts.MaxInflightMessages}
+	if opts.QueueType != 0 {
+		defaults.QueueType = Some(opts.QueueType)
+	}
+	if opts.DeliverMode != 0 {
+		defaults.QueueDeliverMode = Some(opts.DeliverMode)
+	}
+	if err := defaults.Validate(ModifierRules{ProtocolVersion: MQTT311}); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidArgument, err)
 	}
 	c := &Core{
 		chain:   chain,
@@ -259,10 +295,10 @@ func (c *Core) restore() error {
 		e := c.reg.acquire(rec.ID)
 		e.mu.Lock()
 		e.session.reset(rec)
-		e.state = &e.session
+		e.state.Store(&e.session)
 		e.mu.Unlock()
 		c.stats.sessions.Add(1)
-		c.armTimers(e.state)
+		c.armTimers(e.state.Load())
 		c.reg.release(e)
 		return true
 	})
@@ -276,6 +312,8 @@ func (c *Core) Stats() Stats {
 		ConnectsAccepted: s.accepted.Load(), ConnectsRejected: s.rejected.Load(), ConnectsAbandoned: s.abandoned.Load(),
 		SessionsCreated: s.created.Load(), SessionsResumed: s.resumed.Load(), Takeovers: s.takeovers.Load(),
 		SessionsExpired: s.expired.Load(), WillsPublished: s.willsPublished.Load(),
+		Routed: s.routed.Load(), Delivered: s.delivered.Load(), Dropped: s.dropped.Load(),
+		NotStoredQoS0: s.notStoredQoS0.Load(), Discarded: s.discarded.Load(),
 	}
 }
 
@@ -292,6 +330,9 @@ type SessionInfo struct {
 	// ExpiresAt is when the offline session expires; zero for never and for
 	// online sessions.
 	ExpiresAt time.Time
+	// Pending and Inflight count the messages waiting and those handed out
+	// and not yet acknowledged.
+	Pending, Inflight int
 }
 
 // Lookup describes the session of id, if one exists.
@@ -301,7 +342,7 @@ func (c *Core) Lookup(id SubscriberID) (SessionInfo, bool) {
 		return SessionInfo{}, false
 	}
 	e.mu.Lock()
-	st := e.state
+	st := e.state.Load()
 	e.mu.Unlock()
 	if st == nil {
 		return SessionInfo{}, false
@@ -314,7 +355,7 @@ func (c *Core) Lookup(id SubscriberID) (SessionInfo, bool) {
 func (c *Core) Range(fn func(SessionInfo) bool) {
 	c.reg.each(func(e *entry) bool {
 		e.mu.Lock()
-		st := e.state
+		st := e.state.Load()
 		e.mu.Unlock()
 		if st == nil {
 			return true
@@ -341,7 +382,7 @@ func (c *Core) Disconnect(ctx context.Context, id SubscriberID, cleanup bool) er
 	var err error
 	async := insideHook(ctx)
 	derr := c.reg.do(ctx, id, newOp(func(ctx context.Context, e *entry) {
-		st := e.state
+		st := e.state.Load()
 		if st == nil {
 			err = ErrSessionNotFound
 			return
@@ -377,7 +418,7 @@ func (c *Core) Shutdown(ctx context.Context) error {
 	c.reg.each(func(e *entry) bool {
 		wg.Go(func() {
 			_ = c.reg.do(context.Background(), e.id, newOp(func(ctx context.Context, e *entry) {
-				if st := e.state; st != nil {
+				if st := e.state.Load(); st != nil {
 					c.shutdownSession(ctx, e, st, durable)
 				}
 			}))

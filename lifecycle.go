@@ -50,9 +50,8 @@ func (c *Core) detach(st *sessionState, s *Session) bool {
 func (c *Core) kick(s *Session, end *EndedError) {
 	s.mu.Lock()
 	s.endErr = end
-	started := s.started
 	s.mu.Unlock()
-	if started {
+	if s.started.Load() {
 		c.conns.Go(func() { s.conn.Disconnect(end.Code) })
 	}
 }
@@ -64,6 +63,7 @@ func (c *Core) endConnection(ctx context.Context, e *entry, st *sessionState, s 
 	if !c.detach(st, s) {
 		return
 	}
+	c.handOverQueue(st, s)
 	s.mu.Lock()
 	cleanup, expiry := s.cleanup, s.expiry
 	s.mu.Unlock()
@@ -82,6 +82,33 @@ func (c *Core) endConnection(ctx context.Context, e *entry, st *sessionState, s 
 		return
 	}
 	c.goOffline(ctx, e, st, ev, expiry)
+}
+
+// handOverQueue deals with the queue of a connection that left: the session
+// keeps it while offline; with other connections left (multiple sessions)
+// they get its messages (balance) or already have copies (fanout).
+func (c *Core) handOverQueue(st *sessionState, s *Session) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if len(st.conns) == 0 {
+		st.q.owner = nil
+		st.q.notified = false
+		return
+	}
+	next := st.conns[0]
+	mine := s.q
+	if mine == &st.q { // the session's own queue passes to the next connection
+		mine = next.q
+		next.q = &st.q
+		st.q.adopt(next, st.q.set)
+	}
+	if st.q.set.DeliverMode == DeliverBalance {
+		for _, m := range mine.takeAll() {
+			st.q.pending.pushBack(m)
+		}
+		return
+	}
+	c.stats.discarded.Add(uint64(mine.clear())) // fanout: copies
 }
 
 // willDue publishes the Will of s now, or arms its delay. A v5 Will with a
@@ -136,6 +163,13 @@ func (c *Core) endSession(ctx context.Context, e *entry, st *sessionState, h hoo
 	st.mu.Lock()
 	subscribed := len(st.rec.Subscriptions) > 0
 	st.rec.Subscriptions = nil
+	st.ended = true
+	c.stats.discarded.Add(uint64(st.q.clear()))
+	for _, s := range st.conns {
+		if s.q != &st.q {
+			c.stats.discarded.Add(uint64(s.q.clear()))
+		}
+	}
 	st.mu.Unlock()
 	if subscribed {
 		c.router.RemoveAll(st.rec.ID)
@@ -149,7 +183,7 @@ func (c *Core) endSession(ctx context.Context, e *entry, st *sessionState, h hoo
 		c.logger.Error("mqtthooks: session store: delete failed", "session", st.rec.ID.String(), "err", err)
 	}
 	e.mu.Lock()
-	e.state = nil
+	e.state.Store(nil)
 	e.mu.Unlock()
 	c.stats.sessions.Add(-1)
 }
@@ -201,7 +235,7 @@ func (c *Core) cancelTimers(st *sessionState) {
 // expiry, while this waited for a worker; its deadline decides.
 func (c *Core) expire(id SubscriberID, gen uint64) {
 	_ = c.reg.do(context.Background(), id, newOp(func(ctx context.Context, e *entry) {
-		st := e.state
+		st := e.state.Load()
 		if st == nil || st.rec.Generation != gen || st.online() || !due(st.rec.ExpiresAt) {
 			return
 		}
@@ -216,7 +250,7 @@ func (c *Core) expire(id SubscriberID, gen uint64) {
 // like expire, it checks that the Will waiting now is the one that is due.
 func (c *Core) delayedWill(id SubscriberID, gen uint64) {
 	_ = c.reg.do(context.Background(), id, newOp(func(ctx context.Context, e *entry) {
-		st := e.state
+		st := e.state.Load()
 		if st == nil || st.rec.Generation != gen || st.online() || st.rec.Will == nil || !due(st.rec.WillAt) {
 			return
 		}
@@ -276,7 +310,7 @@ func (c *Core) shutdownSession(ctx context.Context, e *entry, st *sessionState, 
 		c.endConnection(ctx, e, st, s, endCause{reason: ReasonShutdown, code: CodeServerShuttingDown,
 			hasCode: s.version.IsV5(), will: true})
 	}
-	if !durable && e.state != nil {
+	if !durable && e.state.Load() != nil {
 		c.publishPendingWill(ctx, st)
 	}
 }

@@ -41,7 +41,7 @@ type entry struct {
 	refs    int        // operations holding the entry, running or queued
 	running bool
 	queue   []*op
-	state   *sessionState // &session while a session exists, else nil; owned by the running op
+	state   atomic.Pointer[sessionState] // &session while a session exists; written under mu by the running op
 
 	// session is the state of the SubscriberID's session, kept in the entry
 	// so that a session costs one allocation.
@@ -120,7 +120,7 @@ func (r *registry) release(e *entry) {
 	s.mu.Lock()
 	e.mu.Lock()
 	e.refs--
-	if e.refs == 0 && e.state == nil {
+	if e.refs == 0 && e.state.Load() == nil {
 		delete(s.m, e.id)
 	}
 	e.mu.Unlock()

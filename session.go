@@ -78,12 +78,25 @@ func (e *ProtocolError) Error() string {
 	return "mqtthooks: protocol error " + e.Code.String() + ": " + e.Msg
 }
 
-// Delivery is a message handed to the broker for one connection.
+// Delivery is what Session.Pull hands the broker for one connection: a
+// PUBLISH to send or, with Pubrel, a PUBREL to send again.
 type Delivery struct {
+	// PacketID is 0 for QoS 0.
 	PacketID uint16
 	QoS      byte
-	Dup      bool
-	Message  *Message
+	// Dup is set for a PUBLISH sent before, to an earlier connection or this
+	// one.
+	Dup bool
+	// Pubrel asks for a PUBREL of PacketID (QoS 2 after PUBREC); the other
+	// fields are zero.
+	Pubrel bool
+	Retain bool
+	// SubscriptionIdentifiers of the matching subscriptions (v5).
+	SubscriptionIdentifiers []uint32
+	// MessageExpiry is what is left of the Message Expiry Interval (v5),
+	// rounded up to a second.
+	MessageExpiry Opt[uint32]
+	Message       *Message
 }
 
 // Limits are what a session's modifiers and the broker's capabilities allow
@@ -130,8 +143,11 @@ type Session struct {
 	limits         Limits
 	will           *Will
 
+	st *sessionState // the session's state; q is its queue for this connection
+	q  *queue
+
+	started  atomic.Bool
 	mu       sync.Mutex
-	started  bool
 	attached bool  // still attached to its session, as the Core sees it
 	endErr   error // why the connection ended, for Pull
 	sei      uint32
@@ -166,33 +182,151 @@ func (s *Session) Username() (name string, ok bool) { return s.username, s.hasUs
 // returns ErrAlreadyStarted.
 func (s *Session) Start() error {
 	s.mu.Lock()
-	if s.started {
+	if !s.started.CompareAndSwap(false, true) {
 		s.mu.Unlock()
 		return ErrAlreadyStarted
 	}
-	s.started = true
 	ended := s.endErr != nil
 	s.mu.Unlock()
-	if ended {
-		s.conn.Notify() // the broker pulls the end and sends its DISCONNECT
+	notify := ended
+	if !ended {
+		s.st.mu.Lock()
+		notify = s.q.owner == s && s.q.wantsNotify()
+		s.st.mu.Unlock()
+	}
+	if notify {
+		s.conn.Notify() // deliveries wait, or the end: the broker pulls
 	}
 	return nil
 }
 
-// Pull fills buf with ready deliveries and returns how many. Before Start it
-// returns ErrNotStarted; once the Core has ended the connection (a takeover,
-// an admin disconnect, shutdown) it returns an *EndedError such as
-// ErrTakenOver, whose code the broker sends in a DISCONNECT.
+// Pull fills buf with what is ready for the connection and returns how many:
+// first the deliveries a resumed session had in flight (DUP set, original
+// packet identifiers) and the PUBRELs it owes, then pending messages in queue
+// order, as far as the in-flight window (the smaller of MaxInflightMessages
+// and the client's Receive Maximum) allows. Expired messages are dropped on
+// the way. A broker pulls after Conn.Notify until Pull returns fewer than
+// len(buf), and after each acknowledgement.
+//
+// Before Start, Pull returns ErrNotStarted; once the Core has ended the
+// connection (a takeover, an admin disconnect, shutdown) it returns an
+// *EndedError such as ErrTakenOver, whose code the broker sends in a
+// DISCONNECT; after the broker reported the end, ErrSessionEnded.
 func (s *Session) Pull(buf []Delivery) (int, error) {
+	if err := s.usable(); err != nil {
+		return 0, err
+	}
+	st := s.st
+	st.mu.Lock()
+	if s.q.owner != s {
+		st.mu.Unlock()
+		return 0, s.endError()
+	}
+	n, delivered, expired := s.q.pull(buf, time.Now)
+	st.mu.Unlock()
+	c := s.core
+	c.stats.delivered.Add(uint64(delivered))
+	if len(expired) > 0 {
+		c.dropped(s.id, DropExpired, expired)
+	}
+	return n, nil
+}
+
+// usable returns why the connection cannot pull or acknowledge, or nil.
+func (s *Session) usable() error {
+	if !s.started.Load() {
+		return ErrNotStarted
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	switch {
-	case !s.started:
-		return 0, ErrNotStarted
-	case s.endErr != nil:
-		return 0, s.endErr
+	return s.endErr
+}
+
+func (s *Session) endError() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.endErr != nil {
+		return s.endErr
 	}
-	return 0, nil
+	return ErrSessionEnded
+}
+
+// Ack reports the PUBACK of the QoS 1 delivery id.
+func (s *Session) Ack(id uint16) error { return s.settle(id, 1, false) }
+
+// Rec reports the PUBREC of the QoS 2 delivery id: the broker sends PUBREL,
+// and a resumed session offers that PUBREL again.
+func (s *Session) Rec(id uint16) error {
+	return s.withQueue(func(q *queue) error { return q.rec(id) })
+}
+
+// Comp reports the PUBCOMP of the QoS 2 delivery id.
+func (s *Session) Comp(id uint16) error { return s.settle(id, 2, true) }
+
+// settle finishes an in-flight delivery; the window it frees may let pending
+// messages go, so the broker is notified.
+func (s *Session) settle(id uint16, qos byte, released bool) error {
+	notify := false
+	err := s.withQueue(func(q *queue) error {
+		if err := q.ack(id, qos, released); err != nil {
+			return err
+		}
+		notify = q.wantsNotify()
+		return nil
+	})
+	if err == nil {
+		s.core.stats.delivered.Add(1)
+	}
+	if notify {
+		s.conn.Notify()
+	}
+	return err
+}
+
+// withQueue runs fn on the connection's queue under the session's lock, if
+// the connection still owns it.
+func (s *Session) withQueue(fn func(q *queue) error) error {
+	if s.q == nil {
+		return ErrSessionEnded
+	}
+	st := s.st
+	st.mu.Lock()
+	if s.q.owner != s {
+		st.mu.Unlock()
+		return s.endError()
+	}
+	err := fn(s.q)
+	st.mu.Unlock()
+	return err
+}
+
+// Received records the packet identifier of an inbound QoS 2 PUBLISH. It
+// reports whether this is its first arrival: a repeat (DUP) must not be
+// routed again. The identifier is kept, across connections of a persistent
+// session, until Released.
+func (s *Session) Received(id uint16) (first bool, err error) {
+	err = s.withQueue(func(q *queue) error {
+		if slices.Contains(q.inbound, id) {
+			return nil
+		}
+		q.inbound = append(q.inbound, id)
+		first = true
+		return nil
+	})
+	return first, err
+}
+
+// Released reports the client's PUBREL of an inbound QoS 2 identifier and
+// whether it was known (a PUBCOMP for an unknown one carries 0x92 in v5).
+func (s *Session) Released(id uint16) (known bool, err error) {
+	err = s.withQueue(func(q *queue) error {
+		if i := slices.Index(q.inbound, id); i >= 0 {
+			q.inbound = slices.Delete(q.inbound, i, i+1)
+			known = true
+		}
+		return nil
+	})
+	return known, err
 }
 
 // Disconnect reports the client's DISCONNECT with its reason code (MQTT 3:
@@ -264,7 +398,7 @@ func (s *Session) end(ctx context.Context, cause endCause) error {
 }
 
 func (s *Session) runOp(ctx context.Context, e *entry) {
-	if st := e.state; st != nil {
+	if st := e.state.Load(); st != nil {
 		s.core.endConnection(ctx, e, st, s, s.cause)
 	}
 }
@@ -284,7 +418,7 @@ func (s *Session) Subscribe(ctx context.Context, subs ...Subscription) error {
 	}
 	var err error
 	derr := s.core.reg.do(ctx, s.id, newOp(func(_ context.Context, e *entry) {
-		st := e.state
+		st := e.state.Load()
 		if st == nil || !st.has(s) {
 			err = ErrSessionEnded
 			return
@@ -318,7 +452,7 @@ func (s *Session) Unsubscribe(ctx context.Context, filters ...string) (existed [
 	}
 	existed = make([]bool, len(filters))
 	derr := s.core.reg.do(ctx, s.id, newOp(func(_ context.Context, e *entry) {
-		st := e.state
+		st := e.state.Load()
 		if st == nil || !st.has(s) {
 			err = ErrSessionEnded
 			return
@@ -366,6 +500,9 @@ type sessionState struct {
 	conns    []*Session
 	connsBuf [1]*Session // conns' backing array while there is one connection
 	multi    bool        // the session allows multiple connections
+	ended    bool        // the life is over; deliveries find no session
+	q        queue       // the session's queue: offline, or its first connection's
+	balance  int         // round-robin position of DeliverBalance
 
 	expiryItem, willItem *timerItem
 }
@@ -386,8 +523,16 @@ func (st *sessionState) info() SessionInfo {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	r := &st.rec
-	return SessionInfo{ID: r.ID, Generation: r.Generation, Connections: len(st.conns), Username: r.Username,
+	info := SessionInfo{ID: r.ID, Generation: r.Generation, Connections: len(st.conns), Username: r.Username,
 		HasUsername: r.HasUsername, Subscriptions: slices.Clone(r.Subscriptions), ExpiresAt: r.ExpiresAt}
+	info.Pending, info.Inflight = st.q.count()
+	for _, s := range st.conns {
+		if s.q != &st.q {
+			p, i := s.q.count()
+			info.Pending, info.Inflight = info.Pending+p, info.Inflight+i
+		}
+	}
+	return info
 }
 
 // offlineEvent returns a SessionEvent for the session from its last connection.
@@ -421,6 +566,7 @@ func (st *sessionState) reset(rec *SessionRecord) {
 	defer st.mu.Unlock()
 	st.rec = *rec
 	st.conns = st.connsBuf[:0]
-	st.multi = false
+	st.multi, st.ended, st.balance = false, false, 0
+	st.q = queue{}
 	st.expiryItem, st.willItem = nil, nil
 }

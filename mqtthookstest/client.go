@@ -213,6 +213,54 @@ func (c *Client) Pull() ([]mqtthooks.Delivery, error) {
 	return buf[:n], err
 }
 
+// PullAll pulls until the session has nothing more for now, as a broker's
+// write loop does after a Notify, and returns everything it got.
+func (c *Client) PullAll() ([]mqtthooks.Delivery, error) {
+	var all []mqtthooks.Delivery
+	for {
+		got, err := c.Pull()
+		all = append(all, got...)
+		if err != nil || len(got) < 64 {
+			return all, err
+		}
+	}
+}
+
+// Settle acknowledges d as a client would: PUBACK for QoS 1; PUBREC then
+// PUBCOMP for QoS 2 (just PUBCOMP for a PUBREL). QoS 0 needs nothing.
+func (c *Client) Settle(d mqtthooks.Delivery) error {
+	switch {
+	case d.Pubrel:
+		return c.Session.Comp(d.PacketID)
+	case d.QoS == 1:
+		return c.Session.Ack(d.PacketID)
+	case d.QoS == 2:
+		if err := c.Session.Rec(d.PacketID); err != nil {
+			return err
+		}
+		return c.Session.Comp(d.PacketID)
+	}
+	return nil
+}
+
+// Receive pulls and settles until the session has nothing more for now; it
+// returns the deliveries in the order they came.
+func (c *Client) Receive() ([]mqtthooks.Delivery, error) {
+	var all []mqtthooks.Delivery
+	for {
+		ds, err := c.PullAll()
+		if err != nil || len(ds) == 0 {
+			return all, err
+		}
+		all = append(all, ds...)
+		for _, d := range ds {
+			if err := c.Settle(d); err != nil {
+				return all, err
+			}
+		}
+	}
+}
+
 // Disconnect sends a DISCONNECT with code and, for MQTT 5, an optional new
 // Session Expiry Interval. A *mqtthooks.ProtocolError answer is recorded as
 // the broker's DISCONNECT.

@@ -1,0 +1,327 @@
+package mqtthooks
+
+import (
+	"errors"
+	"slices"
+	"time"
+)
+
+// ErrPacketIDNotFound is what Session.Ack, Rec and Comp return for a packet
+// identifier that has no delivery in that state (v5 0x92).
+var ErrPacketIDNotFound = errors.New("mqtthooks: packet identifier not found")
+
+// QueuedMessage is a message waiting in a session's queue.
+type QueuedMessage struct {
+	Message *Message
+	// QoS is the QoS of the delivery: the broker's choice from the message's
+	// and the subscription's.
+	QoS    byte
+	Retain bool
+	// SubscriptionIdentifiers of the subscriptions that matched (v5).
+	SubscriptionIdentifiers []uint32
+	// ExpiresAt is when the v5 Message Expiry Interval runs out; zero for
+	// never.
+	ExpiresAt time.Time
+}
+
+// InflightMessage is a QoS 1 or 2 delivery handed to a connection and not yet
+// acknowledged.
+type InflightMessage struct {
+	QueuedMessage
+	PacketID uint16
+	// Released is set once the client's PUBREC arrived (QoS 2): the PUBREL
+	// waits for its PUBCOMP.
+	Released bool
+}
+
+// QueueSettings are the queue limits in force for a session: the Core's
+// defaults, changed by the modifiers of the latest CONNECT.
+type QueueSettings struct {
+	// MaxOnlineMessages and MaxOfflineMessages bound the pending messages
+	// while a connection is attached and while none is: -1 unlimited, 0 none.
+	MaxOnlineMessages, MaxOfflineMessages int
+	QueueType                             QueueType
+	DeliverMode                           DeliverMode
+	StoreQoS0Offline                      bool
+	// MaxInflight bounds the unacknowledged QoS 1 and 2 deliveries of a
+	// connection: the smaller of MaxInflightMessages and the client's Receive
+	// Maximum; 0 means 65535.
+	MaxInflight int
+}
+
+// queue is the message side of a session (or, with multiple sessions, of one
+// of its connections): pending messages, in-flight deliveries with their
+// packet identifiers, and inbound QoS 2 identifiers awaiting PUBREL. It knows
+// nothing of packets or sockets. Its session's mu guards it.
+type queue struct {
+	owner    *Session // the connection that pulls from it; nil while offline
+	set      QueueSettings
+	pending  ring
+	inflight []flight // in the order they were sent
+	nextID   uint16
+	inbound  []uint16
+	notified bool // Notify is out and no Pull has found the queue empty since
+}
+
+type flight struct {
+	InflightMessage
+	resend bool // offer again, with DUP (or the PUBREL), to the owner
+}
+
+// ring is a double-ended FIFO of queued messages.
+type ring struct {
+	buf        []QueuedMessage
+	head, size int
+}
+
+func (r *ring) len() int { return r.size }
+
+func (r *ring) pushBack(m QueuedMessage) {
+	if r.size == len(r.buf) {
+		r.grow()
+	}
+	r.buf[(r.head+r.size)%len(r.buf)] = m
+	r.size++
+}
+
+// pushFront puts a message back where popFront took it.
+func (r *ring) pushFront(m QueuedMessage) {
+	if r.size == len(r.buf) {
+		r.grow()
+	}
+	r.head = (r.head - 1 + len(r.buf)) % len(r.buf)
+	r.buf[r.head] = m
+	r.size++
+}
+
+func (r *ring) popFront() QueuedMessage {
+	m := r.buf[r.head]
+	r.buf[r.head] = QueuedMessage{}
+	r.head = (r.head + 1) % len(r.buf)
+	r.size--
+	return m
+}
+
+func (r *ring) popBack() QueuedMessage {
+	i := (r.head + r.size - 1) % len(r.buf)
+	m := r.buf[i]
+	r.buf[i] = QueuedMessage{}
+	r.size--
+	return m
+}
+
+func (r *ring) grow() {
+	n := max(4, 2*len(r.buf))
+	buf := make([]QueuedMessage, n)
+	for i := range r.size {
+		buf[i] = r.buf[(r.head+i)%len(r.buf)]
+	}
+	r.buf, r.head = buf, 0
+}
+
+// drain empties the ring and returns what it held, oldest first.
+func (r *ring) drain() []QueuedMessage {
+	out := make([]QueuedMessage, 0, r.size)
+	for r.size > 0 {
+		out = append(out, r.popFront())
+	}
+	r.buf, r.head = nil, 0
+	return out
+}
+
+// enqueueResult is what enqueue did with a message.
+type enqueueResult uint8
+
+const (
+	enqueued        enqueueResult = iota
+	notStored                     // QoS 0 for an offline session (OQ6: not a drop)
+	droppedIncoming               // the queue was full (FIFO), or takes no messages
+	droppedOldest                 // the queue was full (LIFO): the oldest made room
+)
+
+// enqueue adds m under the queue's limits. For droppedOldest, old is the
+// message that made room.
+func (q *queue) enqueue(m QueuedMessage) (res enqueueResult, old QueuedMessage) {
+	limit := q.set.MaxOnlineMessages
+	if q.owner == nil {
+		if m.QoS == 0 && !q.set.StoreQoS0Offline {
+			return notStored, old
+		}
+		limit = q.set.MaxOfflineMessages
+	}
+	if limit >= 0 && q.pending.len() >= limit {
+		if limit == 0 || q.set.QueueType != QueueLIFO {
+			return droppedIncoming, old
+		}
+		old = q.pending.popFront()
+		res = droppedOldest
+	}
+	q.pending.pushBack(m)
+	return res, old
+}
+
+// wantsNotify reports whether the owner should be told of work now, and
+// records that it is.
+func (q *queue) wantsNotify() bool {
+	if q.notified || q.owner == nil || !q.owner.started.Load() || !q.hasWork() {
+		return false
+	}
+	q.notified = true
+	return true
+}
+
+// hasWork reports whether a Pull would hand something out.
+func (q *queue) hasWork() bool {
+	for i := range q.inflight {
+		if q.inflight[i].resend {
+			return true
+		}
+	}
+	return q.pending.len() > 0 && (q.pending.buf[q.pending.head].QoS == 0 || q.windowOpen())
+}
+
+func (q *queue) windowOpen() bool {
+	return q.set.MaxInflight <= 0 || len(q.inflight) < q.set.MaxInflight
+}
+
+// pull fills buf: first what is to be resent, then pending messages, as far
+// as the in-flight window allows. Expired messages are taken out and returned
+// in expired.
+func (q *queue) pull(buf []Delivery, now func() time.Time) (n int, delivered int, expired []QueuedMessage) {
+	for i := range q.inflight {
+		if n == len(buf) {
+			return n, delivered, expired
+		}
+		f := &q.inflight[i]
+		if !f.resend {
+			continue
+		}
+		f.resend = false
+		buf[n] = f.delivery(true, now)
+		n++
+	}
+	lifo := q.set.QueueType == QueueLIFO
+	for n < len(buf) && q.pending.len() > 0 {
+		var m QueuedMessage
+		if lifo {
+			m = q.pending.popBack()
+		} else {
+			m = q.pending.popFront()
+		}
+		if !m.ExpiresAt.IsZero() && !now().Before(m.ExpiresAt) {
+			expired = append(expired, m)
+			continue
+		}
+		if m.QoS > 0 && !q.windowOpen() {
+			if lifo {
+				q.pending.pushBack(m)
+			} else {
+				q.pending.pushFront(m)
+			}
+			break
+		}
+		f := flight{InflightMessage: InflightMessage{QueuedMessage: m}}
+		if m.QoS > 0 {
+			f.PacketID = q.allocID()
+			q.inflight = append(q.inflight, f)
+		} else {
+			delivered++
+		}
+		buf[n] = f.delivery(false, now)
+		n++
+	}
+	if n < len(buf) {
+		q.notified = false // the owner saw the queue empty: the next work notifies
+	}
+	return n, delivered, expired
+}
+
+// delivery returns the Delivery of f.
+func (f *flight) delivery(again bool, now func() time.Time) Delivery {
+	if f.Released {
+		return Delivery{PacketID: f.PacketID, QoS: 2, Pubrel: true}
+	}
+	d := Delivery{PacketID: f.PacketID, QoS: f.QoS, Dup: again && f.QoS > 0, Retain: f.Retain,
+		SubscriptionIdentifiers: f.SubscriptionIdentifiers, Message: f.Message}
+	if !f.ExpiresAt.IsZero() {
+		left := f.ExpiresAt.Sub(now())
+		d.MessageExpiry = Some(uint32(max(1, (left+time.Second-1)/time.Second)))
+	}
+	return d
+}
+
+// allocID returns a packet identifier no in-flight delivery uses.
+func (q *queue) allocID() uint16 {
+	for {
+		q.nextID++
+		if q.nextID == 0 {
+			q.nextID = 1
+		}
+		if !slices.ContainsFunc(q.inflight, func(f flight) bool { return f.PacketID == q.nextID }) {
+			return q.nextID
+		}
+	}
+}
+
+// ack finishes the QoS 1 delivery id (PUBACK), or with released the QoS 2
+// delivery id after its PUBREL (PUBCOMP).
+func (q *queue) ack(id uint16, qos byte, released bool) error {
+	i := slices.IndexFunc(q.inflight, func(f flight) bool {
+		return f.PacketID == id && f.QoS == qos && f.Released == released
+	})
+	if i < 0 {
+		return ErrPacketIDNotFound
+	}
+	q.inflight = slices.Delete(q.inflight, i, i+1)
+	if len(q.inflight) == 0 {
+		q.inflight = nil
+	}
+	return nil
+}
+
+// rec records the PUBREC of the QoS 2 delivery id.
+func (q *queue) rec(id uint16) error {
+	i := slices.IndexFunc(q.inflight, func(f flight) bool { return f.PacketID == id && f.QoS == 2 })
+	if i < 0 {
+		return ErrPacketIDNotFound
+	}
+	q.inflight[i].Released = true
+	q.inflight[i].Message = nil // the message is delivered; only the PUBREL remains
+	return nil
+}
+
+// adopt gives the queue to a new owner: what was in flight is offered to it
+// again, with its packet identifier.
+func (q *queue) adopt(owner *Session, set QueueSettings) {
+	q.owner = owner
+	q.set = set
+	q.notified = false
+	for i := range q.inflight {
+		q.inflight[i].resend = true
+	}
+}
+
+// count returns how many messages are pending and in flight.
+func (q *queue) count() (pending, inflight int) { return q.pending.len(), len(q.inflight) }
+
+// clear empties the queue and returns how many messages it held.
+func (q *queue) clear() int {
+	n := q.pending.len() + len(q.inflight)
+	owner, set := q.owner, q.set
+	*q = queue{owner: owner, set: set}
+	return n
+}
+
+// takeAll empties the queue into messages for another queue: in-flight
+// deliveries (not yet released) become pending again, without their ids.
+func (q *queue) takeAll() []QueuedMessage {
+	var out []QueuedMessage
+	for _, f := range q.inflight {
+		if !f.Released {
+			out = append(out, f.QueuedMessage)
+		}
+	}
+	out = append(out, q.pending.drain()...)
+	q.inflight = nil
+	return out
+}
