@@ -93,6 +93,9 @@ func (c *Core) handOverQueue(st *sessionState, s *Session) {
 	if len(st.conns) == 0 {
 		st.q.owner = nil
 		st.q.notified = false
+		if len(st.q.inflight) == 0 {
+			st.q.inflight = nil // an idle offline session keeps no array
+		}
 		return
 	}
 	next := st.conns[0]

@@ -272,10 +272,7 @@ func (q *queue) ack(id uint16, qos byte, released bool) error {
 	if i < 0 {
 		return ErrPacketIDNotFound
 	}
-	q.inflight = slices.Delete(q.inflight, i, i+1)
-	if len(q.inflight) == 0 {
-		q.inflight = nil
-	}
+	q.inflight = slices.Delete(q.inflight, i, i+1) // keeps its array for the next delivery
 	return nil
 }
 

@@ -30,6 +30,9 @@ type acceptAll struct{}
 func (acceptAll) AuthOnRegister(context.Context, *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
 	return mqtthooks.Accept()
 }
+func (acceptAll) AuthOnRegisterM5(context.Context, *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
+	return mqtthooks.Accept()
+}
 func (acceptAll) OnRegister(context.Context, *mqtthooks.RegisterEvent)      {}
 func (acceptAll) OnClientWakeup(context.Context, *mqtthooks.SessionEvent)   {}
 func (acceptAll) OnClientOffline(context.Context, *mqtthooks.SessionEvent)  {}
