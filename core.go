@@ -276,7 +276,7 @@ func NewCore(chain *Chain, opts Options) (*Core, error) {
 		}
 	}
 	if err := c.restore(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("mqtthooks: restoring sessions from the store: %w", err)
 	}
 	return c, nil
 }
@@ -295,6 +295,9 @@ func (c *Core) restore() error {
 		e := c.reg.acquire(rec.ID)
 		e.mu.Lock()
 		e.session.reset(rec)
+		e.session.mu.Lock()
+		e.session.restoreQueue()
+		e.session.mu.Unlock()
 		e.state.Store(&e.session)
 		e.mu.Unlock()
 		c.stats.sessions.Add(1)

@@ -203,6 +203,17 @@ func (c *Core) goOffline(ctx context.Context, e *entry, st *sessionState, ev *Se
 	}
 	st.mu.Unlock()
 	c.armTimers(st)
+	if c.store.Durable() {
+		st.mu.Lock()
+		st.snapshotQueue()
+		st.mu.Unlock()
+	}
+	c.save(ctx, st)
+}
+
+// save hands the session's record to the store; a failure is logged, since
+// the session lives on in memory.
+func (c *Core) save(ctx context.Context, st *sessionState) {
 	if err := c.store.Save(ctx, &st.rec); err != nil {
 		c.logger.Error("mqtthooks: session store: save failed", "session", st.rec.ID.String(), "err", err)
 	}

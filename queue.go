@@ -322,3 +322,33 @@ func (q *queue) takeAll() []QueuedMessage {
 	q.inflight = nil
 	return out
 }
+
+// snapshotQueue copies the session's queue into its record, for a durable
+// store. st.mu is held.
+func (st *sessionState) snapshotQueue() {
+	q := &st.q
+	st.rec.Pending = st.rec.Pending[:0]
+	for i := range q.pending.size {
+		st.rec.Pending = append(st.rec.Pending, q.pending.buf[(q.pending.head+i)%len(q.pending.buf)])
+	}
+	st.rec.Inflight = st.rec.Inflight[:0]
+	for _, f := range q.inflight {
+		st.rec.Inflight = append(st.rec.Inflight, f.InflightMessage)
+	}
+	st.rec.InboundQoS2 = slices.Clone(q.inbound)
+}
+
+// restoreQueue rebuilds the session's queue from its record, which keeps no
+// copy. st.mu is held.
+func (st *sessionState) restoreQueue() {
+	q := &st.q
+	for _, m := range st.rec.Pending {
+		q.pending.pushBack(m)
+	}
+	for _, m := range st.rec.Inflight {
+		q.inflight = append(q.inflight, flight{InflightMessage: m})
+		q.nextID = max(q.nextID, m.PacketID)
+	}
+	q.inbound = st.rec.InboundQoS2
+	st.rec.Pending, st.rec.Inflight, st.rec.InboundQoS2 = nil, nil, nil
+}

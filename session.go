@@ -417,7 +417,7 @@ func (s *Session) Subscribe(ctx context.Context, subs ...Subscription) error {
 		}
 	}
 	var err error
-	derr := s.core.reg.do(ctx, s.id, newOp(func(_ context.Context, e *entry) {
+	derr := s.core.reg.do(ctx, s.id, newOp(func(ctx context.Context, e *entry) {
 		st := e.state.Load()
 		if st == nil || !st.has(s) {
 			err = ErrSessionEnded
@@ -437,6 +437,7 @@ func (s *Session) Subscribe(ctx context.Context, subs ...Subscription) error {
 			}
 		}
 		st.mu.Unlock()
+		s.core.save(ctx, st)
 		for _, sub := range added {
 			s.core.router.Add(s.id, sub)
 		}
@@ -451,7 +452,7 @@ func (s *Session) Unsubscribe(ctx context.Context, filters ...string) (existed [
 		return nil, fmt.Errorf("%w: nil context", ErrInvalidArgument)
 	}
 	existed = make([]bool, len(filters))
-	derr := s.core.reg.do(ctx, s.id, newOp(func(_ context.Context, e *entry) {
+	derr := s.core.reg.do(ctx, s.id, newOp(func(ctx context.Context, e *entry) {
 		st := e.state.Load()
 		if st == nil || !st.has(s) {
 			err = ErrSessionEnded
@@ -465,6 +466,7 @@ func (s *Session) Unsubscribe(ctx context.Context, filters ...string) (existed [
 			}
 		}
 		st.mu.Unlock()
+		s.core.save(ctx, st)
 		for i, f := range filters {
 			if existed[i] {
 				s.core.router.Remove(s.id, f)

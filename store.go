@@ -33,6 +33,14 @@ type SessionRecord struct {
 	// ExpiresAt is when an offline session expires; zero means never, or
 	// that the session is online.
 	ExpiresAt time.Time
+
+	// The session's messages, filled for a durable store when the session is
+	// saved offline (the in-memory store needs no copy: the Core holds them):
+	// pending messages in queue order, deliveries in flight in the order they
+	// were sent, and inbound QoS 2 identifiers awaiting PUBREL.
+	Pending     []QueuedMessage
+	Inflight    []InflightMessage
+	InboundQoS2 []uint16
 }
 
 // Subscription is a subscription of a session, as the client made it.
