@@ -1,6 +1,7 @@
 package mqtthooks
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -105,4 +106,152 @@ func (h *Handshake) authStep(ctx context.Context, req *AuthRequest, owner string
 	}
 	c.logger.Warn("mqtthooks: enhanced authentication failed", "plugin", d.Plugin, "err", d.Err)
 	return h.reject(d.Err)
+}
+
+// reauth is what a session that connected with enhanced authentication keeps
+// for re-authentication, and the state of one that is running.
+type reauth struct {
+	method, plugin string
+	conn           ConnInfo       // a copy: the broker's may be reused
+	connect        ConnectRequest // a copy, for AuthRequest.Connect
+
+	running  bool
+	state    any
+	deadline time.Time
+	timer    *timerItem
+	round    uint64 // tells a stale timer from the current exchange
+}
+
+// newReauth keeps what re-authentication of a session connected by h needs.
+func (h *Handshake) newReauth() *reauth {
+	if h.enhanced == nil {
+		return nil
+	}
+	r := &reauth{method: h.enhanced.Method, plugin: h.enhanced.Plugin, conn: *h.ci, connect: *h.connect}
+	r.connect.Password = bytes.Clone(r.connect.Password)
+	r.connect.Properties.AuthenticationData = nil
+	if r.connect.Will != nil {
+		r.connect.Will = cloneWill(r.connect.Will)
+	}
+	return r
+}
+
+// Reauth hands the client's AUTH packet of a re-authentication to the plugin
+// that completed the CONNECT's exchange, and returns the AUTH to send: 0x18
+// (continue) or 0x00 (success). Other packets keep flowing meanwhile.
+//
+// A re-authentication starts with AUTH 0x19 with the CONNECT's method; AUTH
+// 0x18 continues it. It must end within AuthExchangeTimeout of its start,
+// or the Core ends the connection (Conn.Disconnect 0x87). On failure Reauth
+// returns an *EndedError whose code the broker sends in a DISCONNECT: 0x82
+// for a wrong method, a session that did not use enhanced authentication, or
+// an AUTH 0x18 with no exchange running; the plugin's code (0x87 when it is
+// not valid in a DISCONNECT) for a rejection; 0x87 for a deadline or a plugin
+// fault. The connection has then ended: its Will is due, and the session goes
+// offline or is gone (Reason AuthFailed or ProtocolError). The username and
+// SubscriberID never change.
+func (s *Session) Reauth(ctx context.Context, in *AuthPacket) (*AuthPacket, error) {
+	if ctx == nil || in == nil {
+		return nil, fmt.Errorf("%w: Reauth needs a context and a packet", ErrInvalidArgument)
+	}
+	if err := s.usable(); err != nil {
+		return nil, err
+	}
+	c := s.core
+	s.mu.Lock()
+	r := s.reauth
+	var req *AuthRequest
+	switch {
+	case r == nil || in.Method != r.method,
+		in.ReasonCode == CodeContinueAuthentication && !r.running,
+		in.ReasonCode != CodeContinueAuthentication && in.ReasonCode != CodeReAuthenticate:
+		s.mu.Unlock()
+		return nil, s.failReauth(ctx, CodeProtocolError, ReasonProtocolError)
+	case in.ReasonCode == CodeReAuthenticate:
+		r.running, r.state, r.round = true, nil, r.round+1
+		r.deadline = time.Now().Add(c.opts.AuthExchangeTimeout)
+		round := r.round
+		c.sched.cancel(r.timer)
+		r.timer = c.sched.schedule(r.deadline, func() { s.reauthExpired(round) })
+		req = &AuthRequest{Step: AuthStepReauth}
+	default:
+		if !time.Now().Before(r.deadline) {
+			s.mu.Unlock()
+			return nil, s.failReauth(ctx, CodeNotAuthorized, ReasonAuthFailed)
+		}
+		req = &AuthRequest{Step: AuthStepContinue, State: r.state}
+	}
+	req.Method, req.Data, req.UserProperties = in.Method, in.Data, in.UserProperties
+	req.SubscriberID, req.Username, req.HasUsername = s.id, r.connect.Username, r.connect.HasUsername
+	req.Connect, req.Conn = &r.connect, &r.conn
+	plugin := r.plugin
+	s.mu.Unlock()
+
+	hctx, cancel := context.WithTimeout(ctx, c.opts.HookTimeout)
+	d := c.chain.Snapshot().OnAuthM5Plugin(hctx, plugin, req)
+	cancel()
+	switch {
+	case d.Err == nil && d.Result.Verdict() == AuthVerdictContinue:
+		s.mu.Lock()
+		r.state = d.Result.State()
+		s.mu.Unlock()
+		return &AuthPacket{ReasonCode: CodeContinueAuthentication, Method: in.Method, Data: d.Result.Data()}, nil
+	case d.Err == nil:
+		s.mu.Lock()
+		r.running, r.state = false, nil
+		c.sched.cancel(r.timer)
+		r.timer = nil
+		s.mu.Unlock()
+		return &AuthPacket{ReasonCode: CodeSuccess, Method: in.Method, Data: d.Result.Data()}, nil
+	}
+	code := CodeNotAuthorized
+	var re *RejectError
+	if d.Result.Verdict() == AuthVerdictReject && errors.As(d.Err, &re) {
+		var replaced bool
+		if code, replaced = RejectCodeFor(re.Code, PacketDisconnect); replaced {
+			c.logger.Warn("mqtthooks: plugin reason code not valid in a DISCONNECT; sent 0x87", "plugin", d.Plugin, "code", re.Code)
+		}
+	} else {
+		c.logger.Warn("mqtthooks: re-authentication failed", "plugin", d.Plugin, "err", d.Err)
+	}
+	return nil, s.failReauth(ctx, code, ReasonAuthFailed)
+}
+
+// failReauth ends the connection after a failed re-authentication and
+// returns the error that tells the broker the DISCONNECT code.
+func (s *Session) failReauth(ctx context.Context, code ReasonCode, reason Reason) error {
+	s.stopReauth()
+	end := &EndedError{Code: code, Reason: reason}
+	s.mu.Lock()
+	if s.endErr == nil {
+		s.endErr = end
+	}
+	s.mu.Unlock()
+	_ = s.end(ctx, endCause{reason: reason, code: code, hasCode: true, will: true})
+	return end
+}
+
+// stopReauth forgets a running re-authentication.
+func (s *Session) stopReauth() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r := s.reauth; r != nil {
+		r.running, r.state = false, nil
+		s.core.sched.cancel(r.timer)
+		r.timer = nil
+	}
+}
+
+// reauthExpired ends a connection whose re-authentication outlived
+// AuthExchangeTimeout while the client was silent.
+func (s *Session) reauthExpired(round uint64) {
+	s.mu.Lock()
+	r := s.reauth
+	stale := r == nil || !r.running || r.round != round
+	s.mu.Unlock()
+	if stale {
+		return
+	}
+	s.core.kick(s, &EndedError{Code: CodeNotAuthorized, Reason: ReasonAuthFailed})
+	_ = s.failReauth(context.Background(), CodeNotAuthorized, ReasonAuthFailed)
 }

@@ -2,6 +2,7 @@ package mqtthooks_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -261,4 +262,191 @@ func TestEnhancedAuthAbort(t *testing.T) {
 	f.rec.ExpectHooks(t, sid("c5"), "OnAuthM5")
 	assert.Empty(t, existing.Conn.Disconnects())
 	assert.Equal(t, mqtthooks.CloseConnection, c.Handshake.Abort().Kind, "a second Abort is harmless")
+}
+
+// connectEnhanced connects s with method M through twoStep and returns the
+// client, for re-authentication tests.
+func connectEnhanced(t *testing.T, f *fixture, sei uint32) *mqtthookstest.Client {
+	t.Helper()
+	c := mqtthookstest.NewClient(f.core)
+	c.Connect(t.Context(), withWill(withMethod(mqtthookstest.V5("s", "u", true, sei), "c1")))
+	c.Auth(t.Context(), []byte("c2"))
+	requireAccepted(t, c)
+	return c
+}
+
+// ACCEPTANCE 67, N19 (b): a re-authentication goes to the plugin that
+// completed the CONNECT's exchange, may take several steps, and other
+// packets keep flowing meanwhile.
+func TestReauthSucceeds(t *testing.T) {
+	f := newFixture(t, mqtthooks.Options{})
+	f.rec.OnAuthM5Func = func(ctx context.Context, req *mqtthooks.AuthRequest) mqtthooks.AuthResult {
+		switch {
+		case req.Step == mqtthooks.AuthStepReauth:
+			return mqtthooks.AuthContinue([]byte("r1"), "rst")
+		case req.Step == mqtthooks.AuthStepContinue && req.State == "rst":
+			return mqtthooks.AuthSuccess([]byte("ok"), "id")
+		}
+		return twoStep(ctx, req)
+	}
+	other := mqtthookstest.NewRecorder()
+	other.OnAuthM5Func = func(context.Context, *mqtthooks.AuthRequest) mqtthooks.AuthResult {
+		return mqtthooks.AuthReject(mqtthooks.CodeBanned, "")
+	}
+	require.NoError(t, f.chain.Register("other", other))
+	c := connectEnhanced(t, f, 0)
+	f.rec.Reset()
+
+	reply, err := c.Reauth(t.Context(), "M", []byte("r"))
+	require.NoError(t, err)
+	assert.Equal(t, &mqtthooks.AuthPacket{ReasonCode: mqtthooks.CodeContinueAuthentication, Method: "M", Data: []byte("r1")}, reply)
+	f.publish(t, sid("s"), 1, 1) // other packets flow between the steps
+	ds, err := c.Receive()
+	require.NoError(t, err)
+	assert.Len(t, ds, 1)
+	reply, err = c.ReauthContinue(t.Context(), "M", []byte("r2"))
+	require.NoError(t, err)
+	assert.Equal(t, &mqtthooks.AuthPacket{ReasonCode: mqtthooks.CodeSuccess, Method: "M", Data: []byte("ok")}, reply)
+
+	f.rec.ExpectHooks(t, sid("s"), "OnAuthM5", "OnAuthM5")
+	start, _ := f.rec.Last(sid("s"), "OnAuthM5")
+	assert.Equal(t, "rst", start.Auth.State)
+	assert.Zero(t, other.Count(sid("s"), "OnAuthM5"))
+	assert.Zero(t, f.rec.Count(sid("s"), "AuthOnRegisterM5"), "AuthOnRegisterM5 is not called again")
+	require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection, noSEI))
+	gone, _ := f.rec.Last(sid("s"), "OnClientGone")
+	assert.Equal(t, "u", gone.Event.Username, "the username does not change")
+}
+
+// ACCEPTANCE 68, N9, N5: a rejected re-authentication ends the connection
+// with the plugin's code if DISCONNECT allows it, else 0x87; the Will, then
+// Offline or Gone with Reason AuthFailed.
+func TestReauthRejected(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		answer mqtthooks.AuthResult
+		panics bool
+		code   mqtthooks.ReasonCode
+	}{
+		{"0x87", mqtthooks.AuthReject(mqtthooks.CodeNotAuthorized, ""), false, 0x87},
+		{"0x86 is not a DISCONNECT code", mqtthooks.AuthReject(mqtthooks.CodeBadUserNameOrPassword, ""), false, 0x87},
+		{"0x89", mqtthooks.AuthReject(mqtthooks.CodeServerBusy, ""), false, 0x89},
+		{"panic", mqtthooks.AuthResult{}, true, 0x87},
+		{"zero result", mqtthooks.AuthResult{}, false, 0x87},
+		{"Next", mqtthooks.AuthNext(), false, 0x87},
+	} {
+		for _, sei := range []uint32{0, 300} {
+			t.Run(fmt.Sprint(tc.name, " SEI ", sei), func(t *testing.T) {
+				f := newFixture(t, mqtthooks.Options{})
+				f.rec.OnAuthM5Func = func(ctx context.Context, req *mqtthooks.AuthRequest) mqtthooks.AuthResult {
+					if req.Step != mqtthooks.AuthStepReauth {
+						return twoStep(ctx, req)
+					}
+					if tc.panics {
+						panic("reauth")
+					}
+					return tc.answer
+				}
+				c := connectEnhanced(t, f, sei)
+				f.rec.Reset()
+
+				reply, err := c.Reauth(t.Context(), "M", nil)
+
+				assert.Nil(t, reply)
+				var ended *mqtthooks.EndedError
+				require.ErrorAs(t, err, &ended)
+				assert.Equal(t, tc.code, ended.Code)
+				terminal := "OnClientGone"
+				if sei > 0 {
+					terminal = "OnClientOffline"
+				}
+				f.rec.ExpectHooks(t, sid("s"), "OnAuthM5", "PublishWill", terminal)
+				ev, _ := f.rec.Last(sid("s"), terminal)
+				assert.Equal(t, mqtthooks.ReasonAuthFailed, ev.Event.Reason)
+				assert.Equal(t, tc.code, ev.Event.Code)
+				_, err = c.Session.Pull(make([]mqtthooks.Delivery, 1))
+				assert.Error(t, err)
+			})
+		}
+	}
+}
+
+// ACCEPTANCE 69, N19 (a): AUTH without enhanced auth at CONNECT, with another
+// method, or AUTH 0x18 with no exchange running: DISCONNECT 0x82, then the
+// Will and Offline or Gone.
+func TestReauthProtocolErrors(t *testing.T) {
+	for name, run := range map[string]func(f *fixture) (*mqtthookstest.Client, error){
+		"no enhanced auth at CONNECT": func(f *fixture) (*mqtthookstest.Client, error) {
+			c := f.connect(withWill(mqtthookstest.V5("s", "u", true, 0)))
+			_, err := c.Reauth(context.Background(), "M", nil)
+			return c, err
+		},
+		"another method": func(f *fixture) (*mqtthookstest.Client, error) {
+			c := connectEnhanced(f.t.(*testing.T), f, 0)
+			_, err := c.Reauth(context.Background(), "N", nil)
+			return c, err
+		},
+		"0x18 with no exchange running": func(f *fixture) (*mqtthookstest.Client, error) {
+			c := connectEnhanced(f.t.(*testing.T), f, 0)
+			_, err := c.ReauthContinue(context.Background(), "M", nil)
+			return c, err
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := newFixture(t, mqtthooks.Options{})
+			f.rec.OnAuthM5Func = twoStep
+			c, err := run(f)
+			var ended *mqtthooks.EndedError
+			require.ErrorAs(t, err, &ended)
+			assert.Equal(t, mqtthooks.CodeProtocolError, ended.Code)
+			assert.Equal(t, mqtthookstest.Sent{Packet: "DISCONNECT", Code: mqtthooks.CodeProtocolError}, c.Sent[len(c.Sent)-1])
+			gone, ok := f.rec.Last(sid("s"), "OnClientGone")
+			require.True(t, ok)
+			assert.Equal(t, mqtthooks.ReasonProtocolError, gone.Event.Reason)
+			assert.Equal(t, 1, f.rec.Count(sid("s"), "PublishWill"))
+		})
+	}
+}
+
+// N19 (c), OQ9: a plugin past HookTimeout, or a client silent past
+// AuthExchangeTimeout, ends the connection with 0x87.
+func TestReauthDeadlines(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t, mqtthooks.Options{})
+		f.rec.OnAuthM5Func = func(ctx context.Context, req *mqtthooks.AuthRequest) mqtthooks.AuthResult {
+			if req.Step == mqtthooks.AuthStepReauth {
+				time.Sleep(6 * time.Second)
+				return mqtthooks.AuthSuccess(nil, nil)
+			}
+			return twoStep(ctx, req)
+		}
+		c := connectEnhanced(t, f, 300)
+		_, err := c.Reauth(t.Context(), "M", nil)
+		var ended *mqtthooks.EndedError
+		require.ErrorAs(t, err, &ended)
+		assert.Equal(t, mqtthooks.CodeNotAuthorized, ended.Code)
+		assert.Equal(t, 1, f.rec.Count(sid("s"), "OnClientOffline"))
+	})
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t, mqtthooks.Options{})
+		f.rec.OnAuthM5Func = func(ctx context.Context, req *mqtthooks.AuthRequest) mqtthooks.AuthResult {
+			if req.Step == mqtthooks.AuthStepReauth {
+				return mqtthooks.AuthContinue(nil, nil)
+			}
+			return twoStep(ctx, req)
+		}
+		c := connectEnhanced(t, f, 300)
+		_, err := c.Reauth(t.Context(), "M", nil)
+		require.NoError(t, err)
+		time.Sleep(29 * time.Second)
+		synctest.Wait()
+		assert.Empty(t, c.Conn.Disconnects())
+		time.Sleep(time.Second)
+		synctest.Wait()
+		assert.Equal(t, []mqtthooks.ReasonCode{mqtthooks.CodeNotAuthorized}, c.Conn.Disconnects())
+		off, _ := f.rec.Last(sid("s"), "OnClientOffline")
+		assert.Equal(t, mqtthooks.ReasonAuthFailed, off.Event.Reason)
+		_, err = c.ReauthContinue(t.Context(), "M", nil)
+		assert.Error(t, err, "too late")
+	})
 }

@@ -602,7 +602,7 @@ func (h *Handshake) newSession(st *sessionState, p *plan, present bool) *Session
 		core: h.core, st: st, id: p.id, conn: h.conn, connID: connID, version: h.connect.ProtocolVersion,
 		username: p.username, hasUsername: p.hasUsername, peer: h.ci.Peer, generation: st.rec.Generation,
 		sessionPresent: present, limits: p.limits, will: p.will, attached: true,
-		sei: p.sei, cleanup: p.cleanup, expiry: p.expiry,
+		sei: p.sei, cleanup: p.cleanup, expiry: p.expiry, reauth: h.newReauth(),
 	}
 }
 

@@ -41,6 +41,7 @@ func (c *Core) detach(st *sessionState, s *Session) bool {
 		s.endErr = ErrSessionEnded
 	}
 	s.mu.Unlock()
+	s.stopReauth()
 	c.stats.connections.Add(-1)
 	return true
 }

@@ -154,6 +154,9 @@ type Session struct {
 	cleanup  bool // cleanup on disconnect
 	expiry   time.Duration
 
+	// reauth is set for a connection that used enhanced authentication.
+	reauth *reauth
+
 	// The end of the connection runs once, as an operation kept here so that
 	// it allocates nothing.
 	ending   atomic.Bool

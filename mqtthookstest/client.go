@@ -261,6 +261,31 @@ func (c *Client) Receive() ([]mqtthooks.Delivery, error) {
 	}
 }
 
+// Reauth starts a re-authentication with AUTH 0x19 and data, with the
+// CONNECT's method, and records the Core's AUTH reply or the DISCONNECT it
+// asks for.
+func (c *Client) Reauth(ctx context.Context, method string, data []byte) (*mqtthooks.AuthPacket, error) {
+	return c.reauth(ctx, &mqtthooks.AuthPacket{ReasonCode: mqtthooks.CodeReAuthenticate, Method: method, Data: data})
+}
+
+// ReauthContinue answers the Core's AUTH 0x18 during a re-authentication.
+func (c *Client) ReauthContinue(ctx context.Context, method string, data []byte) (*mqtthooks.AuthPacket, error) {
+	return c.reauth(ctx, &mqtthooks.AuthPacket{ReasonCode: mqtthooks.CodeContinueAuthentication, Method: method, Data: data})
+}
+
+func (c *Client) reauth(ctx context.Context, in *mqtthooks.AuthPacket) (*mqtthooks.AuthPacket, error) {
+	reply, err := c.Session.Reauth(ctx, in)
+	var ended *mqtthooks.EndedError
+	switch {
+	case reply != nil:
+		c.Sent = append(c.Sent, Sent{Packet: "AUTH", Auth: reply})
+	case errors.As(err, &ended):
+		c.Sent = append(c.Sent, Sent{Packet: "DISCONNECT", Code: ended.Code})
+		c.Closed = true
+	}
+	return reply, err
+}
+
 // Disconnect sends a DISCONNECT with code and, for MQTT 5, an optional new
 // Session Expiry Interval. A *mqtthooks.ProtocolError answer is recorded as
 // the broker's DISCONNECT.
