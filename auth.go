@@ -82,8 +82,6 @@ func (h *Handshake) authStep(ctx context.Context, req *AuthRequest, owner string
 		return h.abandon(err)
 	}
 	switch {
-	case errors.Is(d.Err, context.Canceled):
-		return h.abandon(d.Err)
 	case d.Err == nil && d.Result.Verdict() == AuthVerdictContinue:
 		h.owner, h.state = d.Plugin, d.Result.State()
 		return Step{Kind: SendAuth, Auth: &AuthPacket{ReasonCode: CodeContinueAuthentication,
@@ -227,7 +225,9 @@ func (s *Session) failReauth(ctx context.Context, code ReasonCode, reason Reason
 		s.endErr = end
 	}
 	s.mu.Unlock()
-	_ = s.end(ctx, endCause{reason: reason, code: code, hasCode: true, will: true})
+	if s.ending.CompareAndSwap(false, true) {
+		_ = s.end(ctx, endCause{reason: reason, code: code, hasCode: true, will: true})
+	}
 	return end
 }
 

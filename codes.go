@@ -103,6 +103,8 @@ const (
 	PacketDisconnect
 	// PacketAuth is an AUTH.
 	PacketAuth
+	// PacketClientDisconnect is a DISCONNECT sent by a client.
+	PacketClientDisconnect
 )
 
 // String returns "CONNACK", "DISCONNECT" or "AUTH".
@@ -114,6 +116,8 @@ func (p Packet) String() string {
 		return "DISCONNECT"
 	case PacketAuth:
 		return "AUTH"
+	case PacketClientDisconnect:
+		return "client DISCONNECT"
 	}
 	return "Packet(" + strconv.Itoa(int(p)) + ")"
 }
@@ -137,7 +141,7 @@ func (s *codeSet) has(c ReasonCode) bool { return s[c>>6]&(1<<(c&63)) != 0 }
 
 // The codes a server may put in each packet (SPEC §4, after MQTT 5 §3.2.2.2,
 // §3.14.2.1 and §3.15.2.1).
-var validCodes = func() (sets [PacketAuth + 1]codeSet) {
+var validCodes = func() (sets [PacketClientDisconnect + 1]codeSet) {
 	connack := &sets[PacketConnack]
 	connack.add(CodeSuccess)
 	connack.addRange(CodeUnspecifiedError, CodeBanned)
@@ -152,12 +156,17 @@ var validCodes = func() (sets [PacketAuth + 1]codeSet) {
 	disconnect.addRange(CodeReceiveMaximumExceeded, CodeWildcardSubscriptionsNotSupported)
 
 	sets[PacketAuth].add(CodeSuccess, CodeContinueAuthentication, CodeReAuthenticate)
+
+	client := &sets[PacketClientDisconnect] // MQTT 5 §3.14.2.1, the codes a client may send
+	client.add(CodeNormalDisconnection, CodeDisconnectWithWillMessage, CodeTopicNameInvalid, CodePayloadFormatInvalid)
+	client.addRange(CodeUnspecifiedError, CodeImplementationSpecificError)
+	client.addRange(CodeReceiveMaximumExceeded, CodeQuotaExceeded)
 	return sets
 }()
 
 // ValidIn reports whether a server may send c in packet p.
 func (c ReasonCode) ValidIn(p Packet) bool {
-	if p < PacketConnack || p > PacketAuth {
+	if p < PacketConnack || p > PacketClientDisconnect {
 		return false
 	}
 	return validCodes[p].has(c)

@@ -96,6 +96,7 @@ type Handshake struct {
 	// the context of its conditional hooks, its requests and events, its
 	// registration operation and its reply.
 	stepCtx opCtx
+	steps   int
 	rreq    RegisterRequest
 	plan    plan
 	regOp   op
@@ -257,13 +258,20 @@ func (h *Handshake) abandon(err error) Step {
 }
 
 // spend runs fn with a context bounded by what is left of the CONNECT's
-// deadline, and deducts the time it took.
+// deadline, and deducts the time it took. Each step gets a context of its
+// own (the first one lives in the Handshake), since a step's context is done
+// for good once the step is over.
 func (h *Handshake) spend(ctx context.Context, fn func(ctx context.Context)) {
 	budget := max(h.budget, 0)
-	h.stepCtx.startWith(ctx, budget)
-	start := h.stepCtx.deadline.Add(-budget)
-	fn(&h.stepCtx)
-	h.stepCtx.release()
+	sctx := &h.stepCtx
+	if h.steps > 0 {
+		sctx = new(opCtx)
+	}
+	h.steps++
+	sctx.startWith(ctx, budget)
+	start := time.Now()
+	fn(sctx)
+	sctx.release()
 	h.budget -= time.Since(start)
 }
 
@@ -281,11 +289,8 @@ func (h *Handshake) authorize(ctx context.Context) Step {
 			d = h.snap.AuthOnRegister(cctx, rreq)
 		}
 	})
-	if err := ctx.Err(); err != nil {
+	if err := ctx.Err(); err != nil { // the client went away, not a plugin's say
 		return h.abandon(err)
-	}
-	if errors.Is(d.Err, context.Canceled) {
-		return h.abandon(d.Err)
 	}
 	err := d.ReplyError()
 	if err != nil && h.lst.AllowAnonymous && !req.HasUsername &&
@@ -466,6 +471,9 @@ func (h *Handshake) runOp(ctx context.Context, e *entry) { h.step = h.attach(ctx
 // abandons the CONNECT.
 func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 	c := h.core
+	if c.closed.Load() { // Shutdown began while this CONNECT was on its way
+		return h.reject(ErrShutdown)
+	}
 	st := e.state.Load()
 	existed := st != nil
 	if existed {
@@ -484,9 +492,12 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 	switch {
 	case !existed:
 	case p.cleanStart:
-		c.takeOver(ctx, st, true)
+		last, _ := c.takeOver(ctx, st, true)
 		ev := st.offlineEvent(ReasonCleanStart)
-		c.endSession(ctx, e, st, hookOnClientGone, &ev)
+		if last != nil && last.version.IsV5() {
+			ev.Code, ev.HasCode = CodeSessionTakenOver, true
+		}
+		c.endSession(ctx, e, st, hookOnClientGone, &ev, true)
 		st = nil
 	case !st.online():
 		c.cancelTimers(st)
@@ -501,7 +512,7 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 			ev.Code, ev.HasCode = CodeSessionTakenOver, true
 		}
 		if cleanup {
-			c.endSession(ctx, e, st, hookOnClientGone, &ev)
+			c.endSession(ctx, e, st, hookOnClientGone, &ev, true)
 			st = nil
 		} else {
 			c.chain.Snapshot().OnClientOffline(ctx, &ev)
@@ -510,9 +521,6 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 		}
 	}
 	if st == nil {
-		if existed {
-			c.stats.sessions.Add(1) // replacing a session is not a new one (OQ15)
-		}
 		var err error
 		if st, err = c.createSession(ctx, e, p); err != nil {
 			return h.reject(err)

@@ -195,10 +195,9 @@ type Core struct {
 	sched *scheduler
 	stats counters
 
-	connIDs   atomic.Uint64
-	closed    atomic.Bool
-	conns     sync.WaitGroup // calls to Conn.Disconnect in flight
-	closeOnce sync.Once
+	connIDs atomic.Uint64
+	closed  atomic.Bool
+	conns   sync.WaitGroup // calls to Conn.Disconnect in flight
 }
 
 // NewCore returns a Core that runs chain's hooks. It fails with
@@ -240,7 +239,7 @@ func NewCore(chain *Chain, opts Options) (*Core, error) {
 		logger:  cmp.Or(opts.Logger, slog.Default()),
 		store:   opts.Store,
 		router:  opts.Router,
-		reg:     newRegistry(opts.HookTimeout),
+		reg:     newRegistry(opts.HookTimeout, cmp.Or(opts.Logger, slog.Default())),
 		sched:   newScheduler(opts.Workers),
 	}
 	if opts.Capabilities != nil {
@@ -354,8 +353,11 @@ func (c *Core) Lookup(id SubscriberID) (SessionInfo, bool) {
 }
 
 // Range calls fn with each session until fn returns false. Sessions created or
-// ended meanwhile may or may not be seen.
+// ended meanwhile may or may not be seen. A nil fn does nothing.
 func (c *Core) Range(fn func(SessionInfo) bool) {
+	if fn == nil {
+		return
+	}
 	c.reg.each(func(e *entry) bool {
 		e.mu.Lock()
 		st := e.state.Load()
@@ -372,9 +374,9 @@ func (c *Core) Range(fn func(SessionInfo) bool) {
 // cleanup the session then goes offline (or is gone, if it had cleanup on
 // disconnect), like after any server-side close; an offline session is left
 // as it is. With cleanup its state is deleted and OnClientGone fires, also for
-// an offline session. Disconnect waits for the hooks to run, except when
-// called with a hook's context. It fails with ErrSessionNotFound when no
-// session exists.
+// an offline session. Disconnect waits for the hooks to run and fails with
+// ErrSessionNotFound when no session exists; called with a hook's context, it
+// is queued behind that hook and returns nil at once, before knowing either.
 func (c *Core) Disconnect(ctx context.Context, id SubscriberID, cleanup bool) error {
 	if ctx == nil {
 		return fmt.Errorf("%w: nil context", ErrInvalidArgument)
@@ -402,19 +404,39 @@ func (c *Core) Disconnect(ctx context.Context, id SubscriberID, cleanup bool) er
 // OnClientOffline or OnClientGone for the connected sessions, and stops the
 // Core's timers. Offline sessions fire nothing: they stay in a durable store,
 // and end with the process in the in-memory one, whose pending delayed Wills
-// are published now. Shutdown returns when no goroutine of the Core is left,
-// or with ctx's error when ctx ends first. Later calls return ErrShutdown.
+// are published now. A CONNECT still in progress is refused (3 / 0x88).
+//
+// Shutdown returns when no goroutine of the Core is left, or with ctx's error
+// when ctx ends first (a hook or a Conn that does not return holds it up; the
+// rest of the work goes on). Called with a hook's context, it starts the
+// shutdown and returns at once, since it would wait for that very hook.
+// Later calls return ErrShutdown.
 func (c *Core) Shutdown(ctx context.Context) error {
 	if ctx == nil {
 		return fmt.Errorf("%w: nil context", ErrInvalidArgument)
 	}
-	first := false
-	c.closeOnce.Do(func() { first = true })
-	if !first {
+	if !c.closed.CompareAndSwap(false, true) {
 		return ErrShutdown
 	}
-	c.closed.Store(true)
-	pending := c.sched.close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.shutdown()
+	}()
+	if insideHook(ctx) {
+		return nil
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("mqtthooks: shutdown still waiting for hooks or connections: %w", ctx.Err())
+	}
+}
+
+// shutdown does the work of Shutdown.
+func (c *Core) shutdown() {
+	c.sched.close()
 	c.sched.wait()
 	durable := c.store.Durable()
 	var wg sync.WaitGroup
@@ -429,18 +451,7 @@ func (c *Core) Shutdown(ctx context.Context) error {
 		return true
 	})
 	wg.Wait()
-	_ = pending // their sessions were handled above: Wills published, nothing else runs
-	done := make(chan struct{})
-	go func() {
-		c.conns.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("mqtthooks: shutdown: connections still closing: %w", ctx.Err())
-	}
+	c.conns.Wait()
 }
 
 // listener returns the options and subset of a listener.

@@ -79,7 +79,7 @@ func (c *Core) endConnection(ctx context.Context, e *entry, st *sessionState, s 
 	*ev = s.event(cause.reason)
 	cause.apply(ev)
 	if cleanup {
-		c.endSession(ctx, e, st, hookOnClientGone, ev)
+		c.endSession(ctx, e, st, hookOnClientGone, ev, false)
 		return
 	}
 	c.goOffline(ctx, e, st, ev, expiry)
@@ -129,8 +129,12 @@ func (c *Core) willDue(ctx context.Context, st *sessionState, s *Session, sessio
 	}
 	st.mu.Lock()
 	old := st.rec.Will
-	st.rec.Will, st.rec.WillAt = w, time.Now().Add(delay)
+	at := time.Now().Add(delay)
+	st.rec.Will, st.rec.WillAt = w, at
+	id, gen := st.rec.ID, st.rec.Generation
 	st.mu.Unlock()
+	c.sched.cancel(st.willItem)
+	st.willItem = c.sched.schedule(at, func() { c.delayedWill(id, gen) })
 	if old != nil {
 		c.publishWill(ctx, s.id, old) // an earlier connection's delayed Will is due no later than this one's
 	}
@@ -159,8 +163,10 @@ func (c *Core) publishPendingWill(ctx context.Context, st *sessionState) {
 
 // endSession ends the life of the session: its pending Will is published, its
 // subscriptions are removed, the terminal hook h (OnClientGone or
-// OnSessionExpired) fires with ev, and its state is deleted.
-func (c *Core) endSession(ctx context.Context, e *entry, st *sessionState, h hookID, ev *SessionEvent) {
+// OnSessionExpired) fires with ev, and its state is deleted. A session that is
+// replaced by a new one in the same operation keeps its MaxSessions slot, so
+// that no other CONNECT can take it in between (OQ15).
+func (c *Core) endSession(ctx context.Context, e *entry, st *sessionState, h hookID, ev *SessionEvent, replaced bool) {
 	c.publishPendingWill(ctx, st)
 	c.sched.cancel(st.expiryItem)
 	st.expiryItem = nil
@@ -189,7 +195,9 @@ func (c *Core) endSession(ctx context.Context, e *entry, st *sessionState, h hoo
 	e.mu.Lock()
 	e.state.Store(nil)
 	e.mu.Unlock()
-	c.stats.sessions.Add(-1)
+	if !replaced {
+		c.stats.sessions.Add(-1)
+	}
 }
 
 // goOffline fires OnClientOffline and arms the session's expiry and delayed
@@ -229,7 +237,7 @@ func (c *Core) armTimers(st *sessionState) {
 	if !expiresAt.IsZero() {
 		st.expiryItem = c.sched.schedule(expiresAt, func() { c.expire(id, gen) })
 	}
-	if will != nil && (expiresAt.IsZero() || willAt.Before(expiresAt)) {
+	if will != nil && st.willItem == nil && (expiresAt.IsZero() || willAt.Before(expiresAt)) {
 		st.willItem = c.sched.schedule(willAt, func() { c.delayedWill(id, gen) })
 	}
 }
@@ -257,16 +265,17 @@ func (c *Core) expire(id SubscriberID, gen uint64) {
 		st.expiryItem = nil
 		ev := st.offlineEvent(ReasonExpired)
 		c.stats.expired.Add(1)
-		c.endSession(ctx, e, st, hookOnSessionExpired, &ev)
+		c.endSession(ctx, e, st, hookOnSessionExpired, &ev, false)
 	}))
 }
 
-// delayedWill publishes the Will of an offline session whose delay passed;
-// like expire, it checks that the Will waiting now is the one that is due.
+// delayedWill publishes a delayed Will whose delay passed; like expire, it
+// checks that the Will waiting now is the one that is due. (The session may be
+// online: another connection of a multiple session does not cancel it.)
 func (c *Core) delayedWill(id SubscriberID, gen uint64) {
 	_ = c.reg.do(context.Background(), id, newOp(func(ctx context.Context, e *entry) {
 		st := e.state.Load()
-		if st == nil || st.rec.Generation != gen || st.online() || st.rec.Will == nil || !due(st.rec.WillAt) {
+		if st == nil || st.rec.Generation != gen || st.rec.Will == nil || !due(st.rec.WillAt) {
 			return
 		}
 		st.willItem = nil
@@ -279,8 +288,8 @@ func (c *Core) delayedWill(id SubscriberID, gen uint64) {
 func (c *Core) takeOver(ctx context.Context, st *sessionState, sessionEnds bool) (last *Session, cleanup bool) {
 	conns := st.snapshotConns()
 	for _, s := range conns {
+		c.kick(s, errTakenOver) // first: its Pull must tell the takeover, not a plain end
 		c.detach(st, s)
-		c.kick(s, errTakenOver)
 		s.mu.Lock()
 		cleanup = s.cleanup
 		s.mu.Unlock()
@@ -297,8 +306,8 @@ func (c *Core) adminDisconnect(ctx context.Context, e *entry, st *sessionState, 
 	conns := st.snapshotConns()
 	if cleanup {
 		for _, s := range conns {
-			c.detach(st, s)
 			c.kick(s, errAdminDisconnect)
+			c.detach(st, s)
 			c.willDue(ctx, st, s, true)
 		}
 		ev := st.offlineEvent(ReasonAdmin)
@@ -306,7 +315,7 @@ func (c *Core) adminDisconnect(ctx context.Context, e *entry, st *sessionState, 
 			ev = conns[len(conns)-1].event(ReasonAdmin)
 			ev.Code, ev.HasCode = CodeAdministrativeAction, ev.ProtocolVersion.IsV5()
 		}
-		c.endSession(ctx, e, st, hookOnClientGone, &ev)
+		c.endSession(ctx, e, st, hookOnClientGone, &ev, false)
 		return
 	}
 	for _, s := range conns {

@@ -3,6 +3,8 @@ package mqtthooks
 import (
 	"context"
 	"hash/maphash"
+	"log/slog"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,6 +26,7 @@ const registryShards = 64
 type registry struct {
 	seed        maphash.Seed
 	hookTimeout time.Duration
+	logger      *slog.Logger
 	shards      [registryShards]registryShard
 }
 
@@ -59,6 +62,9 @@ type op struct {
 	// opCanceled (its caller gave up first).
 	status atomic.Int32
 	done   chan struct{}
+	// keep makes the op run even if its caller stops waiting: the end of a
+	// connection must happen once reported.
+	keep bool
 }
 
 // opRunner is the work of an op.
@@ -80,8 +86,8 @@ const (
 	opCanceled
 )
 
-func newRegistry(hookTimeout time.Duration) *registry {
-	r := &registry{seed: maphash.MakeSeed(), hookTimeout: hookTimeout}
+func newRegistry(hookTimeout time.Duration, logger *slog.Logger) *registry {
+	r := &registry{seed: maphash.MakeSeed(), hookTimeout: hookTimeout, logger: logger}
 	for i := range r.shards {
 		r.shards[i].m = make(map[SubscriberID]*entry)
 	}
@@ -180,6 +186,9 @@ func (r *registry) do(ctx context.Context, id SubscriberID, o *op) error {
 		case <-o.done:
 			return nil
 		case <-ctx.Done():
+			if o.keep {
+				return ctx.Err() // it still runs, later
+			}
 			if o.status.CompareAndSwap(opQueued, opCanceled) {
 				return ctx.Err()
 			}
@@ -194,14 +203,27 @@ func (r *registry) do(ctx context.Context, id SubscriberID, o *op) error {
 	return nil
 }
 
+// run runs one op. A panic in it (a Router, PublishWill, ResumePolicy or
+// store of the broker's; hooks recover their own) is logged and does not
+// leave the SubscriberID stuck: the queue goes on.
+func (r *registry) run(e *entry, o *op) {
+	defer func() {
+		o.ctx.release()
+		if v := recover(); v != nil {
+			r.logger.Error("mqtthooks: panic in a lifecycle operation", "session", e.id.String(),
+				"panic", v, "stack", string(debug.Stack()))
+		}
+	}()
+	o.ctx.start(r.hookTimeout)
+	o.runner.runOp(&o.ctx, e)
+}
+
 // execute runs o and then the operations queued on e, until none is left. It
 // releases o's reference and those of the operations it runs or finds
 // canceled.
 func (r *registry) execute(e *entry, o *op) {
 	for o != nil {
-		o.ctx.start(r.hookTimeout)
-		o.runner.runOp(&o.ctx, e)
-		o.ctx.release()
+		r.run(e, o)
 		if o.done != nil {
 			close(o.done)
 		}

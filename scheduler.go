@@ -11,6 +11,7 @@ import (
 // pool, so a mass expiry never has more than poolSize goroutines at once.
 type scheduler struct {
 	mu      sync.Mutex
+	idle    sync.Cond // signalled when run stops draining
 	items   timerHeap
 	timer   *time.Timer // fires run; nil until the first item
 	running bool        // run is draining due items
@@ -29,7 +30,9 @@ type timerItem struct {
 }
 
 func newScheduler(poolSize int) *scheduler {
-	return &scheduler{sem: make(chan struct{}, poolSize)}
+	s := &scheduler{sem: make(chan struct{}, poolSize)}
+	s.idle.L = &s.mu
+	return s
 }
 
 // schedule arranges for fn to run at (or soon after) at, and returns the item
@@ -84,24 +87,22 @@ func (s *scheduler) run() {
 	s.running = true
 	for len(s.items) > 0 && !s.closed && !s.items[0].at.After(time.Now()) {
 		it := heap.Pop(&s.items).(*timerItem)
+		s.wg.Add(1) // under mu, so close cannot have passed it by
 		s.mu.Unlock()
-		s.submit(it.fn)
+		s.sem <- struct{}{} // wait for a free worker
+		go func() {
+			defer s.wg.Done()
+			defer func() { <-s.sem }()
+			it.fn()
+		}()
 		s.mu.Lock()
 	}
 	s.running = false
+	s.idle.Broadcast()
 	if !s.closed {
 		s.armLocked()
 	}
 	s.mu.Unlock()
-}
-
-// submit runs fn on the pool, waiting for a free slot.
-func (s *scheduler) submit(fn func()) {
-	s.sem <- struct{}{}
-	s.wg.Go(func() {
-		defer func() { <-s.sem }()
-		fn()
-	})
 }
 
 // close stops the timer, drops what is scheduled and returns the items that
@@ -113,6 +114,9 @@ func (s *scheduler) close() []*timerItem {
 	s.closed = true
 	if s.timer != nil {
 		s.timer.Stop()
+	}
+	for s.running { // run is handing an item to the pool: let it finish
+		s.idle.Wait()
 	}
 	pending := make([]*timerItem, len(s.items))
 	copy(pending, s.items)

@@ -336,15 +336,23 @@ func (s *Session) Released(id uint16) (known bool, err error) {
 // CodeNormalDisconnection) and, for MQTT 5, its Session Expiry Interval if it
 // carried one. A DISCONNECT other than 0x00 makes the Will due. Raising the
 // interval from 0 is a protocol error: the session ends as after any, and
-// Disconnect returns a *ProtocolError with code 0x82 for the broker to send.
-// Disconnect waits for the session's hooks, except with a hook's context.
+// Disconnect returns a *ProtocolError with code 0x82 for the broker to send;
+// a reason code a client may not send gives 0x81 the same way. Disconnect
+// waits for the session's hooks, except with a hook's context; only the first
+// report of a connection's end (Disconnect, Lost) counts.
 func (s *Session) Disconnect(ctx context.Context, code ReasonCode, sei Opt[uint32]) error {
 	if ctx == nil {
 		return fmt.Errorf("%w: nil context", ErrInvalidArgument)
 	}
+	if !s.ending.CompareAndSwap(false, true) {
+		return nil // the end was reported already
+	}
 	cause := endCause{reason: ReasonClientDisconnect, code: code, hasCode: s.version.IsV5(), will: code != CodeNormalDisconnection}
 	var perr error
-	if s.version.IsV5() && sei.Set {
+	if s.version.IsV5() && !code.ValidIn(PacketClientDisconnect) {
+		perr = &ProtocolError{Code: CodeMalformedPacket, Msg: "DISCONNECT reason code " + code.String() + " is not one a client may send"}
+		cause = endCause{reason: ReasonProtocolError, code: CodeMalformedPacket, hasCode: true, will: true}
+	} else if s.version.IsV5() && sei.Set {
 		s.mu.Lock()
 		switch {
 		case s.sei == 0 && sei.V != 0:
@@ -375,6 +383,9 @@ func (s *Session) Lost(ctx context.Context, err error) {
 	if ctx == nil {
 		ctx = context.Background()
 	}
+	if !s.ending.CompareAndSwap(false, true) {
+		return // the end was reported already
+	}
 	cause := endCause{reason: ReasonNetworkError, will: true}
 	var pe *ProtocolError
 	switch {
@@ -388,15 +399,14 @@ func (s *Session) Lost(ctx context.Context, err error) {
 	_ = s.end(ctx, cause)
 }
 
-// end ends the connection as a lifecycle operation of its session. Only the
-// first call does anything: the broker reports an end once, and a second
-// report (a DISCONNECT racing a read error, say) is the same end.
+// end ends the connection as a lifecycle operation of its session; the
+// caller has claimed s.ending, so it runs once: a second report (a DISCONNECT
+// racing a read error, say) is the same end. The operation runs even if ctx
+// ends while it waits its turn; end then returns ctx.Err() early.
 func (s *Session) end(ctx context.Context, cause endCause) error {
-	if !s.ending.CompareAndSwap(false, true) {
-		return nil
-	}
 	s.cause = cause
 	s.endOp.runner = s
+	s.endOp.keep = true
 	return s.core.reg.do(ctx, s.id, &s.endOp)
 }
 
@@ -450,6 +460,8 @@ func (s *Session) Subscribe(ctx context.Context, subs ...Subscription) error {
 
 // Unsubscribe removes the subscriptions with these filters and tells the
 // Router of each that existed. existed[i] reports whether filters[i] did.
+// Called with a hook's context, it is queued behind that hook and returns at
+// once, with existed all false.
 func (s *Session) Unsubscribe(ctx context.Context, filters ...string) (existed []bool, err error) {
 	if ctx == nil {
 		return nil, fmt.Errorf("%w: nil context", ErrInvalidArgument)
