@@ -152,6 +152,8 @@ func TestReasonCodeValidity(t *testing.T) {
 		mqtthooks.PacketDisconnect: join([]int{0x00}, span(0x80, 0x83), []int{0x87, 0x89, 0x8B},
 			span(0x8D, 0x90), span(0x93, 0xA2)),
 		mqtthooks.PacketAuth: join([]int{0x00, 0x18, 0x19}),
+		mqtthooks.PacketClientDisconnect: join([]int{0x00, 0x04}, span(0x80, 0x83), []int{0x90},
+			span(0x93, 0x97), []int{0x99}),
 	}
 	for p, codes := range want {
 		for c := range 256 {

@@ -147,14 +147,14 @@ func TestOnlineDeliveryAndWindow(t *testing.T) {
 	f := newFixture(t, mqtthooks.Options{MaxInflightMessages: mqtthooks.Some(2)})
 	c := f.v3("s", true)
 	f.publish(t, sid("s"), 1, 3)
-	<-c.Conn.Notified()
+	within(t, c.Conn.Notified(), "a Notify")
 	assert.Equal(t, 1, c.Conn.NotifyCount(), "one Notify until the broker pulls")
 
 	first, err := c.PullAll()
 	require.NoError(t, err)
 	assert.Equal(t, []string{"1", "2"}, payloads(first), "the window holds 2")
 	require.NoError(t, c.Settle(first[0]))
-	<-c.Conn.Notified() // the freed slot lets message 3 go
+	within(t, c.Conn.Notified(), "a Notify") // the freed slot lets message 3 go
 	next, _ := c.PullAll()
 	assert.Equal(t, []string{"3"}, payloads(next))
 	assert.ErrorIs(t, c.Session.Ack(first[0].PacketID), mqtthooks.ErrPacketIDNotFound, "acked twice")
@@ -307,7 +307,7 @@ func TestNothingBeforeStart(t *testing.T) {
 	assert.Zero(t, c.Conn.NotifyCount())
 
 	require.NoError(t, c.Session.Start())
-	<-c.Conn.Notified()
+	within(t, c.Conn.Notified(), "a Notify")
 	ds, _ := c.PullAll()
 	assert.Equal(t, []string{"1", "2", "3"}, payloads(ds))
 }
@@ -357,7 +357,7 @@ func TestDeliveryNotBlockedByHook(t *testing.T) {
 	}
 	c := f.v3("s", false)
 	go c.Drop(context.Background(), nil)
-	<-running
+	within(t, running, "the hook")
 	f.publish(t, sid("s"), 1, 3) // returns while Offline blocks
 	close(release)
 	info, _ := f.core.Lookup(sid("s"))

@@ -32,7 +32,7 @@ func TestTakeoverStrictOrder(t *testing.T) {
 
 	done := make(chan *mqtthookstest.Client)
 	go func() { done <- f.v3("s", false) }()
-	<-running
+	within(t, running, "the hook")
 
 	other := f.v3("t", true)
 	requireAccepted(t, other)
@@ -384,7 +384,7 @@ func TestTakenOverBeforeStart(t *testing.T) {
 	assert.Zero(t, c1.Conn.NotifyCount(), "no Notify before Start")
 
 	require.NoError(t, c1.Session.Start())
-	<-c1.Conn.Notified()
+	within(t, c1.Conn.Notified(), "a Notify")
 	_, err = c1.Pull()
 	assert.ErrorIs(t, err, mqtthooks.ErrTakenOver)
 	assert.Equal(t, mqtthookstest.Sent{Packet: "DISCONNECT", Code: mqtthooks.CodeSessionTakenOver}, c1.Sent[len(c1.Sent)-1])
@@ -519,7 +519,7 @@ func TestBlockedHookDoesNotBlockOtherIDs(t *testing.T) {
 		defer close(done)
 		f.v3("a", true)
 	}()
-	<-running
+	within(t, running, "the hook")
 
 	b := f.v3("b", true)
 	requireAccepted(t, b)
@@ -539,7 +539,7 @@ func TestTakeoverWithStuckConn(t *testing.T) {
 	c2 := f.v3("s", false)
 
 	requireAccepted(t, c2)
-	<-c1.Conn.Disconnected() // called, and still stuck
+	within(t, c1.Conn.Disconnected(), "a DISCONNECT") // called, and still stuck
 	assert.True(t, c2.Connack().SessionPresent)
 }
 

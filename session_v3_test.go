@@ -467,7 +467,7 @@ func TestTakeoverV3Persistent(t *testing.T) {
 	assert.Equal(t, c2.Info.ConnID, wake.Event.ConnID)
 	assert.Equal(t, off.Event.Generation, wake.Event.Generation, "the same life goes on")
 
-	<-c1.Conn.Disconnected()
+	within(t, c1.Conn.Disconnected(), "a DISCONNECT")
 	assert.Equal(t, []mqtthooks.ReasonCode{mqtthooks.CodeSessionTakenOver}, c1.Conn.Disconnects())
 	_, err := c1.Pull()
 	assert.ErrorIs(t, err, mqtthooks.ErrTakenOver)
@@ -499,7 +499,7 @@ func TestTakeoverClean(t *testing.T) {
 		assert.NotEqual(t, gen, c2.Session.Generation())
 		info, _ := f.core.Lookup(sid("c1"))
 		assert.Empty(t, info.Subscriptions, "the old subscriptions are gone")
-		<-c1.Conn.Disconnected()
+		within(t, c1.Conn.Disconnected(), "a DISCONNECT")
 	}
 }
 
@@ -565,7 +565,7 @@ func TestMultipleSessions(t *testing.T) {
 	f.rec.AuthOnRegisterFunc = answer(mqtthooks.Accept())
 	c4 := f.v3("c1", false)
 	requireAccepted(t, c4)
-	<-c3.Conn.Disconnected()
+	within(t, c3.Conn.Disconnected(), "a DISCONNECT")
 }
 
 // ACCEPTANCE 44: admin disconnect, with and without cleanup, online and
@@ -583,7 +583,7 @@ func TestAdminDisconnect(t *testing.T) {
 		off, _ := f.rec.Last(sid("c1"), "OnClientOffline")
 		assert.Equal(t, mqtthooks.ReasonAdmin, off.Event.Reason)
 		assert.Equal(t, mqtthooks.CodeAdministrativeAction, off.Event.Code)
-		<-c.Conn.Disconnected()
+		within(t, c.Conn.Disconnected(), "a DISCONNECT")
 		assert.Equal(t, []mqtthooks.ReasonCode{mqtthooks.CodeAdministrativeAction}, c.Conn.Disconnects())
 		info, ok := f.core.Lookup(sid("c1"))
 		require.True(t, ok, "the session stays")
@@ -602,7 +602,7 @@ func TestAdminDisconnect(t *testing.T) {
 		assert.Equal(t, mqtthooks.ReasonAdmin, gone.Event.Reason)
 		_, ok := f.core.Lookup(sid("c1"))
 		assert.False(t, ok)
-		<-c.Conn.Disconnected()
+		within(t, c.Conn.Disconnected(), "a DISCONNECT")
 	})
 	t.Run("offline, cleanup", func(t *testing.T) {
 		f := newFixture(t, mqtthooks.Options{})

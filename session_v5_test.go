@@ -196,7 +196,7 @@ func TestTakeoverV5Code(t *testing.T) {
 	c1 := f.v5("c5", false, 60)
 	c2 := f.v5("c5", false, 60)
 	requireAccepted(t, c2)
-	<-c1.Conn.Disconnected()
+	within(t, c1.Conn.Disconnected(), "a DISCONNECT")
 	assert.Equal(t, []mqtthooks.ReasonCode{mqtthooks.CodeSessionTakenOver}, c1.Conn.Disconnects())
 	off, _ := f.rec.Last(sid("c5"), "OnClientOffline")
 	assert.Equal(t, mqtthooks.ReasonTakenOver, off.Event.Reason)
