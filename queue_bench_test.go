@@ -35,7 +35,7 @@ func BenchmarkEnqueue(b *testing.B) {
 			if err := core.Deliver(id, msg, mqtthooks.DeliverOptions{QoS: 1}); err != nil {
 				b.Fatal(err)
 			}
-			if i%1024 == 1023 {
+			if i%65536 == 65535 {
 				b.StopTimer()
 				drain(b, c)
 				b.StartTimer()
@@ -51,7 +51,7 @@ func BenchmarkEnqueue(b *testing.B) {
 			if err := core.Deliver(id, msg, mqtthooks.DeliverOptions{QoS: 1}); err != nil {
 				b.Fatal(err)
 			}
-			if i%1024 == 1023 {
+			if i%65536 == 65535 {
 				b.StopTimer()
 				c := mqtthookstest.ConnectV3(context.Background(), core, "c1", "u", false)
 				drain(b, c)

@@ -18,8 +18,12 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/xdg-go/scram"
@@ -216,4 +220,68 @@ func (p *Plugin) AuthOnRegisterM5(_ context.Context, req *mqtthooks.RegisterRequ
 		return mqtthooks.Next()
 	}
 	return mqtthooks.AcceptWith(&mqtthooks.Modifiers{Username: mqtthooks.Some(user)})
+}
+
+// String returns c in the form of RFC 5803:
+// "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>", base64.
+func (c Credential) String() string {
+	b := base64.StdEncoding
+	return fmt.Sprintf("%s$%d:%s$%s:%s", Method, c.Iterations, b.EncodeToString(c.Salt),
+		b.EncodeToString(c.StoredKey), b.EncodeToString(c.ServerKey))
+}
+
+// ParseCredential parses the RFC 5803 form that Credential.String writes.
+func ParseCredential(s string) (Credential, error) {
+	rest, ok := strings.CutPrefix(s, Method+"$")
+	if !ok {
+		return Credential{}, fmt.Errorf("scram: credential does not start with %q", Method+"$")
+	}
+	params, keys, ok := strings.Cut(rest, "$")
+	iter, salt, ok1 := strings.Cut(params, ":")
+	stored, server, ok2 := strings.Cut(keys, ":")
+	if !ok || !ok1 || !ok2 {
+		return Credential{}, fmt.Errorf("scram: credential is not %s$<iterations>:<salt>$<StoredKey>:<ServerKey>", Method)
+	}
+	var c Credential
+	var err error
+	if c.Iterations, err = strconv.Atoi(iter); err != nil || c.Iterations < 1 {
+		return Credential{}, fmt.Errorf("scram: bad iteration count %q", iter)
+	}
+	b := base64.StdEncoding
+	var e1, e2, e3 error
+	c.Salt, e1 = b.DecodeString(salt)
+	c.StoredKey, e2 = b.DecodeString(stored)
+	c.ServerKey, e3 = b.DecodeString(server)
+	if err := errors.Join(e1, e2, e3); err != nil || len(c.Salt) == 0 || len(c.StoredKey) != sha256.Size ||
+		len(c.ServerKey) != sha256.Size {
+		return Credential{}, errors.New("scram: bad base64 salt or keys")
+	}
+	return c, nil
+}
+
+// LoadFile reads a credential file: one "user:credential" line per user,
+// with the credential in the form of Credential.String. Empty lines and
+// lines starting with '#' are skipped. An error names the line.
+func LoadFile(path string) (*MemoryStore, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("scram: %w", err)
+	}
+	store := new(MemoryStore)
+	for n, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimRight(line, "\r")
+		if strings.TrimSpace(line) == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		user, cred, ok := strings.Cut(line, ":")
+		if !ok || user == "" {
+			return nil, fmt.Errorf("scram: %s: line %d: want user:credential", path, n+1)
+		}
+		c, err := ParseCredential(cred)
+		if err != nil {
+			return nil, fmt.Errorf("%s: line %d: %w", path, n+1, err)
+		}
+		store.Set(user, c)
+	}
+	return store, nil
 }

@@ -1,0 +1,107 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	pahov3 "github.com/eclipse/paho.mqtt.golang"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/mqtthooks/mqtthooks/mqtthookstest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// testBroker is a running broker on a loopback port.
+type testBroker struct {
+	*broker
+	addr string
+	rec  *mqtthookstest.Recorder
+}
+
+// startBroker runs a broker with f (its address is chosen here) and a
+// Recorder plugin that decides nothing, until the test ends.
+func startBroker(t *testing.T, f flags) *testBroker {
+	t.Helper()
+	f.addr = "127.0.0.1:0"
+	if f.maxPacketSize == 0 {
+		f.maxPacketSize = 1 << 20
+	}
+	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	b, err := build(&f, logger)
+	require.NoError(t, err)
+	rec := new(mqtthookstest.Recorder)
+	require.NoError(t, b.chain.Register("recorder", rec))
+	require.NoError(t, b.srv.listen())
+	served := make(chan error, 1)
+	go func() { served <- b.srv.serve() }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		assert.NoError(t, b.srv.shutdown(ctx))
+		assert.NoError(t, <-served)
+	})
+	return &testBroker{broker: b, addr: b.srv.addr().String(), rec: rec}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(p))
+	return len(p), nil
+}
+
+// v3Client connects an MQTT 3.1.1 client with paho.mqtt.golang.
+func v3Client(t *testing.T, addr, id, user, pass string, clean bool, opts ...func(*pahov3.ClientOptions)) (pahov3.Client, error) {
+	t.Helper()
+	o := pahov3.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).SetCleanSession(clean).
+		SetAutoReconnect(false).SetConnectRetry(false).SetProtocolVersion(4).SetConnectTimeout(5 * time.Second)
+	if user != "" {
+		o.SetUsername(user).SetPassword(pass)
+	}
+	for _, opt := range opts {
+		opt(o)
+	}
+	c := pahov3.NewClient(o)
+	tok := c.Connect()
+	if !tok.WaitTimeout(5 * time.Second) {
+		t.Fatal("CONNECT timed out")
+	}
+	return c, tok.Error()
+}
+
+func TestV3PublishSubscribe(t *testing.T) {
+	b := startBroker(t, flags{})
+	sub, err := v3Client(t, b.addr, "sub", "", "", true)
+	require.NoError(t, err)
+	defer sub.Disconnect(100)
+	got := make(chan string, 10)
+	tok := sub.Subscribe("a/+", 1, func(_ pahov3.Client, m pahov3.Message) { got <- string(m.Payload()) })
+	require.True(t, tok.WaitTimeout(5*time.Second))
+	require.NoError(t, tok.Error())
+
+	pub, err := v3Client(t, b.addr, "pub", "", "", true)
+	require.NoError(t, err)
+	defer pub.Disconnect(100)
+	require.NoError(t, waitToken(pub.Publish("a/b", 1, false, "hello")))
+	select {
+	case m := <-got:
+		assert.Equal(t, "hello", m)
+	case <-time.After(5 * time.Second):
+		t.Fatal("no message")
+	}
+}
+
+func waitToken(tok pahov3.Token) error {
+	if !tok.WaitTimeout(5 * time.Second) {
+		return context.DeadlineExceeded
+	}
+	return tok.Error()
+}
+
+var _ = net.Dial

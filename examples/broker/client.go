@@ -1,0 +1,485 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/mqtthooks/mqtthooks"
+)
+
+// client is one network connection. Its reader goroutine translates packets
+// into core calls; its writer goroutine pulls deliveries when the core
+// notifies it. It implements mqtthooks.Conn.
+type client struct {
+	srv  *server
+	nc   net.Conn
+	r    *bufio.Reader
+	info mqtthooks.ConnInfo
+
+	ctx    context.Context // canceled when the connection closes
+	cancel context.CancelFunc
+
+	wmu sync.Mutex // serialises writes
+	w   *bufio.Writer
+
+	version byte
+	session *mqtthooks.Session
+	limits  mqtthooks.Limits
+	maxSize uint32 // largest packet accepted from the client
+
+	notify chan struct{}
+
+	rateWindow time.Time
+	rateCount  uint32
+}
+
+func newClient(srv *server, nc net.Conn, listener string, connID uint64) *client {
+	c := &client{srv: srv, nc: nc, r: bufio.NewReader(nc), w: bufio.NewWriter(nc),
+		notify: make(chan struct{}, 1), maxSize: srv.cfg.maxPacketSize}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.info = mqtthooks.ConnInfo{Listener: listener, Transport: "tcp", ConnID: connID,
+		Local: addrPort(nc.LocalAddr()), Peer: addrPort(nc.RemoteAddr())}
+	if tc, ok := nc.(*tls.Conn); ok {
+		c.info.Transport = "tls"
+		_ = tc.SetDeadline(time.Now().Add(srv.cfg.connectTimeout))
+		if tc.Handshake() == nil {
+			st := tc.ConnectionState()
+			c.info.TLS = &st
+		}
+		_ = tc.SetDeadline(time.Time{})
+	}
+	return c
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort()
+	}
+	return netip.AddrPort{}
+}
+
+// Notify wakes the writer; it never blocks.
+func (c *client) Notify() {
+	select {
+	case c.notify <- struct{}{}:
+	default:
+	}
+}
+
+// Disconnect sends the core's DISCONNECT (MQTT 5) and closes the connection.
+func (c *client) Disconnect(code mqtthooks.ReasonCode) {
+	c.sendDisconnect(code)
+	c.close()
+}
+
+func (c *client) close() {
+	c.cancel()
+	_ = c.nc.Close()
+}
+
+// write encodes and sends pk.
+func (c *client) write(pk packets.Packet) error {
+	var buf bytes.Buffer
+	var err error
+	switch pk.FixedHeader.Type {
+	case packets.Connack:
+		err = pk.ConnackEncode(&buf)
+	case packets.Publish:
+		err = pk.PublishEncode(&buf)
+	case packets.Puback:
+		err = pk.PubackEncode(&buf)
+	case packets.Pubrec:
+		err = pk.PubrecEncode(&buf)
+	case packets.Pubrel:
+		err = pk.PubrelEncode(&buf)
+	case packets.Pubcomp:
+		err = pk.PubcompEncode(&buf)
+	case packets.Suback:
+		err = pk.SubackEncode(&buf)
+	case packets.Unsuback:
+		err = pk.UnsubackEncode(&buf)
+	case packets.Pingresp:
+		err = pk.PingrespEncode(&buf)
+	case packets.Disconnect:
+		err = pk.DisconnectEncode(&buf)
+	case packets.Auth:
+		err = pk.AuthEncode(&buf)
+	}
+	if err != nil {
+		return err
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	_ = c.nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.w.Write(buf.Bytes()); err != nil {
+		return err
+	}
+	return c.w.Flush()
+}
+
+// sendDisconnect sends an MQTT 5 DISCONNECT; MQTT 3 has none.
+func (c *client) sendDisconnect(code mqtthooks.ReasonCode) {
+	if c.version == 5 {
+		_ = c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect},
+			ProtocolVersion: 5, ReasonCode: byte(code)})
+	}
+}
+
+// serve runs the connection to its end.
+func (c *client) serve() {
+	defer c.close()
+	pk, err := readPacket(c.r, 0, c.maxSize)
+	_ = c.nc.SetReadDeadline(time.Time{})
+	if err != nil || pk.FixedHeader.Type != packets.Connect {
+		c.srv.logger.Debug("connection closed before CONNECT", "peer", c.info.Peer, "err", err)
+		return // anything but a CONNECT first: a bare close
+	}
+	c.version = pk.ProtocolVersion
+	if code := pk.ConnectValidate(); code != packets.CodeSuccess {
+		c.refuse(code)
+		return
+	}
+	h, step := c.srv.core.Connect(c.ctx, &c.info, connectRequest(&pk), c)
+	for step.Kind == mqtthooks.SendAuth {
+		a := step.Auth
+		_ = c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Auth}, ProtocolVersion: 5,
+			ReasonCode: byte(a.ReasonCode), Properties: packets.Properties{AuthenticationMethod: a.Method,
+				AuthenticationData: a.Data, ReasonString: a.ReasonString}})
+		_ = c.nc.SetReadDeadline(h.Deadline())
+		in, err := readPacket(c.r, c.version, c.maxSize)
+		var ne net.Error
+		switch {
+		case errors.As(err, &ne) && ne.Timeout():
+			step = h.Timeout()
+		case err != nil:
+			h.Abort()
+			return
+		case in.FixedHeader.Type == packets.Auth:
+			step = h.Auth(c.ctx, &mqtthooks.AuthPacket{ReasonCode: mqtthooks.ReasonCode(in.ReasonCode),
+				Method: in.Properties.AuthenticationMethod, Data: in.Properties.AuthenticationData,
+				UserProperties: userProperties(in.Properties.User)})
+		case in.FixedHeader.Type == packets.Disconnect:
+			h.Abort()
+			return
+		default:
+			step = h.Unexpected()
+		}
+	}
+	_ = c.nc.SetReadDeadline(time.Time{})
+	if step.Kind == mqtthooks.CloseConnection {
+		return
+	}
+	if err := c.write(connackPacket(c.version, step.Connack)); err != nil || step.Session == nil {
+		if step.Session != nil {
+			step.Session.Lost(c.ctx, err)
+		}
+		return
+	}
+	c.session = step.Session
+	c.limits = c.session.Limits()
+	if m := c.limits.MaxMessageSize; m > 0 && (c.maxSize == 0 || m < c.maxSize) {
+		c.maxSize = m
+	}
+	if err := c.session.Start(); err != nil {
+		c.session.Lost(c.ctx, err)
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.writeLoop()
+	}()
+	c.readLoop()
+	c.close()
+	<-done
+}
+
+// refuse answers a CONNECT the codec found invalid: MQTT 5 gets a CONNACK
+// with the codec's reason code; MQTT 3 gets return code 1 for an unknown
+// protocol level and a bare close otherwise.
+func (c *client) refuse(code packets.Code) {
+	switch {
+	case code == packets.ErrProtocolViolationProtocolVersion:
+		// An unknown level: the MQTT 3 form, which every client reads.
+		_ = c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}, ProtocolVersion: 4,
+			ReasonCode: byte(mqtthooks.RefusedProtocolVersion)})
+	case c.version == 5:
+		_ = c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}, ProtocolVersion: 5,
+			ReasonCode: code.Code})
+	}
+}
+
+// writeLoop pulls deliveries from the session whenever the core notifies.
+func (c *client) writeLoop() {
+	buf := make([]mqtthooks.Delivery, 64)
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-c.notify:
+		}
+		for {
+			n, err := c.session.Pull(buf)
+			if err != nil {
+				var ended *mqtthooks.EndedError
+				if errors.As(err, &ended) {
+					c.sendDisconnect(ended.Code)
+				}
+				c.close()
+				return
+			}
+			for i := range buf[:n] {
+				d := &buf[i]
+				var pk packets.Packet
+				if d.Pubrel {
+					pk = packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1},
+						ProtocolVersion: c.version, PacketID: d.PacketID}
+				} else {
+					pk = publishPacket(c.version, d)
+				}
+				if err := c.write(pk); err != nil {
+					c.close()
+					return
+				}
+			}
+			if n < len(buf) {
+				break
+			}
+		}
+	}
+}
+
+// readLoop handles the client's packets until the connection ends.
+func (c *client) readLoop() {
+	for {
+		if ka := c.limits.KeepAlive; ka > 0 {
+			_ = c.nc.SetReadDeadline(time.Now().Add(time.Duration(ka) * 1500 * time.Millisecond))
+		}
+		pk, err := readPacket(c.r, c.version, c.maxSize)
+		if err != nil {
+			c.lost(err)
+			return
+		}
+		if code, ok := c.handle(&pk); !ok {
+			if code != 0 {
+				c.protocolError(code)
+			}
+			return
+		}
+	}
+}
+
+// lost ends the session after a read error: keep-alive, a malformed or too
+// large packet, or the network.
+func (c *client) lost(err error) {
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		c.sendDisconnect(mqtthooks.CodeKeepAliveTimeout)
+		c.session.Lost(context.Background(), mqtthooks.ErrKeepAlive)
+	case errors.Is(err, errTooLarge):
+		c.protocolError(mqtthooks.CodePacketTooLarge)
+	case errors.Is(err, errMalformed):
+		c.protocolError(mqtthooks.CodeMalformedPacket)
+	default:
+		c.session.Lost(context.Background(), err)
+	}
+}
+
+// protocolError sends an MQTT 5 DISCONNECT with code and ends the session.
+func (c *client) protocolError(code mqtthooks.ReasonCode) {
+	c.sendDisconnect(code)
+	c.session.Lost(context.Background(), &mqtthooks.ProtocolError{Code: code, Msg: "client broke the protocol"})
+}
+
+// handle handles one packet. It returns ok false when the connection ends,
+// with the code of the DISCONNECT to send first, if any.
+func (c *client) handle(pk *packets.Packet) (code mqtthooks.ReasonCode, ok bool) {
+	s := c.session
+	switch pk.FixedHeader.Type {
+	case packets.Publish:
+		return c.publish(pk)
+	case packets.Puback:
+		_ = s.Ack(pk.PacketID)
+	case packets.Pubrec:
+		if s.Rec(pk.PacketID) == nil {
+			_ = c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1},
+				ProtocolVersion: c.version, PacketID: pk.PacketID})
+		}
+	case packets.Pubcomp:
+		_ = s.Comp(pk.PacketID)
+	case packets.Pubrel:
+		known, _ := s.Released(pk.PacketID)
+		reply := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubcomp}, ProtocolVersion: c.version,
+			PacketID: pk.PacketID}
+		if !known && c.version == 5 {
+			reply.ReasonCode = byte(mqtthooks.CodePacketIdentifierNotFound)
+		}
+		_ = c.write(reply)
+	case packets.Subscribe:
+		c.subscribe(pk)
+	case packets.Unsubscribe:
+		c.unsubscribe(pk)
+	case packets.Pingreq:
+		_ = c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingresp}, ProtocolVersion: c.version})
+	case packets.Disconnect:
+		var sei mqtthooks.Opt[uint32]
+		if pk.Properties.SessionExpiryIntervalFlag {
+			sei = mqtthooks.Some(pk.Properties.SessionExpiryInterval)
+		}
+		code := mqtthooks.ReasonCode(pk.ReasonCode)
+		if c.version != 5 {
+			code = mqtthooks.CodeNormalDisconnection
+		}
+		var pe *mqtthooks.ProtocolError
+		if err := s.Disconnect(context.Background(), code, sei); errors.As(err, &pe) {
+			c.sendDisconnect(pe.Code)
+		}
+		return 0, false
+	case packets.Auth:
+		reply, err := s.Reauth(c.ctx, &mqtthooks.AuthPacket{ReasonCode: mqtthooks.ReasonCode(pk.ReasonCode),
+			Method: pk.Properties.AuthenticationMethod, Data: pk.Properties.AuthenticationData,
+			UserProperties: userProperties(pk.Properties.User)})
+		if err != nil {
+			var ended *mqtthooks.EndedError
+			if errors.As(err, &ended) {
+				c.sendDisconnect(ended.Code)
+			}
+			return 0, false
+		}
+		_ = c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Auth}, ProtocolVersion: 5,
+			ReasonCode: byte(reply.ReasonCode), Properties: packets.Properties{AuthenticationMethod: reply.Method,
+				AuthenticationData: reply.Data}})
+	case packets.Connect:
+		return mqtthooks.CodeProtocolError, false // a second CONNECT
+	default:
+		return mqtthooks.CodeProtocolError, false
+	}
+	return 0, true
+}
+
+// publish routes a PUBLISH from the client after checking it against the
+// session's limits.
+func (c *client) publish(pk *packets.Packet) (mqtthooks.ReasonCode, bool) {
+	l := &c.limits
+	switch {
+	case c.version == 5 && pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > l.TopicAliasMaximum,
+		c.version == 5 && pk.Properties.TopicAlias == 0 && pk.Properties.TopicAliasFlag:
+		return mqtthooks.CodeTopicAliasInvalid, false
+	case !validTopic(pk.TopicName):
+		return mqtthooks.CodeTopicNameInvalid, false
+	case pk.FixedHeader.Qos > l.MaximumQoS:
+		return mqtthooks.CodeQoSNotSupported, false
+	case pk.FixedHeader.Retain && !l.RetainAvailable:
+		return mqtthooks.CodeRetainNotSupported, false
+	case !c.withinRate():
+		return mqtthooks.CodeMessageRateTooHigh, false
+	}
+	route := true
+	switch pk.FixedHeader.Qos {
+	case 1:
+		defer c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, ProtocolVersion: c.version,
+			PacketID: pk.PacketID})
+	case 2:
+		route, _ = c.session.Received(pk.PacketID)
+		defer c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, ProtocolVersion: c.version,
+			PacketID: pk.PacketID})
+	}
+	if route {
+		c.srv.route(c.session.ID(), message(pk))
+	}
+	return 0, true
+}
+
+// withinRate counts a PUBLISH against the session's MaxMessageRate.
+func (c *client) withinRate() bool {
+	max := c.limits.MaxMessageRate
+	if max == 0 {
+		return true
+	}
+	now := time.Now()
+	if now.Sub(c.rateWindow) >= time.Second {
+		c.rateWindow, c.rateCount = now, 0
+	}
+	c.rateCount++
+	return c.rateCount <= max
+}
+
+// subscribe stores the subscriptions, answers SUBACK, and sends the retained
+// messages they match.
+func (c *client) subscribe(pk *packets.Packet) {
+	l := &c.limits
+	codes := make([]byte, len(pk.Filters))
+	var subs []mqtthooks.Subscription
+	for i, f := range pk.Filters {
+		wild := strings.ContainsAny(f.Filter, "+#")
+		switch {
+		case !validFilter(f.Filter) || strings.HasPrefix(f.Filter, "$share/"):
+			codes[i] = byte(mqtthooks.CodeTopicFilterInvalid)
+			if strings.HasPrefix(f.Filter, "$share/") {
+				codes[i] = byte(mqtthooks.CodeSharedSubscriptionsNotSupported)
+			}
+		case wild && !l.WildcardSubscriptionAvailable:
+			codes[i] = byte(mqtthooks.CodeWildcardSubscriptionsNotSupported)
+		default:
+			qos := min(f.Qos, l.MaximumQoS)
+			codes[i] = qos
+			subs = append(subs, mqtthooks.Subscription{Filter: f.Filter, QoS: qos, NoLocal: f.NoLocal,
+				RetainAsPublished: f.RetainAsPublished, RetainHandling: f.RetainHandling, Identifier: uint32(f.Identifier)})
+		}
+		if c.version != 5 && codes[i] >= 0x80 {
+			codes[i] = 0x80
+		}
+	}
+	if len(subs) > 0 {
+		if err := c.session.Subscribe(c.ctx, subs...); err != nil {
+			for i := range codes {
+				codes[i] = 0x80
+			}
+			subs = nil
+		}
+	}
+	_ = c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Suback}, ProtocolVersion: c.version,
+		PacketID: pk.PacketID, ReasonCodes: codes})
+	id := c.session.ID()
+	for _, sub := range subs {
+		if sub.RetainHandling == 2 {
+			continue
+		}
+		for _, msg := range c.srv.router.retainedFor(id.Mountpoint, sub.Filter) {
+			var ids []uint32
+			if sub.Identifier != 0 {
+				ids = []uint32{sub.Identifier}
+			}
+			_ = c.srv.core.Deliver(id, msg, mqtthooks.DeliverOptions{QoS: min(msg.QoS, sub.QoS), Retain: true,
+				SubscriptionIdentifiers: ids})
+		}
+	}
+}
+
+// unsubscribe removes subscriptions and answers UNSUBACK.
+func (c *client) unsubscribe(pk *packets.Packet) {
+	filters := make([]string, len(pk.Filters))
+	for i, f := range pk.Filters {
+		filters[i] = f.Filter
+	}
+	existed, _ := c.session.Unsubscribe(c.ctx, filters...)
+	codes := make([]byte, len(filters))
+	for i := range codes {
+		if i < len(existed) && !existed[i] {
+			codes[i] = byte(mqtthooks.CodeNoSubscriptionExisted)
+		}
+	}
+	_ = c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Unsuback}, ProtocolVersion: c.version,
+		PacketID: pk.PacketID, ReasonCodes: codes})
+}

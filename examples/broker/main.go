@@ -1,0 +1,309 @@
+// Command broker is a small, real MQTT broker built on mqtthooks: any MQTT
+// 3.1, 3.1.1 or 5 client can connect, subscribe and publish, and a chain of
+// plugins decides who may connect.
+//
+//	go run ./examples/broker                       # anonymous, 127.0.0.1:1883
+//	go run ./examples/broker -passwd passwords      # Mosquitto password file
+//	go run ./examples/broker -scram scram.txt       # SCRAM-SHA-256 (MQTT 5)
+//
+// The broker owns sockets, topic matching, retained messages and
+// keep-alive; sessions, queues, Wills and hooks are the core's. Packets are
+// decoded and encoded by github.com/mochi-mqtt/server/v2/packets.
+//
+// A SCRAM credential file has one "user:credential" line per user, with the
+// credential in RFC 5803 form (SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:
+// <ServerKey>, base64); no password is stored. Add a user with
+//
+//	echo -n 'secret' | go run ./examples/broker -scram scram.txt -scram-adduser alice
+//
+// SIGINT and SIGTERM shut the broker down cleanly (MQTT 5 clients get
+// DISCONNECT 0x8B); SIGHUP reloads the password file.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/mqtthooks/mqtthooks"
+	"github.com/mqtthooks/mqtthooks/plugins/passwd"
+	"github.com/mqtthooks/mqtthooks/plugins/scram"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stdin, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "broker:", err)
+		os.Exit(1)
+	}
+}
+
+// flags are the command line.
+type flags struct {
+	addr, tlsCert, tlsKey, passwd, scram, scramAdd string
+	allowAnonymous                                 bool
+	allowAnonymousSet                              bool
+	maxPacketSize                                  uint
+	verbose                                        bool
+}
+
+func parseFlags(args []string, stderr io.Writer) (*flags, error) {
+	f := &flags{}
+	fs := flag.NewFlagSet("broker", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&f.addr, "addr", "127.0.0.1:1883", "address to listen on")
+	fs.StringVar(&f.tlsCert, "tls-cert", "", "TLS certificate file (PEM); with -tls-key, the listener speaks TLS")
+	fs.StringVar(&f.tlsKey, "tls-key", "", "TLS private key file (PEM)")
+	fs.StringVar(&f.passwd, "passwd", "", "Mosquitto password file ($6$, $7$, $argon2id$); reloaded on SIGHUP")
+	fs.StringVar(&f.scram, "scram", "", "SCRAM-SHA-256 credential file (user:SCRAM-SHA-256$iter:salt$StoredKey:ServerKey)")
+	fs.StringVar(&f.scramAdd, "scram-adduser", "", "add this user to the -scram file, password from stdin, and exit")
+	fs.BoolVar(&f.allowAnonymous, "allow-anonymous", false,
+		"accept clients without a username when no plugin decides (default: on only without auth plugins on a loopback address)")
+	fs.UintVar(&f.maxPacketSize, "max-packet-size", 1<<20, "largest packet accepted from a client, in bytes (0: no limit)")
+	fs.BoolVar(&f.verbose, "v", false, "log every hook call")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	fs.Visit(func(fl *flag.Flag) {
+		if fl.Name == "allow-anonymous" {
+			f.allowAnonymousSet = true
+		}
+	})
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	return f, nil
+}
+
+// run is main, testable: it returns when the broker has shut down.
+func run(args []string, stdin io.Reader, stderr io.Writer) error {
+	f, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	if f.scramAdd != "" {
+		return addSCRAMUser(f.scram, f.scramAdd, stdin)
+	}
+	level := slog.LevelInfo
+	if f.verbose {
+		level = slog.LevelDebug
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	b, err := build(f, logger)
+	if err != nil {
+		return err
+	}
+	if err := b.srv.listen(); err != nil {
+		return err
+	}
+	logger.Info("listening", "addr", b.srv.addr().String(), "tls", b.srv.cfg.tls != nil,
+		"allow-anonymous", b.srv.cfg.allowAnonymous)
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	served := make(chan error, 1)
+	go func() { served <- b.srv.serve() }()
+	for {
+		select {
+		case err := <-served:
+			return err
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				b.reload(logger)
+				continue
+			}
+			logger.Info("shutting down", "signal", sig.String())
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := b.srv.shutdown(ctx)
+			cancel()
+			<-served
+			return err
+		}
+	}
+}
+
+// broker is a configured server with its plugins.
+type broker struct {
+	srv    *server
+	chain  *mqtthooks.Chain
+	passwd *passwd.Plugin
+}
+
+func (b *broker) reload(logger *slog.Logger) {
+	if b.passwd == nil {
+		return
+	}
+	if err := b.passwd.Reload(); err != nil {
+		logger.Error("password file not reloaded; keeping the old one", "err", err)
+		return
+	}
+	logger.Info("password file reloaded", "users", b.passwd.Users())
+}
+
+// build makes the chain and the server from the flags.
+func build(f *flags, logger *slog.Logger) (*broker, error) {
+	chain := mqtthooks.NewChain(mqtthooks.ChainOptions{Logger: logger})
+	b := &broker{chain: chain}
+	if f.verbose {
+		if err := chain.Register("log", hookLogger{logger}, mqtthooks.Priority(-1)); err != nil {
+			return nil, err
+		}
+	}
+	auth := false
+	if f.passwd != "" {
+		p, err := passwd.Open(f.passwd)
+		if err != nil {
+			return nil, err
+		}
+		if err := chain.Register("passwd", p); err != nil {
+			return nil, err
+		}
+		b.passwd, auth = p, true
+	}
+	if f.scram != "" {
+		store, err := scram.LoadFile(f.scram)
+		if err != nil {
+			return nil, err
+		}
+		p, err := scram.New(store, scram.Options{Name: "scram"})
+		if err != nil {
+			return nil, err
+		}
+		if err := chain.Register("scram", p); err != nil {
+			return nil, err
+		}
+		auth = true
+	}
+	cfg := config{addr: f.addr, maxPacketSize: uint32(f.maxPacketSize), connectTimeout: 10 * time.Second,
+		allowAnonymous: f.allowAnonymous}
+	if !f.allowAnonymousSet {
+		switch {
+		case !auth && loopback(f.addr):
+			cfg.allowAnonymous = true
+			logger.Warn("no auth plugin on a loopback address: allowing anonymous clients (-allow-anonymous=false to refuse)")
+		case !auth:
+			return nil, errors.New("refusing to start without an auth plugin (-passwd, -scram) on a non-loopback address; " +
+				"pass -allow-anonymous to accept anybody")
+		}
+	}
+	if (f.tlsCert == "") != (f.tlsKey == "") {
+		return nil, errors.New("-tls-cert and -tls-key go together")
+	}
+	if f.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(f.tlsCert, f.tlsKey)
+		if err != nil {
+			return nil, err
+		}
+		cfg.tls = &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequestClientCert,
+			MinVersion: tls.VersionTLS12}
+	}
+	srv, err := newServer(cfg, chain, logger)
+	if err != nil {
+		return nil, err
+	}
+	b.srv = srv
+	return b, nil
+}
+
+// loopback reports whether addr listens on a loopback address only.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// addSCRAMUser appends a user, with the password read from stdin, to file.
+func addSCRAMUser(file, user string, stdin io.Reader) error {
+	if file == "" {
+		return errors.New("-scram-adduser needs -scram FILE")
+	}
+	if user == "" || strings.ContainsAny(user, ":\n") {
+		return fmt.Errorf("bad user name %q", user)
+	}
+	line, err := bufio.NewReader(stdin).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	password := strings.TrimRight(line, "\r\n")
+	if password == "" {
+		return errors.New("empty password on stdin")
+	}
+	cred, err := scram.NewCredential(password, 0)
+	if err != nil {
+		return err
+	}
+	out, err := os.OpenFile(file, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := fmt.Fprintf(out, "%s:%s\n", user, cred); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+// hookLogger is a plugin that logs every hook call at debug level (-v). It
+// runs first and decides nothing.
+type hookLogger struct{ l *slog.Logger }
+
+func (h hookLogger) AuthOnRegister(ctx context.Context, r *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
+	h.l.DebugContext(ctx, "AuthOnRegister", "id", r.SubscriberID.String(), "user", r.Connect.Username, "clean", r.Connect.CleanStart)
+	return mqtthooks.Next()
+}
+
+func (h hookLogger) AuthOnRegisterM5(ctx context.Context, r *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
+	h.l.DebugContext(ctx, "AuthOnRegisterM5", "id", r.SubscriberID.String(), "user", r.Connect.Username, "clean", r.Connect.CleanStart)
+	return mqtthooks.Next()
+}
+
+func (h hookLogger) OnAuthM5(ctx context.Context, r *mqtthooks.AuthRequest) mqtthooks.AuthResult {
+	h.l.DebugContext(ctx, "OnAuthM5", "id", r.SubscriberID.String(), "step", r.Step.String(), "method", r.Method)
+	return mqtthooks.AuthNext()
+}
+
+func (h hookLogger) OnRegister(ctx context.Context, e *mqtthooks.RegisterEvent) {
+	h.l.DebugContext(ctx, "OnRegister", "id", e.SubscriberID.String(), "user", e.Username, "present", e.SessionPresent)
+}
+
+func (h hookLogger) OnRegisterM5(ctx context.Context, e *mqtthooks.RegisterEvent) {
+	h.l.DebugContext(ctx, "OnRegisterM5", "id", e.SubscriberID.String(), "user", e.Username, "present", e.SessionPresent)
+}
+
+func (h hookLogger) event(ctx context.Context, hook string, e *mqtthooks.SessionEvent) {
+	h.l.DebugContext(ctx, hook, "id", e.SubscriberID.String(), "generation", e.Generation, "reason", e.Reason.String(),
+		"conn", e.ConnID)
+}
+
+func (h hookLogger) OnClientWakeup(ctx context.Context, e *mqtthooks.SessionEvent) {
+	h.event(ctx, "OnClientWakeup", e)
+}
+func (h hookLogger) OnClientOffline(ctx context.Context, e *mqtthooks.SessionEvent) {
+	h.event(ctx, "OnClientOffline", e)
+}
+func (h hookLogger) OnClientGone(ctx context.Context, e *mqtthooks.SessionEvent) {
+	h.event(ctx, "OnClientGone", e)
+}
+func (h hookLogger) OnSessionExpired(ctx context.Context, e *mqtthooks.SessionEvent) {
+	h.event(ctx, "OnSessionExpired", e)
+}
+func (h hookLogger) OnMessageDrop(ctx context.Context, e *mqtthooks.DropEvent) {
+	h.l.DebugContext(ctx, "OnMessageDrop", "id", e.SubscriberID.String(), "reason", e.Reason.String())
+}

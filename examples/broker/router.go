@@ -1,0 +1,221 @@
+package main
+
+import (
+	"strings"
+	"sync"
+
+	"github.com/mqtthooks/mqtthooks"
+)
+
+// router is the broker's topic router: the subscriptions the core tells it
+// about (it implements mqtthooks.Router), topic matching with + and #, and
+// retained messages, each namespaced by the session's mountpoint.
+type router struct {
+	mu       sync.RWMutex
+	trees    map[string]*node // mountpoint → subscription tree
+	bySub    map[mqtthooks.SubscriberID]map[string]bool
+	retained map[string]map[string]*mqtthooks.Message // mountpoint → topic → message
+}
+
+// node is one level of a subscription tree.
+type node struct {
+	children map[string]*node
+	subs     map[mqtthooks.SubscriberID]mqtthooks.Subscription
+}
+
+func newRouter() *router {
+	return &router{trees: map[string]*node{}, bySub: map[mqtthooks.SubscriberID]map[string]bool{},
+		retained: map[string]map[string]*mqtthooks.Message{}}
+}
+
+// Add records a subscription of id.
+func (r *router) Add(id mqtthooks.SubscriberID, sub mqtthooks.Subscription) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := r.trees[id.Mountpoint]
+	if n == nil {
+		n = &node{}
+		r.trees[id.Mountpoint] = n
+	}
+	for _, level := range strings.Split(sub.Filter, "/") {
+		if n.children == nil {
+			n.children = map[string]*node{}
+		}
+		next := n.children[level]
+		if next == nil {
+			next = &node{}
+			n.children[level] = next
+		}
+		n = next
+	}
+	if n.subs == nil {
+		n.subs = map[mqtthooks.SubscriberID]mqtthooks.Subscription{}
+	}
+	n.subs[id] = sub
+	if r.bySub[id] == nil {
+		r.bySub[id] = map[string]bool{}
+	}
+	r.bySub[id][sub.Filter] = true
+}
+
+// Remove forgets the subscription of id to filter.
+func (r *router) Remove(id mqtthooks.SubscriberID, filter string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.removeLocked(id, filter)
+}
+
+// RemoveAll forgets every subscription of id.
+func (r *router) RemoveAll(id mqtthooks.SubscriberID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for filter := range r.bySub[id] {
+		r.removeLocked(id, filter)
+	}
+}
+
+func (r *router) removeLocked(id mqtthooks.SubscriberID, filter string) {
+	n := r.trees[id.Mountpoint]
+	for _, level := range strings.Split(filter, "/") {
+		if n == nil {
+			break
+		}
+		n = n.children[level]
+	}
+	if n != nil {
+		delete(n.subs, id)
+	}
+	if subs := r.bySub[id]; subs != nil {
+		delete(subs, filter)
+		if len(subs) == 0 {
+			delete(r.bySub, id)
+		}
+	}
+}
+
+// match is one session a message goes to, with the best QoS and the
+// subscription identifiers of its matching subscriptions.
+type match struct {
+	id       mqtthooks.SubscriberID
+	qos      byte
+	noLocal  bool
+	rap      bool // retain as published
+	identity []uint32
+}
+
+// matches returns the sessions subscribed to topic on mountpoint.
+func (r *router) matches(mountpoint, topic string) map[mqtthooks.SubscriberID]*match {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := map[mqtthooks.SubscriberID]*match{}
+	root := r.trees[mountpoint]
+	if root == nil {
+		return out
+	}
+	levels := strings.Split(topic, "/")
+	var walk func(n *node, i int)
+	add := func(n *node) {
+		for id, sub := range n.subs {
+			m := out[id]
+			if m == nil {
+				m = &match{id: id, noLocal: sub.NoLocal, rap: sub.RetainAsPublished}
+				out[id] = m
+			}
+			m.qos = max(m.qos, sub.QoS)
+			m.rap = m.rap || sub.RetainAsPublished
+			if sub.Identifier != 0 {
+				m.identity = append(m.identity, sub.Identifier)
+			}
+		}
+	}
+	walk = func(n *node, i int) {
+		if i == len(levels) {
+			add(n)
+			if hash := n.children["#"]; hash != nil {
+				add(hash) // "a/#" matches "a"
+			}
+			return
+		}
+		dollar := i == 0 && strings.HasPrefix(levels[0], "$") // [MQTT-4.7.2-1]
+		if hash := n.children["#"]; hash != nil && !dollar {
+			add(hash)
+		}
+		if plus := n.children["+"]; plus != nil && !dollar {
+			walk(plus, i+1)
+		}
+		if next := n.children[levels[i]]; next != nil {
+			walk(next, i+1)
+		}
+	}
+	walk(root, 0)
+	return out
+}
+
+// retain stores msg as the retained message of its topic, or clears it when
+// the payload is empty.
+func (r *router) retain(mountpoint string, msg *mqtthooks.Message) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(msg.Payload) == 0 {
+		delete(r.retained[mountpoint], msg.Topic)
+		return
+	}
+	if r.retained[mountpoint] == nil {
+		r.retained[mountpoint] = map[string]*mqtthooks.Message{}
+	}
+	r.retained[mountpoint][msg.Topic] = msg
+}
+
+// retainedFor returns the retained messages that filter matches.
+func (r *router) retainedFor(mountpoint, filter string) []*mqtthooks.Message {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	var out []*mqtthooks.Message
+	for topic, msg := range r.retained[mountpoint] {
+		if topicMatches(filter, topic) {
+			out = append(out, msg)
+		}
+	}
+	return out
+}
+
+// topicMatches reports whether filter matches topic.
+func topicMatches(filter, topic string) bool {
+	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
+		return false
+	}
+	f, t := strings.Split(filter, "/"), strings.Split(topic, "/")
+	for i, level := range f {
+		switch {
+		case level == "#":
+			return true
+		case i >= len(t):
+			return false
+		case level != "+" && level != t[i]:
+			return false
+		}
+	}
+	return len(f) == len(t)
+}
+
+// validFilter reports whether filter is a well-formed topic filter.
+func validFilter(filter string) bool {
+	if filter == "" {
+		return false
+	}
+	levels := strings.Split(filter, "/")
+	for i, l := range levels {
+		if strings.Contains(l, "#") && (l != "#" || i != len(levels)-1) {
+			return false
+		}
+		if strings.Contains(l, "+") && l != "+" {
+			return false
+		}
+	}
+	return true
+}
+
+// validTopic reports whether topic is a well-formed topic name.
+func validTopic(topic string) bool {
+	return topic != "" && !strings.ContainsAny(topic, "+#")
+}

@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mqtthooks/mqtthooks"
+)
+
+// config is the broker's configuration, from the flags.
+type config struct {
+	addr           string
+	tls            *tls.Config
+	maxPacketSize  uint32
+	connectTimeout time.Duration
+	allowAnonymous bool
+}
+
+// server is the example broker: sockets, topic matching, retained messages
+// and keep-alive. Everything about sessions is the core's.
+type server struct {
+	cfg    config
+	core   *mqtthooks.Core
+	router *router
+	logger *slog.Logger
+
+	connIDs atomic.Uint64
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	ln      net.Listener
+	clients map[*client]struct{}
+}
+
+// listenerName is the name of the broker's one listener in the core's options.
+const listenerName = "mqtt"
+
+// newServer builds the core for chain and the server around it.
+func newServer(cfg config, chain *mqtthooks.Chain, logger *slog.Logger) (*server, error) {
+	s := &server{cfg: cfg, router: newRouter(), logger: logger, clients: map[*client]struct{}{}}
+	caps := mqtthooks.DefaultCapabilities()
+	caps.SharedSubscriptionAvailable = false // not implemented here
+	caps.MaximumPacketSize = cfg.maxPacketSize
+	core, err := mqtthooks.NewCore(chain, mqtthooks.Options{
+		Listeners: map[string]mqtthooks.ListenerOptions{listenerName: {AllowAnonymous: cfg.allowAnonymous}},
+		Capabilities: &caps,
+		Router:       s.router,
+		PublishWill:  s.publishWill,
+		Logger:       logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.core = core
+	return s, nil
+}
+
+// listen opens the listener; addr returns its address.
+func (s *server) listen() error {
+	ln, err := net.Listen("tcp", s.cfg.addr)
+	if err != nil {
+		return err
+	}
+	if s.cfg.tls != nil {
+		ln = tls.NewListener(ln, s.cfg.tls)
+	}
+	s.mu.Lock()
+	s.ln = ln
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *server) addr() net.Addr { return s.ln.Addr() }
+
+// serve accepts connections until the listener closes.
+func (s *server) serve() error {
+	for {
+		nc, err := s.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		c := newClient(s, nc, listenerName, s.connIDs.Add(1))
+		_ = nc.SetReadDeadline(time.Now().Add(s.cfg.connectTimeout)) // CONNECT first, within the timeout
+		s.mu.Lock()
+		s.clients[c] = struct{}{}
+		s.mu.Unlock()
+		s.wg.Go(func() {
+			defer func() {
+				s.mu.Lock()
+				delete(s.clients, c)
+				s.mu.Unlock()
+			}()
+			c.serve()
+		})
+	}
+}
+
+// shutdown stops accepting, lets the core end every session (DISCONNECT
+// 0x8B), closes what is left and waits for the connections' goroutines.
+func (s *server) shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if s.ln != nil {
+		_ = s.ln.Close()
+	}
+	s.mu.Unlock()
+	err := s.core.Shutdown(ctx)
+	s.mu.Lock()
+	for c := range s.clients {
+		c.close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return err
+}
+
+// route hands a message published by from to every matching session.
+func (s *server) route(from mqtthooks.SubscriberID, msg *mqtthooks.Message) {
+	if msg.Retain {
+		s.router.retain(from.Mountpoint, msg)
+	}
+	for _, m := range s.router.matches(from.Mountpoint, msg.Topic) {
+		if m.noLocal && m.id == from {
+			continue
+		}
+		err := s.core.Deliver(m.id, msg, mqtthooks.DeliverOptions{QoS: min(msg.QoS, m.qos), Retain: m.rap && msg.Retain,
+			SubscriptionIdentifiers: m.identity})
+		if err != nil && !errors.Is(err, mqtthooks.ErrSessionNotFound) {
+			s.logger.Warn("deliver", "session", m.id.String(), "err", err)
+		}
+	}
+}
+
+// publishWill publishes a Will for the core.
+func (s *server) publishWill(_ context.Context, id mqtthooks.SubscriberID, w *mqtthooks.Will) {
+	msg := &mqtthooks.Message{Topic: w.Topic, Payload: w.Payload, QoS: w.QoS, Retain: w.Retain,
+		Properties: mqtthooks.PublishProperties{PayloadFormatIndicator: w.Properties.PayloadFormatIndicator,
+			MessageExpiryInterval: w.Properties.MessageExpiryInterval, ContentType: w.Properties.ContentType,
+			ResponseTopic: w.Properties.ResponseTopic, CorrelationData: w.Properties.CorrelationData,
+			UserProperties: w.Properties.UserProperties}}
+	s.route(id, msg)
+}
