@@ -47,7 +47,7 @@ func newServer(cfg config, chain *mqtthooks.Chain, logger *slog.Logger) (*server
 	caps.SharedSubscriptionAvailable = false // not implemented here
 	caps.MaximumPacketSize = cfg.maxPacketSize
 	core, err := mqtthooks.NewCore(chain, mqtthooks.Options{
-		Listeners: map[string]mqtthooks.ListenerOptions{listenerName: {AllowAnonymous: cfg.allowAnonymous}},
+		Listeners:    map[string]mqtthooks.ListenerOptions{listenerName: {AllowAnonymous: cfg.allowAnonymous}},
 		Capabilities: &caps,
 		Router:       s.router,
 		PublishWill:  s.publishWill,
