@@ -42,7 +42,10 @@ import (
 )
 
 func main() {
-	if err := run(os.Args[1:], os.Stdin, os.Stderr); err != nil {
+	err := run(os.Args[1:], os.Stdin, os.Stderr)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+	case err != nil:
 		fmt.Fprintln(os.Stderr, "broker:", err)
 		os.Exit(1)
 	}
