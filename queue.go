@@ -58,10 +58,23 @@ type queue struct {
 	set      QueueSettings
 	pending  ring
 	inflight []flight // in the order they were sent
+	used     *idSet   // the ids in flight, while there are many of them
+	resends  int      // in-flight entries marked resend, so that most Pulls skip the scan
 	nextID   uint16
 	inbound  []uint16
 	notified bool // Notify is out and no Pull has found the queue empty since
 }
+
+// idSet is a set of packet identifiers, one bit each.
+type idSet [1024]uint64
+
+func (s *idSet) add(id uint16)      { s[id>>6] |= 1 << (id & 63) }
+func (s *idSet) remove(id uint16)   { s[id>>6] &^= 1 << (id & 63) }
+func (s *idSet) has(id uint16) bool { return s[id>>6]&(1<<(id&63)) != 0 }
+
+// manyInflight is the in-flight count above which the queue keeps an idSet:
+// below it, a scan of the in-flight slice is cheaper than 8 KiB.
+const manyInflight = 32
 
 type flight struct {
 	InflightMessage
@@ -172,23 +185,27 @@ func (q *queue) wantsNotify() bool {
 
 // hasWork reports whether a Pull would hand something out.
 func (q *queue) hasWork() bool {
-	for i := range q.inflight {
-		if q.inflight[i].resend {
-			return true
-		}
+	if q.resends > 0 {
+		return true
 	}
 	return q.pending.len() > 0 && (q.pending.buf[q.pending.head].QoS == 0 || q.windowOpen())
 }
 
+// windowOpen reports whether another QoS 1 or 2 delivery may go out: the
+// window, and in any case the 65535 packet identifiers there are.
 func (q *queue) windowOpen() bool {
-	return q.set.MaxInflight <= 0 || len(q.inflight) < q.set.MaxInflight
+	limit := q.set.MaxInflight
+	if limit <= 0 || limit > 65535 {
+		limit = 65535
+	}
+	return len(q.inflight) < limit
 }
 
 // pull fills buf: first what is to be resent, then pending messages, as far
 // as the in-flight window allows. Expired messages are taken out and returned
 // in expired.
 func (q *queue) pull(buf []Delivery, now func() time.Time) (n int, delivered int, expired []QueuedMessage) {
-	for i := range q.inflight {
+	for i := 0; q.resends > 0 && i < len(q.inflight); i++ {
 		if n == len(buf) {
 			return n, delivered, expired
 		}
@@ -197,6 +214,7 @@ func (q *queue) pull(buf []Delivery, now func() time.Time) (n int, delivered int
 			continue
 		}
 		f.resend = false
+		q.resends--
 		buf[n] = f.delivery(true, now)
 		n++
 	}
@@ -250,16 +268,52 @@ func (f *flight) delivery(again bool, now func() time.Time) Delivery {
 	return d
 }
 
-// allocID returns a packet identifier no in-flight delivery uses.
+// allocID returns a packet identifier no in-flight delivery uses, and
+// records it as used.
 func (q *queue) allocID() uint16 {
+	if q.used == nil && len(q.inflight) >= manyInflight {
+		q.used = new(idSet)
+		for _, f := range q.inflight {
+			q.used.add(f.PacketID)
+		}
+	}
 	for {
 		q.nextID++
 		if q.nextID == 0 {
 			q.nextID = 1
 		}
-		if !slices.ContainsFunc(q.inflight, func(f flight) bool { return f.PacketID == q.nextID }) {
+		var inUse bool
+		if q.used != nil {
+			inUse = q.used.has(q.nextID)
+		} else {
+			inUse = slices.ContainsFunc(q.inflight, func(f flight) bool { return f.PacketID == q.nextID })
+		}
+		if !inUse {
+			if q.used != nil {
+				q.used.add(q.nextID)
+			}
 			return q.nextID
 		}
+	}
+}
+
+// remove takes the in-flight delivery at i out. Acknowledgements come mostly
+// in order, so taking the first is O(1).
+func (q *queue) remove(i int) {
+	if q.used != nil {
+		q.used.remove(q.inflight[i].PacketID)
+	}
+	if q.inflight[i].resend {
+		q.resends-- // acknowledged before it was offered again
+	}
+	if i == 0 && len(q.inflight) > 1 {
+		q.inflight[0] = flight{}
+		q.inflight = q.inflight[1:]
+	} else {
+		q.inflight = slices.Delete(q.inflight, i, i+1) // the last one: the array is kept for the next
+	}
+	if len(q.inflight) == 0 {
+		q.used = nil
 	}
 }
 
@@ -272,7 +326,7 @@ func (q *queue) ack(id uint16, qos byte, released bool) error {
 	if i < 0 {
 		return ErrPacketIDNotFound
 	}
-	q.inflight = slices.Delete(q.inflight, i, i+1) // keeps its array for the next delivery
+	q.remove(i)
 	return nil
 }
 
@@ -296,6 +350,7 @@ func (q *queue) adopt(owner *Session, set QueueSettings) {
 	for i := range q.inflight {
 		q.inflight[i].resend = true
 	}
+	q.resends = len(q.inflight)
 }
 
 // count returns how many messages are pending and in flight.
@@ -319,7 +374,7 @@ func (q *queue) takeAll() []QueuedMessage {
 		}
 	}
 	out = append(out, q.pending.drain()...)
-	q.inflight = nil
+	q.inflight, q.used, q.resends = nil, nil, 0
 	return out
 }
 

@@ -419,3 +419,18 @@ func TestDurableStoreKeepsMessages(t *testing.T) {
 	assert.False(t, got[2].Dup)
 	assert.NotContains(t, []uint16{ds[0].PacketID, ds[2].PacketID}, got[2].PacketID, "a new id for the pending one")
 }
+
+// Without a window of its own, a connection still has only 65535 packet
+// identifiers: the 65536th message waits for an acknowledgement.
+func TestWindowBoundByPacketIDs(t *testing.T) {
+	f := newFixture(t, mqtthooks.Options{MaxOnlineMessages: mqtthooks.Some(-1), MaxInflightMessages: mqtthooks.Some(0)})
+	c := f.v3("s", false)
+	f.publish(t, sid("s"), 1, 65536)
+	ds, err := c.PullAll()
+	require.NoError(t, err)
+	require.Len(t, ds, 65535)
+	require.NoError(t, c.Settle(ds[0]))
+	rest, _ := c.PullAll()
+	require.Len(t, rest, 1)
+	assert.Equal(t, ds[0].PacketID, rest[0].PacketID, "the freed identifier is used again")
+}

@@ -29,13 +29,16 @@ type client struct {
 	ctx    context.Context // canceled when the connection closes
 	cancel context.CancelFunc
 
-	wmu sync.Mutex // serialises writes
-	w   *bufio.Writer
+	wmu    sync.Mutex // serialises writes
+	w      *bufio.Writer
+	closed bool // under wmu: nothing more goes out
+	once   sync.Once
 
 	version byte
 	session *mqtthooks.Session
 	limits  mqtthooks.Limits
 	maxSize uint32 // largest packet accepted from the client
+	peerMax uint32 // largest packet the client accepts (v5); 0: no limit
 
 	notify chan struct{}
 
@@ -49,16 +52,23 @@ func newClient(srv *server, nc net.Conn, listener string, connID uint64) *client
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.info = mqtthooks.ConnInfo{Listener: listener, Transport: "tcp", ConnID: connID,
 		Local: addrPort(nc.LocalAddr()), Peer: addrPort(nc.RemoteAddr())}
-	if tc, ok := nc.(*tls.Conn); ok {
-		c.info.Transport = "tls"
-		_ = tc.SetDeadline(time.Now().Add(srv.cfg.connectTimeout))
-		if tc.Handshake() == nil {
-			st := tc.ConnectionState()
-			c.info.TLS = &st
-		}
-		_ = tc.SetDeadline(time.Time{})
-	}
 	return c
+}
+
+// handshake completes TLS, on the connection's own goroutine.
+func (c *client) handshake() bool {
+	tc, ok := c.nc.(*tls.Conn)
+	if !ok {
+		return true
+	}
+	c.info.Transport = "tls"
+	if err := tc.HandshakeContext(c.ctx); err != nil {
+		c.srv.logger.Debug("TLS handshake failed", "peer", c.info.Peer, "err", err)
+		return false
+	}
+	st := tc.ConnectionState()
+	c.info.TLS = &st
+	return true
 }
 
 func addrPort(a net.Addr) netip.AddrPort {
@@ -77,18 +87,57 @@ func (c *client) Notify() {
 }
 
 // Disconnect sends the core's DISCONNECT (MQTT 5) and closes the connection.
-func (c *client) Disconnect(code mqtthooks.ReasonCode) {
-	c.sendDisconnect(code)
-	c.close()
+func (c *client) Disconnect(code mqtthooks.ReasonCode) { c.closeWith(code) }
+
+// closeWith ends the connection once: an MQTT 5 DISCONNECT with code (none
+// for 0 or MQTT 3), then the socket closes and nothing more is written.
+func (c *client) closeWith(code mqtthooks.ReasonCode) {
+	c.once.Do(func() {
+		c.wmu.Lock()
+		if code != 0 && c.version == 5 {
+			if b, err := encode(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect},
+				ProtocolVersion: 5, ReasonCode: byte(code)}); err == nil {
+				_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+				_, _ = c.w.Write(b)
+				_ = c.w.Flush()
+			}
+		}
+		c.closed = true
+		c.wmu.Unlock()
+		if tc, ok := c.nc.(*net.TCPConn); ok {
+			_ = tc.CloseWrite() // the DISCONNECT goes out before the reset an unread body may cause
+		}
+		c.cancel()
+		_ = c.nc.Close()
+	})
 }
 
-func (c *client) close() {
-	c.cancel()
-	_ = c.nc.Close()
-}
+func (c *client) close() { c.closeWith(0) }
 
 // write encodes and sends pk.
 func (c *client) write(pk packets.Packet) error {
+	b, err := encode(pk)
+	if err != nil {
+		return err
+	}
+	return c.writeBytes(b)
+}
+
+func (c *client) writeBytes(b []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.closed {
+		return net.ErrClosed
+	}
+	_ = c.nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.w.Write(b); err != nil {
+		return err
+	}
+	return c.w.Flush()
+}
+
+// encode encodes pk with the codec.
+func encode(pk packets.Packet) ([]byte, error) {
 	var buf bytes.Buffer
 	var err error
 	switch pk.FixedHeader.Type {
@@ -115,41 +164,35 @@ func (c *client) write(pk packets.Packet) error {
 	case packets.Auth:
 		err = pk.AuthEncode(&buf)
 	}
-	if err != nil {
-		return err
-	}
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	_ = c.nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.w.Write(buf.Bytes()); err != nil {
-		return err
-	}
-	return c.w.Flush()
-}
-
-// sendDisconnect sends an MQTT 5 DISCONNECT; MQTT 3 has none.
-func (c *client) sendDisconnect(code mqtthooks.ReasonCode) {
-	if c.version == 5 {
-		_ = c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect},
-			ProtocolVersion: 5, ReasonCode: byte(code)})
-	}
+	return buf.Bytes(), err
 }
 
 // serve runs the connection to its end.
 func (c *client) serve() {
 	defer c.close()
+	if !c.handshake() {
+		return
+	}
 	pk, err := readPacket(c.r, 0, c.maxSize)
-	_ = c.nc.SetReadDeadline(time.Time{})
+	_ = c.nc.SetDeadline(time.Time{})
 	if err != nil || pk.FixedHeader.Type != packets.Connect {
 		c.srv.logger.Debug("connection closed before CONNECT", "peer", c.info.Peer, "err", err)
 		return // anything but a CONNECT first: a bare close
 	}
 	c.version = pk.ProtocolVersion
-	if code := pk.ConnectValidate(); code != packets.CodeSuccess {
-		c.refuse(code)
+	if !validProtocol(&pk) {
+		// An unknown name or level: the MQTT 3 form, which every client reads.
+		_ = c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}, ProtocolVersion: 4,
+			ReasonCode: byte(mqtthooks.RefusedProtocolVersion)})
 		return
 	}
-	h, step := c.srv.core.Connect(c.ctx, &c.info, connectRequest(&pk), c)
+	if pk.ReservedBit != 0 { // [MQTT-3.1.2-3]; the core checks the rest of the CONNECT
+		c.refuse(mqtthooks.CodeMalformedPacket)
+		return
+	}
+	req := connectRequest(&pk)
+	c.peerMax = req.Properties.MaximumPacketSize
+	h, step := c.srv.core.Connect(c.ctx, &c.info, req, c)
 	for step.Kind == mqtthooks.SendAuth {
 		a := step.Auth
 		_ = c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Auth}, ProtocolVersion: 5,
@@ -204,18 +247,24 @@ func (c *client) serve() {
 	<-done
 }
 
-// refuse answers a CONNECT the codec found invalid: MQTT 5 gets a CONNACK
-// with the codec's reason code; MQTT 3 gets return code 1 for an unknown
-// protocol level and a bare close otherwise.
-func (c *client) refuse(code packets.Code) {
-	switch {
-	case code == packets.ErrProtocolViolationProtocolVersion:
-		// An unknown level: the MQTT 3 form, which every client reads.
-		_ = c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}, ProtocolVersion: 4,
-			ReasonCode: byte(mqtthooks.RefusedProtocolVersion)})
-	case c.version == 5:
+// validProtocol reports whether a CONNECT names a protocol the codec and the
+// core know: "MQIsdp" level 3, or "MQTT" level 4 or 5.
+func validProtocol(pk *packets.Packet) bool {
+	switch string(pk.Connect.ProtocolName) {
+	case "MQIsdp":
+		return pk.ProtocolVersion == 3
+	case "MQTT":
+		return pk.ProtocolVersion == 4 || pk.ProtocolVersion == 5
+	}
+	return false
+}
+
+// refuse answers a malformed CONNECT: MQTT 5 gets a CONNACK with code,
+// MQTT 3 a bare close.
+func (c *client) refuse(code mqtthooks.ReasonCode) {
+	if c.version == 5 {
 		_ = c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}, ProtocolVersion: 5,
-			ReasonCode: code.Code})
+			ReasonCode: byte(code)})
 	}
 }
 
@@ -233,7 +282,7 @@ func (c *client) writeLoop() {
 			if err != nil {
 				var ended *mqtthooks.EndedError
 				if errors.As(err, &ended) {
-					c.sendDisconnect(ended.Code)
+					c.closeWith(ended.Code)
 				}
 				c.close()
 				return
@@ -247,7 +296,12 @@ func (c *client) writeLoop() {
 				} else {
 					pk = publishPacket(c.version, d)
 				}
-				if err := c.write(pk); err != nil {
+				b, err := encode(pk)
+				if err == nil && c.peerMax > 0 && uint64(len(b)) > uint64(c.peerMax) {
+					c.tooLarge(d) // MQTT 5 §3.1.2.11.4: discarded as if sent
+					continue
+				}
+				if err != nil || c.writeBytes(b) != nil {
 					c.close()
 					return
 				}
@@ -256,6 +310,20 @@ func (c *client) writeLoop() {
 				break
 			}
 		}
+	}
+}
+
+// tooLarge settles a delivery too large for the client, which must not
+// receive it: it counts as delivered, and is logged.
+func (c *client) tooLarge(d *mqtthooks.Delivery) {
+	c.srv.logger.Warn("message larger than the client accepts; discarded", "session", c.session.ID().String(),
+		"topic", d.Message.Topic, "limit", c.peerMax)
+	switch d.QoS {
+	case 1:
+		_ = c.session.Ack(d.PacketID)
+	case 2:
+		_ = c.session.Rec(d.PacketID)
+		_ = c.session.Comp(d.PacketID)
 	}
 }
 
@@ -285,20 +353,22 @@ func (c *client) lost(err error) {
 	var ne net.Error
 	switch {
 	case errors.As(err, &ne) && ne.Timeout():
-		c.sendDisconnect(mqtthooks.CodeKeepAliveTimeout)
+		c.closeWith(mqtthooks.CodeKeepAliveTimeout)
 		c.session.Lost(context.Background(), mqtthooks.ErrKeepAlive)
 	case errors.Is(err, errTooLarge):
 		c.protocolError(mqtthooks.CodePacketTooLarge)
 	case errors.Is(err, errMalformed):
 		c.protocolError(mqtthooks.CodeMalformedPacket)
 	default:
+		c.close()
 		c.session.Lost(context.Background(), err)
 	}
 }
 
-// protocolError sends an MQTT 5 DISCONNECT with code and ends the session.
+// protocolError sends an MQTT 5 DISCONNECT with code, closes, and ends the
+// session.
 func (c *client) protocolError(code mqtthooks.ReasonCode) {
-	c.sendDisconnect(code)
+	c.closeWith(code)
 	c.session.Lost(context.Background(), &mqtthooks.ProtocolError{Code: code, Msg: "client broke the protocol"})
 }
 
@@ -312,9 +382,17 @@ func (c *client) handle(pk *packets.Packet) (code mqtthooks.ReasonCode, ok bool)
 	case packets.Puback:
 		_ = s.Ack(pk.PacketID)
 	case packets.Pubrec:
-		if s.Rec(pk.PacketID) == nil {
-			_ = c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1},
-				ProtocolVersion: c.version, PacketID: pk.PacketID})
+		err := s.Rec(pk.PacketID)
+		switch {
+		case err == nil && c.version == 5 && pk.ReasonCode >= 0x80: // the client refused it: the flow ends here
+			_ = s.Comp(pk.PacketID)
+		case err == nil || c.version == 5:
+			rel := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1},
+				ProtocolVersion: c.version, PacketID: pk.PacketID}
+			if err != nil {
+				rel.ReasonCode = byte(mqtthooks.CodePacketIdentifierNotFound)
+			}
+			_ = c.write(rel)
 		}
 	case packets.Pubcomp:
 		_ = s.Comp(pk.PacketID)
@@ -327,7 +405,7 @@ func (c *client) handle(pk *packets.Packet) (code mqtthooks.ReasonCode, ok bool)
 		}
 		_ = c.write(reply)
 	case packets.Subscribe:
-		c.subscribe(pk)
+		return c.subscribe(pk)
 	case packets.Unsubscribe:
 		c.unsubscribe(pk)
 	case packets.Pingreq:
@@ -343,8 +421,9 @@ func (c *client) handle(pk *packets.Packet) (code mqtthooks.ReasonCode, ok bool)
 		}
 		var pe *mqtthooks.ProtocolError
 		if err := s.Disconnect(context.Background(), code, sei); errors.As(err, &pe) {
-			c.sendDisconnect(pe.Code)
+			c.closeWith(pe.Code)
 		}
+		c.close()
 		return 0, false
 	case packets.Auth:
 		reply, err := s.Reauth(c.ctx, &mqtthooks.AuthPacket{ReasonCode: mqtthooks.ReasonCode(pk.ReasonCode),
@@ -353,7 +432,7 @@ func (c *client) handle(pk *packets.Packet) (code mqtthooks.ReasonCode, ok bool)
 		if err != nil {
 			var ended *mqtthooks.EndedError
 			if errors.As(err, &ended) {
-				c.sendDisconnect(ended.Code)
+				c.closeWith(ended.Code)
 			}
 			return 0, false
 		}
@@ -372,10 +451,13 @@ func (c *client) handle(pk *packets.Packet) (code mqtthooks.ReasonCode, ok bool)
 // session's limits.
 func (c *client) publish(pk *packets.Packet) (mqtthooks.ReasonCode, bool) {
 	l := &c.limits
+	if strings.ContainsAny(pk.TopicName, "+#") { // before the codec's check, which says 0x82
+		return mqtthooks.CodeTopicNameInvalid, false
+	}
+	if code := pk.PublishValidate(l.TopicAliasMaximum); code != packets.CodeSuccess {
+		return mqtthooks.ReasonCode(code.Code), false
+	}
 	switch {
-	case c.version == 5 && pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > l.TopicAliasMaximum,
-		c.version == 5 && pk.Properties.TopicAlias == 0 && pk.Properties.TopicAliasFlag:
-		return mqtthooks.CodeTopicAliasInvalid, false
 	case !validTopic(pk.TopicName):
 		return mqtthooks.CodeTopicNameInvalid, false
 	case pk.FixedHeader.Qos > l.MaximumQoS:
@@ -417,7 +499,10 @@ func (c *client) withinRate() bool {
 
 // subscribe stores the subscriptions, answers SUBACK, and sends the retained
 // messages they match.
-func (c *client) subscribe(pk *packets.Packet) {
+func (c *client) subscribe(pk *packets.Packet) (mqtthooks.ReasonCode, bool) {
+	if code := pk.SubscribeValidate(); code != packets.CodeSuccess {
+		return mqtthooks.ReasonCode(code.Code), false
+	}
 	l := &c.limits
 	codes := make([]byte, len(pk.Filters))
 	var subs []mqtthooks.Subscription
@@ -431,6 +516,8 @@ func (c *client) subscribe(pk *packets.Packet) {
 			}
 		case wild && !l.WildcardSubscriptionAvailable:
 			codes[i] = byte(mqtthooks.CodeWildcardSubscriptionsNotSupported)
+		case f.Identifier != 0 && !l.SubscriptionIdentifierAvailable:
+			return mqtthooks.CodeSubscriptionIdentifiersNotSupported, false
 		default:
 			qos := min(f.Qos, l.MaximumQoS)
 			codes[i] = qos
@@ -440,6 +527,11 @@ func (c *client) subscribe(pk *packets.Packet) {
 		if c.version != 5 && codes[i] >= 0x80 {
 			codes[i] = 0x80
 		}
+	}
+	id := c.session.ID()
+	existed := make([]bool, len(subs)) // for Retain Handling 1
+	for i, sub := range subs {
+		existed[i] = c.srv.router.has(id, sub.Filter)
 	}
 	if len(subs) > 0 {
 		if err := c.session.Subscribe(c.ctx, subs...); err != nil {
@@ -451,9 +543,8 @@ func (c *client) subscribe(pk *packets.Packet) {
 	}
 	_ = c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Suback}, ProtocolVersion: c.version,
 		PacketID: pk.PacketID, ReasonCodes: codes})
-	id := c.session.ID()
-	for _, sub := range subs {
-		if sub.RetainHandling == 2 {
+	for i, sub := range subs {
+		if sub.RetainHandling == 2 || sub.RetainHandling == 1 && existed[i] {
 			continue
 		}
 		for _, msg := range c.srv.router.retainedFor(id.Mountpoint, sub.Filter) {
@@ -465,6 +556,7 @@ func (c *client) subscribe(pk *packets.Packet) {
 				SubscriptionIdentifiers: ids})
 		}
 	}
+	return 0, true
 }
 
 // unsubscribe removes subscriptions and answers UNSUBACK.

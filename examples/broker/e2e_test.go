@@ -334,3 +334,98 @@ func readRaw(t *testing.T, nc net.Conn, version byte) packets.Packet {
 	}
 	return pk
 }
+
+// Retained messages, Retain Handling and NoLocal end to end.
+func TestRetainedAndSubscriptionOptions(t *testing.T) {
+	b := startBroker(t, flags{})
+	pub, err := v5Client(t, b.addr, &paho.Connect{ClientID: "pub", CleanStart: true}, nil)
+	require.NoError(t, err)
+	_, err = pub.Publish(context.Background(), &paho.Publish{Topic: "r/1", QoS: 1, Retain: true, Payload: []byte("kept")})
+	require.NoError(t, err)
+
+	sub, err := v5Client(t, b.addr, &paho.Connect{ClientID: "sub", CleanStart: true}, nil)
+	require.NoError(t, err)
+	subscribe := func(rh byte) {
+		_, err := sub.Subscribe(context.Background(), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{
+			{Topic: "r/#", QoS: 1, RetainHandling: rh}}})
+		require.NoError(t, err)
+	}
+	subscribe(0)
+	m := receive(t, sub.received, "the retained message")
+	assert.Equal(t, "kept", string(m.Payload))
+	assert.True(t, m.Retain)
+	subscribe(1) // already subscribed: no retained message again
+	subscribe(2)
+	_, err = pub.Publish(context.Background(), &paho.Publish{Topic: "r/1", QoS: 1, Payload: []byte("live")})
+	require.NoError(t, err)
+	m = receive(t, sub.received, "a live message")
+	assert.Equal(t, "live", string(m.Payload), "no retained message came back in between")
+	assert.False(t, m.Retain)
+
+	// NoLocal: a client does not get its own messages on that subscription.
+	_, err = pub.Subscribe(context.Background(), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{
+		{Topic: "chat", QoS: 1, NoLocal: true}}})
+	require.NoError(t, err)
+	_, err = sub.Subscribe(context.Background(), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "chat", QoS: 1}}})
+	require.NoError(t, err)
+	_, err = pub.Publish(context.Background(), &paho.Publish{Topic: "chat", QoS: 1, Payload: []byte("hi")})
+	require.NoError(t, err)
+	assert.Equal(t, "hi", string(receive(t, sub.received, "chat").Payload))
+	select {
+	case m := <-pub.received:
+		t.Fatalf("NoLocal: the publisher got %q", m.Payload)
+	case <-time.After(300 * time.Millisecond): // a negative: nothing may arrive in this window
+	}
+}
+
+// QoS 2 end to end: exactly once.
+func TestQoS2(t *testing.T) {
+	b := startBroker(t, flags{})
+	sub, err := v5Client(t, b.addr, &paho.Connect{ClientID: "s", CleanStart: true}, nil)
+	require.NoError(t, err)
+	_, err = sub.Subscribe(context.Background(), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "q2", QoS: 2}}})
+	require.NoError(t, err)
+	pub, err := v5Client(t, b.addr, &paho.Connect{ClientID: "p", CleanStart: true}, nil)
+	require.NoError(t, err)
+	resp, err := pub.Publish(context.Background(), &paho.Publish{Topic: "q2", QoS: 2, Payload: []byte("once")})
+	require.NoError(t, err)
+	assert.Equal(t, byte(0), resp.ReasonCode)
+	m := receive(t, sub.received, "the QoS 2 message")
+	assert.Equal(t, byte(2), m.QoS)
+	assert.Equal(t, "once", string(m.Payload))
+}
+
+// DISCONNECT 0x04 publishes the Will; a SCRAM re-authentication that fails
+// ends the connection with 0x87; Shutdown tells clients 0x8B.
+func TestWillWithMessageAndShutdown(t *testing.T) {
+	b := startBroker(t, flags{})
+	watcher, err := v5Client(t, b.addr, &paho.Connect{ClientID: "watcher", CleanStart: true}, nil)
+	require.NoError(t, err)
+	_, err = watcher.Subscribe(context.Background(), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "wills/#", QoS: 1}}})
+	require.NoError(t, err)
+	c, err := v5Client(t, b.addr, &paho.Connect{ClientID: "w4", CleanStart: true,
+		WillMessage: &paho.WillMessage{Topic: "wills/w4", Payload: []byte("bye"), QoS: 1}}, nil)
+	require.NoError(t, err)
+	require.NoError(t, c.Disconnect(&paho.Disconnect{ReasonCode: 0x04}))
+	assert.Equal(t, "wills/w4", receive(t, watcher.received, "the Will").Topic)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	require.NoError(t, b.srv.shutdown(ctx))
+	d := receive(t, watcher.disconnects, "the shutdown DISCONNECT")
+	assert.Equal(t, byte(0x8B), d.ReasonCode)
+}
+
+func TestSCRAMReauthFails(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "scram.txt")
+	require.NoError(t, addSCRAMUser(file, "alice", bytes.NewBufferString("wonderland\n")))
+	b := startBroker(t, flags{scram: file})
+	a := &scramAuther{t: t}
+	c, err := v5Client(t, b.addr, &paho.Connect{ClientID: "s1", CleanStart: true,
+		Properties: &paho.ConnectProperties{AuthMethod: scram.Method, AuthData: a.start("alice", "wonderland")}}, a)
+	require.NoError(t, err)
+	_, _ = c.Authenticate(context.Background(), &paho.Auth{ReasonCode: 0x19,
+		Properties: &paho.AuthProperties{AuthMethod: scram.Method, AuthData: a.start("alice", "wrong")}})
+	d := receive(t, c.disconnects, "the DISCONNECT after a failed re-authentication")
+	assert.Equal(t, byte(0x87), d.ReasonCode)
+}

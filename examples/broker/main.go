@@ -120,6 +120,9 @@ func run(args []string, stdin io.Reader, stderr io.Writer) error {
 	for {
 		select {
 		case err := <-served:
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			_ = b.srv.shutdown(ctx)
+			cancel()
 			return err
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {

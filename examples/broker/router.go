@@ -3,6 +3,7 @@ package main
 import (
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/mqtthooks/mqtthooks"
 )
@@ -14,7 +15,14 @@ type router struct {
 	mu       sync.RWMutex
 	trees    map[string]*node // mountpoint → subscription tree
 	bySub    map[mqtthooks.SubscriberID]map[string]bool
-	retained map[string]map[string]*mqtthooks.Message // mountpoint → topic → message
+	retained map[string]map[string]retainedMessage // mountpoint → topic → message
+}
+
+// retainedMessage is a retained message with the end of its v5 Message
+// Expiry Interval (zero: never).
+type retainedMessage struct {
+	msg     *mqtthooks.Message
+	expires time.Time
 }
 
 // node is one level of a subscription tree.
@@ -25,7 +33,7 @@ type node struct {
 
 func newRouter() *router {
 	return &router{trees: map[string]*node{}, bySub: map[mqtthooks.SubscriberID]map[string]bool{},
-		retained: map[string]map[string]*mqtthooks.Message{}}
+		retained: map[string]map[string]retainedMessage{}}
 }
 
 // Add records a subscription of id.
@@ -93,18 +101,25 @@ func (r *router) removeLocked(id mqtthooks.SubscriberID, filter string) {
 	}
 }
 
+// has reports whether id subscribes to filter.
+func (r *router) has(id mqtthooks.SubscriberID, filter string) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.bySub[id][filter]
+}
+
 // match is one session a message goes to, with the best QoS and the
 // subscription identifiers of its matching subscriptions.
 type match struct {
 	id       mqtthooks.SubscriberID
 	qos      byte
-	noLocal  bool
 	rap      bool // retain as published
 	identity []uint32
 }
 
-// matches returns the sessions subscribed to topic on mountpoint.
-func (r *router) matches(mountpoint, topic string) map[mqtthooks.SubscriberID]*match {
+// matches returns the sessions subscribed to topic on mountpoint, leaving out
+// the NoLocal subscriptions of from, the publisher.
+func (r *router) matches(mountpoint, topic string, from mqtthooks.SubscriberID) map[mqtthooks.SubscriberID]*match {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	out := map[mqtthooks.SubscriberID]*match{}
@@ -116,9 +131,12 @@ func (r *router) matches(mountpoint, topic string) map[mqtthooks.SubscriberID]*m
 	var walk func(n *node, i int)
 	add := func(n *node) {
 		for id, sub := range n.subs {
+			if sub.NoLocal && id == from {
+				continue
+			}
 			m := out[id]
 			if m == nil {
-				m = &match{id: id, noLocal: sub.NoLocal, rap: sub.RetainAsPublished}
+				m = &match{id: id}
 				out[id] = m
 			}
 			m.qos = max(m.qos, sub.QoS)
@@ -161,20 +179,37 @@ func (r *router) retain(mountpoint string, msg *mqtthooks.Message) {
 		return
 	}
 	if r.retained[mountpoint] == nil {
-		r.retained[mountpoint] = map[string]*mqtthooks.Message{}
+		r.retained[mountpoint] = map[string]retainedMessage{}
 	}
-	r.retained[mountpoint][msg.Topic] = msg
+	rm := retainedMessage{msg: msg}
+	if exp := msg.Properties.MessageExpiryInterval; exp.Set {
+		rm.expires = time.Now().Add(time.Duration(exp.V) * time.Second)
+	}
+	r.retained[mountpoint][msg.Topic] = rm
 }
 
-// retainedFor returns the retained messages that filter matches.
+// retainedFor returns the retained messages that filter matches, with what is
+// left of their expiry; expired ones are forgotten.
 func (r *router) retainedFor(mountpoint, filter string) []*mqtthooks.Message {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	var out []*mqtthooks.Message
-	for topic, msg := range r.retained[mountpoint] {
-		if topicMatches(filter, topic) {
-			out = append(out, msg)
+	now := time.Now()
+	for topic, rm := range r.retained[mountpoint] {
+		if !rm.expires.IsZero() && !now.Before(rm.expires) {
+			delete(r.retained[mountpoint], topic)
+			continue
 		}
+		if !topicMatches(filter, topic) {
+			continue
+		}
+		msg := rm.msg
+		if !rm.expires.IsZero() {
+			cp := *msg
+			cp.Properties.MessageExpiryInterval = mqtthooks.Some(uint32((rm.expires.Sub(now) + time.Second - 1) / time.Second))
+			msg = &cp
+		}
+		out = append(out, msg)
 	}
 	return out
 }

@@ -34,6 +34,7 @@ type server struct {
 	wg      sync.WaitGroup
 	mu      sync.Mutex
 	ln      net.Listener
+	closing bool
 	clients map[*client]struct{}
 }
 
@@ -92,11 +93,15 @@ func (s *server) serve() error {
 			return err
 		}
 		c := newClient(s, nc, listenerName, s.connIDs.Add(1))
-		_ = nc.SetReadDeadline(time.Now().Add(s.cfg.connectTimeout)) // CONNECT first, within the timeout
+		_ = nc.SetDeadline(time.Now().Add(s.cfg.connectTimeout)) // TLS handshake and CONNECT, within the timeout
 		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			_ = nc.Close()
+			continue
+		}
 		s.clients[c] = struct{}{}
-		s.mu.Unlock()
-		s.wg.Go(func() {
+		s.wg.Go(func() { // under mu: shutdown's Wait cannot have begun
 			defer func() {
 				s.mu.Lock()
 				delete(s.clients, c)
@@ -104,6 +109,7 @@ func (s *server) serve() error {
 			}()
 			c.serve()
 		})
+		s.mu.Unlock()
 	}
 }
 
@@ -111,6 +117,7 @@ func (s *server) serve() error {
 // 0x8B), closes what is left and waits for the connections' goroutines.
 func (s *server) shutdown(ctx context.Context) error {
 	s.mu.Lock()
+	s.closing = true
 	if s.ln != nil {
 		_ = s.ln.Close()
 	}
@@ -130,10 +137,7 @@ func (s *server) route(from mqtthooks.SubscriberID, msg *mqtthooks.Message) {
 	if msg.Retain {
 		s.router.retain(from.Mountpoint, msg)
 	}
-	for _, m := range s.router.matches(from.Mountpoint, msg.Topic) {
-		if m.noLocal && m.id == from {
-			continue
-		}
+	for _, m := range s.router.matches(from.Mountpoint, msg.Topic, from) {
 		err := s.core.Deliver(m.id, msg, mqtthooks.DeliverOptions{QoS: min(msg.QoS, m.qos), Retain: m.rap && msg.Retain,
 			SubscriptionIdentifiers: m.identity})
 		if err != nil && !errors.Is(err, mqtthooks.ErrSessionNotFound) {

@@ -33,15 +33,15 @@ func readPacket(r *bufio.Reader, version byte, maxSize uint32) (packets.Packet, 
 	if err := pk.FixedHeader.Decode(b); err != nil {
 		return pk, fmt.Errorf("%w: %w", errMalformed, err)
 	}
-	n, _, err := packets.DecodeLength(r)
+	n, lenBytes, err := packets.DecodeLength(&fourBytes{r: r})
 	if err != nil {
 		if errors.Is(err, io.EOF) {
 			return pk, io.ErrUnexpectedEOF
 		}
 		return pk, fmt.Errorf("%w: %w", errMalformed, err)
 	}
-	if maxSize > 0 && uint64(n) > uint64(maxSize) {
-		return pk, fmt.Errorf("%w: %d bytes", errTooLarge, n)
+	if total := uint64(1 + lenBytes + n); maxSize > 0 && total > uint64(maxSize) {
+		return pk, fmt.Errorf("%w: %d bytes", errTooLarge, total)
 	}
 	pk.FixedHeader.Remaining = n
 	body := make([]byte, n)
@@ -53,6 +53,21 @@ func readPacket(r *bufio.Reader, version byte, maxSize uint32) (packets.Packet, 
 		return pk, fmt.Errorf("%w: %w", errMalformed, err)
 	}
 	return pk, nil
+}
+
+// fourBytes reads at most the four bytes a Remaining Length may have, so that
+// endless continuation bytes end as a malformed packet.
+type fourBytes struct {
+	r io.ByteReader
+	n int
+}
+
+func (f *fourBytes) ReadByte() (byte, error) {
+	if f.n == 4 {
+		return 0, errors.New("remaining length longer than 4 bytes")
+	}
+	f.n++
+	return f.r.ReadByte()
 }
 
 // decodeBody decodes the body of pk by its type. The codec can panic on some
@@ -83,6 +98,10 @@ func decodeBody(pk *packets.Packet, body []byte) (err error) {
 	case packets.Pingreq:
 		return nil
 	case packets.Disconnect:
+		if pk.ProtocolVersion == 5 && len(body) == 1 { // the codec skips a lone reason code
+			pk.ReasonCode = body[0]
+			return nil
+		}
 		return pk.DisconnectDecode(body)
 	case packets.Auth:
 		return pk.AuthDecode(body)
