@@ -95,12 +95,17 @@ func newRegistry(hookTimeout time.Duration, logger *slog.Logger) *registry {
 }
 
 func (r *registry) shard(id SubscriberID) *registryShard {
+	return &r.shards[hashID(r.seed, id)%registryShards]
+}
+
+// hashID hashes a SubscriberID, to pick the shard of a sharded map.
+func hashID(seed maphash.Seed, id SubscriberID) uint64 {
 	var h maphash.Hash
-	h.SetSeed(r.seed)
+	h.SetSeed(seed)
 	h.WriteString(id.Mountpoint)
 	h.WriteByte(0)
 	h.WriteString(id.ClientID)
-	return &r.shards[h.Sum64()%registryShards]
+	return h.Sum64()
 }
 
 // acquire returns the entry of id, creating it, with one more reference.

@@ -104,12 +104,7 @@ type memoryShard struct {
 
 func (m *MemoryStore) shard(id SubscriberID) *memoryShard {
 	m.once.Do(func() { m.seed = maphash.MakeSeed() })
-	var h maphash.Hash
-	h.SetSeed(m.seed)
-	h.WriteString(id.Mountpoint)
-	h.WriteByte(0)
-	h.WriteString(id.ClientID)
-	return &m.shards[h.Sum64()%memoryShards]
+	return &m.shards[hashID(m.seed, id)%memoryShards]
 }
 
 func (m *MemoryStore) put(rec *SessionRecord) {
