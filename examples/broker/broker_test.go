@@ -34,6 +34,9 @@ func startBroker(t *testing.T, f flags) *testBroker {
 	if f.maxPacketSize == 0 {
 		f.maxPacketSize = 1 << 20
 	}
+	if f.maxQueued == 0 {
+		f.maxQueued = 1000
+	}
 	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	b, err := build(&f, logger)
 	require.NoError(t, err)

@@ -31,7 +31,8 @@ type client struct {
 
 	wmu    sync.Mutex // serialises writes
 	w      *bufio.Writer
-	closed bool // under wmu: nothing more goes out
+	enc    bytes.Buffer // scratch for encoding, under wmu
+	closed bool         // under wmu: nothing more goes out
 	once   sync.Once
 
 	version byte
@@ -114,57 +115,96 @@ func (c *client) closeWith(code mqtthooks.ReasonCode) {
 
 func (c *client) close() { c.closeWith(0) }
 
-// write encodes and sends pk.
-func (c *client) write(pk packets.Packet) error {
-	b, err := encode(pk)
-	if err != nil {
-		return err
-	}
-	return c.writeBytes(b)
+// write encodes and sends pk now.
+func (c *client) write(pk packets.Packet) error { return c.send(pk, true) }
+
+// reply buffers pk, an answer to what the reader just read; readLoop flushes
+// before it waits for more, so that a burst of PUBLISHes gets its PUBACKs in
+// one write.
+func (c *client) reply(pk packets.Packet) error { return c.send(pk, false) }
+
+func (c *client) send(pk packets.Packet, flush bool) error {
+	_, err := c.sendLimited(pk, flush, 0)
+	return err
 }
 
-func (c *client) writeBytes(b []byte) error {
+// sendLimited encodes pk into the client's scratch buffer and writes it,
+// unless it is larger than limit (0: no limit); sent reports which.
+func (c *client) sendLimited(pk packets.Packet, flush bool, limit uint32) (sent bool, err error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.closed {
+		return false, net.ErrClosed
+	}
+	c.enc.Reset()
+	if err := encodeInto(&c.enc, &pk); err != nil {
+		return false, err
+	}
+	if limit > 0 && uint64(c.enc.Len()) > uint64(limit) {
+		return false, nil
+	}
+	if _, err := c.w.Write(c.enc.Bytes()); err != nil {
+		return false, err
+	}
+	if flush {
+		return true, c.flushLocked()
+	}
+	return true, nil
+}
+
+// flush sends what is buffered.
+func (c *client) flush() error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.closed {
 		return net.ErrClosed
 	}
-	_ = c.nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.w.Write(b); err != nil {
-		return err
+	return c.flushLocked()
+}
+
+func (c *client) flushLocked() error {
+	if c.w.Buffered() == 0 {
+		return nil
 	}
+	_ = c.nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	return c.w.Flush()
 }
 
 // encode encodes pk with the codec.
 func encode(pk packets.Packet) ([]byte, error) {
 	var buf bytes.Buffer
+	err := encodeInto(&buf, &pk)
+	return buf.Bytes(), err
+}
+
+// encodeInto encodes pk into buf with the codec.
+func encodeInto(buf *bytes.Buffer, pk *packets.Packet) error {
 	var err error
 	switch pk.FixedHeader.Type {
 	case packets.Connack:
-		err = pk.ConnackEncode(&buf)
+		err = pk.ConnackEncode(buf)
 	case packets.Publish:
-		err = pk.PublishEncode(&buf)
+		err = pk.PublishEncode(buf)
 	case packets.Puback:
-		err = pk.PubackEncode(&buf)
+		err = pk.PubackEncode(buf)
 	case packets.Pubrec:
-		err = pk.PubrecEncode(&buf)
+		err = pk.PubrecEncode(buf)
 	case packets.Pubrel:
-		err = pk.PubrelEncode(&buf)
+		err = pk.PubrelEncode(buf)
 	case packets.Pubcomp:
-		err = pk.PubcompEncode(&buf)
+		err = pk.PubcompEncode(buf)
 	case packets.Suback:
-		err = pk.SubackEncode(&buf)
+		err = pk.SubackEncode(buf)
 	case packets.Unsuback:
-		err = pk.UnsubackEncode(&buf)
+		err = pk.UnsubackEncode(buf)
 	case packets.Pingresp:
-		err = pk.PingrespEncode(&buf)
+		err = pk.PingrespEncode(buf)
 	case packets.Disconnect:
-		err = pk.DisconnectEncode(&buf)
+		err = pk.DisconnectEncode(buf)
 	case packets.Auth:
-		err = pk.AuthEncode(&buf)
+		err = pk.AuthEncode(buf)
 	}
-	return buf.Bytes(), err
+	return err
 }
 
 // serve runs the connection to its end.
@@ -296,15 +336,18 @@ func (c *client) writeLoop() {
 				} else {
 					pk = publishPacket(c.version, d)
 				}
-				b, err := encode(pk)
-				if err == nil && c.peerMax > 0 && uint64(len(b)) > uint64(c.peerMax) {
-					c.tooLarge(d) // MQTT 5 §3.1.2.11.4: discarded as if sent
-					continue
-				}
-				if err != nil || c.writeBytes(b) != nil {
+				sent, err := c.sendLimited(pk, false, c.peerMax)
+				if err != nil {
 					c.close()
 					return
 				}
+				if !sent {
+					c.tooLarge(d) // MQTT 5 §3.1.2.11.4: discarded as if sent
+				}
+			}
+			if c.flush() != nil { // one write for the batch
+				c.close()
+				return
 			}
 			if n < len(buf) {
 				break
@@ -330,6 +373,10 @@ func (c *client) tooLarge(d *mqtthooks.Delivery) {
 // readLoop handles the client's packets until the connection ends.
 func (c *client) readLoop() {
 	for {
+		if c.r.Buffered() == 0 && c.flush() != nil { // replies out before waiting for input
+			c.lost(net.ErrClosed)
+			return
+		}
 		if ka := c.limits.KeepAlive; ka > 0 {
 			_ = c.nc.SetReadDeadline(time.Now().Add(time.Duration(ka) * 1500 * time.Millisecond))
 		}
@@ -392,7 +439,7 @@ func (c *client) handle(pk *packets.Packet) (code mqtthooks.ReasonCode, ok bool)
 			if err != nil {
 				rel.ReasonCode = byte(mqtthooks.CodePacketIdentifierNotFound)
 			}
-			_ = c.write(rel)
+			_ = c.reply(rel)
 		}
 	case packets.Pubcomp:
 		_ = s.Comp(pk.PacketID)
@@ -403,13 +450,13 @@ func (c *client) handle(pk *packets.Packet) (code mqtthooks.ReasonCode, ok bool)
 		if !known && c.version == 5 {
 			reply.ReasonCode = byte(mqtthooks.CodePacketIdentifierNotFound)
 		}
-		_ = c.write(reply)
+		_ = c.reply(reply)
 	case packets.Subscribe:
 		return c.subscribe(pk)
 	case packets.Unsubscribe:
 		c.unsubscribe(pk)
 	case packets.Pingreq:
-		_ = c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingresp}, ProtocolVersion: c.version})
+		_ = c.reply(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingresp}, ProtocolVersion: c.version})
 	case packets.Disconnect:
 		var sei mqtthooks.Opt[uint32]
 		if pk.Properties.SessionExpiryIntervalFlag {
@@ -470,11 +517,11 @@ func (c *client) publish(pk *packets.Packet) (mqtthooks.ReasonCode, bool) {
 	route := true
 	switch pk.FixedHeader.Qos {
 	case 1:
-		defer c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, ProtocolVersion: c.version,
+		defer c.reply(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, ProtocolVersion: c.version,
 			PacketID: pk.PacketID})
 	case 2:
 		route, _ = c.session.Received(pk.PacketID)
-		defer c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, ProtocolVersion: c.version,
+		defer c.reply(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, ProtocolVersion: c.version,
 			PacketID: pk.PacketID})
 	}
 	if route {

@@ -57,6 +57,7 @@ type flags struct {
 	allowAnonymous                                 bool
 	allowAnonymousSet                              bool
 	maxPacketSize                                  uint
+	maxQueued                                      int
 	verbose                                        bool
 }
 
@@ -73,6 +74,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.BoolVar(&f.allowAnonymous, "allow-anonymous", false,
 		"accept clients without a username when no plugin decides (default: on only without auth plugins on a loopback address)")
 	fs.UintVar(&f.maxPacketSize, "max-packet-size", 1<<20, "largest packet accepted from a client, in bytes (0: no limit)")
+	fs.IntVar(&f.maxQueued, "max-queued", 1000, "messages a session may have waiting, online or offline (-1: no limit)")
 	fs.BoolVar(&f.verbose, "v", false, "log every hook call")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -192,7 +194,7 @@ func build(f *flags, logger *slog.Logger) (*broker, error) {
 		auth = true
 	}
 	cfg := config{addr: f.addr, maxPacketSize: uint32(f.maxPacketSize), connectTimeout: 10 * time.Second,
-		allowAnonymous: f.allowAnonymous}
+		allowAnonymous: f.allowAnonymous, maxQueued: f.maxQueued}
 	if !f.allowAnonymousSet {
 		switch {
 		case !auth && loopback(f.addr):

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -117,56 +118,60 @@ type match struct {
 	identity []uint32
 }
 
-// matches returns the sessions subscribed to topic on mountpoint, leaving out
-// the NoLocal subscriptions of from, the publisher.
-func (r *router) matches(mountpoint, topic string, from mqtthooks.SubscriberID) map[mqtthooks.SubscriberID]*match {
+// matches returns the sessions subscribed to topic on mountpoint, one entry
+// per session, leaving out the NoLocal subscriptions of from, the publisher.
+func (r *router) matches(mountpoint, topic string, from mqtthooks.SubscriberID) []match {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	out := map[mqtthooks.SubscriberID]*match{}
 	root := r.trees[mountpoint]
 	if root == nil {
-		return out
+		return nil
 	}
+	var out []match
 	levels := strings.Split(topic, "/")
-	var walk func(n *node, i int)
-	add := func(n *node) {
-		for id, sub := range n.subs {
-			if sub.NoLocal && id == from {
-				continue
-			}
-			m := out[id]
-			if m == nil {
-				m = &match{id: id}
-				out[id] = m
-			}
-			m.qos = max(m.qos, sub.QoS)
-			m.rap = m.rap || sub.RetainAsPublished
-			if sub.Identifier != 0 {
-				m.identity = append(m.identity, sub.Identifier)
-			}
-		}
-	}
-	walk = func(n *node, i int) {
-		if i == len(levels) {
-			add(n)
-			if hash := n.children["#"]; hash != nil {
-				add(hash) // "a/#" matches "a"
-			}
-			return
-		}
-		dollar := i == 0 && strings.HasPrefix(levels[0], "$") // [MQTT-4.7.2-1]
-		if hash := n.children["#"]; hash != nil && !dollar {
-			add(hash)
-		}
-		if plus := n.children["+"]; plus != nil && !dollar {
-			walk(plus, i+1)
-		}
-		if next := n.children[levels[i]]; next != nil {
-			walk(next, i+1)
-		}
-	}
-	walk(root, 0)
+	dollar := strings.HasPrefix(topic, "$") // [MQTT-4.7.2-1]: no wildcard matches it at the first level
+	r.walk(root, levels, 0, dollar, from, &out)
 	return out
+}
+
+func (r *router) walk(n *node, levels []string, i int, dollar bool, from mqtthooks.SubscriberID, out *[]match) {
+	if i == len(levels) {
+		collect(n, from, out)
+		if hash := n.children["#"]; hash != nil {
+			collect(hash, from, out) // "a/#" matches "a"
+		}
+		return
+	}
+	wild := !(dollar && i == 0)
+	if hash := n.children["#"]; hash != nil && wild {
+		collect(hash, from, out)
+	}
+	if plus := n.children["+"]; plus != nil && wild {
+		r.walk(plus, levels, i+1, dollar, from, out)
+	}
+	if next := n.children[levels[i]]; next != nil {
+		r.walk(next, levels, i+1, dollar, from, out)
+	}
+}
+
+// collect adds the subscriptions of n to out, merging those of one session.
+func collect(n *node, from mqtthooks.SubscriberID, out *[]match) {
+	for id, sub := range n.subs {
+		if sub.NoLocal && id == from {
+			continue
+		}
+		i := slices.IndexFunc(*out, func(m match) bool { return m.id == id })
+		if i < 0 {
+			*out = append(*out, match{id: id})
+			i = len(*out) - 1
+		}
+		m := &(*out)[i]
+		m.qos = max(m.qos, sub.QoS)
+		m.rap = m.rap || sub.RetainAsPublished
+		if sub.Identifier != 0 {
+			m.identity = append(m.identity, sub.Identifier)
+		}
+	}
 }
 
 // retain stores msg as the retained message of its topic, or clears it when

@@ -20,6 +20,7 @@ type config struct {
 	maxPacketSize  uint32
 	connectTimeout time.Duration
 	allowAnonymous bool
+	maxQueued      int
 }
 
 // server is the example broker: sockets, topic matching, retained messages
@@ -48,11 +49,13 @@ func newServer(cfg config, chain *mqtthooks.Chain, logger *slog.Logger) (*server
 	caps.SharedSubscriptionAvailable = false // not implemented here
 	caps.MaximumPacketSize = cfg.maxPacketSize
 	core, err := mqtthooks.NewCore(chain, mqtthooks.Options{
-		Listeners:    map[string]mqtthooks.ListenerOptions{listenerName: {AllowAnonymous: cfg.allowAnonymous}},
-		Capabilities: &caps,
-		Router:       s.router,
-		PublishWill:  s.publishWill,
-		Logger:       logger,
+		Listeners:          map[string]mqtthooks.ListenerOptions{listenerName: {AllowAnonymous: cfg.allowAnonymous}},
+		Capabilities:       &caps,
+		MaxOnlineMessages:  mqtthooks.Some(cfg.maxQueued),
+		MaxOfflineMessages: mqtthooks.Some(cfg.maxQueued),
+		Router:             s.router,
+		PublishWill:        s.publishWill,
+		Logger:             logger,
 	})
 	if err != nil {
 		return nil, err

@@ -1,0 +1,462 @@
+// Command connstorm measures brokers side by side on this machine: the
+// example broker of mqtthooks (with plugins/passwd and a $7$ password file), a
+// mochi-mqtt server started in process with the same password check in its
+// auth hook, and Mosquitto when its binary is installed (same file).
+//
+//	go run ./bench/cmd/connstorm                   # CONNECT → CONNACK → DISCONNECT storm
+//	go run ./bench/cmd/connstorm -mode publish     # QoS 1 publish throughput, one subscriber
+//
+// The load generator runs on the same cores as the broker under test, which
+// the output says; compare ratios from one run, not figures across machines.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/pbkdf2"
+	"crypto/rand"
+	"crypto/sha512"
+	"encoding/base64"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/mqtthooks/mqtthooks"
+	"github.com/mqtthooks/mqtthooks/plugins/passwd"
+)
+
+const (
+	user     = "bench"
+	password = "bench-password"
+)
+
+func main() {
+	mode := flag.String("mode", "connect", "connect: CONNECT storm; publish: QoS 1 throughput")
+	n := flag.Int("n", 5000, "connections to make (connect mode)")
+	c := flag.Int("c", 50, "concurrent connections (connect mode)")
+	messages := flag.Int("messages", 20000, "messages to publish (publish mode)")
+	flag.Parse()
+	if err := run(*mode, *n, *c, *messages); err != nil {
+		fmt.Fprintln(os.Stderr, "connstorm:", err)
+		os.Exit(1)
+	}
+}
+
+// result is one broker's figures.
+type result struct {
+	name     string
+	rate     float64 // connects/s or messages/s
+	p50, p99 time.Duration
+	skipped  string
+	errors   int
+}
+
+func run(mode string, n, c, messages int) error {
+	dir, err := os.MkdirTemp("", "connstorm")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	file := filepath.Join(dir, "passwd")
+	if err := writePasswd(file); err != nil {
+		return err
+	}
+	fmt.Printf("connstorm %s: %s/%s, %d cores, %s; the load generator shares the cores with the broker\n",
+		mode, runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version())
+	var results []result
+	for _, t := range []struct {
+		name  string
+		start func(addr string) (stop func(), err error)
+	}{
+		{"mqtthooks (examples/broker)", func(addr string) (func(), error) { return startOurs(dir, addr, file) }},
+		{"mochi-mqtt v2.7.9 (in process)", func(addr string) (func(), error) { return startMochi(addr, file) }},
+		{"mosquitto", func(addr string) (func(), error) { return startMosquitto(dir, addr, file) }},
+	} {
+		addr, err := freeAddr()
+		if err != nil {
+			return err
+		}
+		stop, err := t.start(addr)
+		if err != nil {
+			results = append(results, result{name: t.name, skipped: err.Error()})
+			continue
+		}
+		var r result
+		if mode == "publish" {
+			r, err = publishThroughput(addr, messages)
+		} else {
+			r, err = connectStorm(addr, n, c)
+		}
+		stop()
+		if err != nil {
+			return fmt.Errorf("%s: %w", t.name, err)
+		}
+		r.name = t.name
+		results = append(results, r)
+	}
+	report(mode, results)
+	return nil
+}
+
+func report(mode string, rs []result) {
+	unit := "connects/s"
+	if mode == "publish" {
+		unit = "messages/s"
+	}
+	fmt.Printf("\n%-32s %14s %10s %10s %8s %s\n", "broker", unit, "p50", "p99", "errors", "vs mqtthooks")
+	base := rs[0].rate
+	for _, r := range rs {
+		if r.skipped != "" {
+			fmt.Printf("%-32s skipped: %s\n", r.name, r.skipped)
+			continue
+		}
+		ratio := ""
+		if base > 0 && r.rate > 0 {
+			ratio = fmt.Sprintf("mqtthooks/this = %.2f×", base/r.rate)
+		}
+		fmt.Printf("%-32s %14.0f %10s %10s %8d %s\n", r.name, r.rate, r.p50.Round(time.Microsecond),
+			r.p99.Round(time.Microsecond), r.errors, ratio)
+	}
+}
+
+// writePasswd writes a Mosquitto $7$ password file (PBKDF2-HMAC-SHA512, 101
+// iterations, mosquitto_passwd's default) for the bench user.
+func writePasswd(file string) error {
+	salt := make([]byte, 12)
+	_, _ = rand.Read(salt)
+	key, err := pbkdf2.Key(sha512.New, password, salt, 101, 64)
+	if err != nil {
+		return err
+	}
+	b := base64.StdEncoding
+	line := fmt.Sprintf("%s:$7$101$%s$%s\n", user, b.EncodeToString(salt), b.EncodeToString(key))
+	return os.WriteFile(file, []byte(line), 0o600)
+}
+
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// waitListening waits until addr accepts connections.
+func waitListening(addr string) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if nc, err := net.Dial("tcp", addr); err == nil {
+			nc.Close()
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond) // polling a process we started, not a test
+	}
+	return fmt.Errorf("nothing listens on %s", addr)
+}
+
+// startOurs builds and runs examples/broker.
+func startOurs(dir, addr, file string) (func(), error) {
+	bin := filepath.Join(dir, "broker")
+	build := exec.Command("go", "build", "-o", bin, "./examples/broker")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		return nil, fmt.Errorf("building examples/broker (run from the module root): %w", err)
+	}
+	// No queue limit, as for the others: the throughput run must not drop.
+	return startProcess(exec.Command(bin, "-addr", addr, "-passwd", file, "-max-queued", "-1"), addr)
+}
+
+// startMosquitto runs the mosquitto binary, if there is one.
+func startMosquitto(dir, addr, file string) (func(), error) {
+	bin, err := exec.LookPath("mosquitto")
+	if err != nil {
+		return nil, errors.New("no mosquitto binary (Debian package mosquitto)")
+	}
+	_, port, _ := net.SplitHostPort(addr)
+	conf := filepath.Join(dir, "mosquitto.conf")
+	cfg := fmt.Sprintf("listener %s 127.0.0.1\nallow_anonymous false\npassword_file %s\npersistence false\nuser root\nmax_queued_messages 0\n", port, file) // "user": as root it would switch to a user who cannot read our temp files
+	if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
+		return nil, err
+	}
+	return startProcess(exec.Command(bin, "-c", conf), addr)
+}
+
+func startProcess(cmd *exec.Cmd, addr string) (func(), error) {
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	stop := func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	}
+	if err := waitListening(addr); err != nil {
+		stop()
+		return nil, err
+	}
+	return stop, nil
+}
+
+// mochiAuth checks passwords for mochi with the same plugin and file as ours.
+type mochiAuth struct {
+	mqtt.HookBase
+	p *passwd.Plugin
+}
+
+func (h *mochiAuth) ID() string { return "passwd" }
+
+func (h *mochiAuth) Provides(b byte) bool {
+	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
+}
+
+func (h *mochiAuth) OnConnectAuthenticate(_ *mqtt.Client, pk packets.Packet) bool {
+	c := &pk.Connect
+	r := h.p.AuthOnRegister(context.Background(), &mqtthooks.RegisterRequest{Connect: &mqtthooks.ConnectRequest{
+		Username: string(c.Username), HasUsername: c.UsernameFlag, Password: c.Password, HasPassword: c.PasswordFlag}})
+	return r.Verdict() == mqtthooks.VerdictAccept
+}
+
+func (h *mochiAuth) OnACLCheck(*mqtt.Client, string, bool) bool { return true }
+
+func startMochi(addr, file string) (func(), error) {
+	p, err := passwd.Open(file)
+	if err != nil {
+		return nil, err
+	}
+	server := mqtt.New(&mqtt.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err := server.AddHook(&mochiAuth{p: p}, nil); err != nil {
+		return nil, err
+	}
+	if err := server.AddListener(listeners.NewTCP(listeners.Config{ID: "tcp", Address: addr})); err != nil {
+		return nil, err
+	}
+	go func() { _ = server.Serve() }()
+	if err := waitListening(addr); err != nil {
+		return nil, err
+	}
+	return func() { _ = server.Close() }, nil
+}
+
+// client is a bare MQTT 3.1.1 client on the codec, so that the load
+// generator costs little next to the broker.
+type client struct {
+	nc net.Conn
+	r  *bufio.Reader
+}
+
+func dial(addr, id string, clean bool) (*client, time.Duration, error) {
+	start := time.Now()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, 0, err
+	}
+	c := &client{nc: nc, r: bufio.NewReader(nc)}
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), ClientIdentifier: id, Clean: clean, Keepalive: 60,
+			UsernameFlag: true, Username: []byte(user), PasswordFlag: true, Password: []byte(password)}}
+	if err := c.write(&pk); err != nil {
+		nc.Close()
+		return nil, 0, err
+	}
+	ack, err := c.read()
+	if err != nil {
+		nc.Close()
+		return nil, 0, err
+	}
+	if ack.FixedHeader.Type != packets.Connack || ack.ReasonCode != 0 {
+		nc.Close()
+		return nil, 0, fmt.Errorf("CONNACK %d", ack.ReasonCode)
+	}
+	return c, time.Since(start), nil
+}
+
+func (c *client) write(pk *packets.Packet) error {
+	var buf bytes.Buffer
+	var err error
+	switch pk.FixedHeader.Type {
+	case packets.Connect:
+		err = pk.ConnectEncode(&buf)
+	case packets.Publish:
+		err = pk.PublishEncode(&buf)
+	case packets.Puback:
+		err = pk.PubackEncode(&buf)
+	case packets.Subscribe:
+		err = pk.SubscribeEncode(&buf)
+	case packets.Disconnect:
+		err = pk.DisconnectEncode(&buf)
+	}
+	if err != nil {
+		return err
+	}
+	_, err = c.nc.Write(buf.Bytes())
+	return err
+}
+
+func (c *client) read() (packets.Packet, error) {
+	var pk packets.Packet
+	hb, err := c.r.ReadByte()
+	if err != nil {
+		return pk, err
+	}
+	if err := pk.FixedHeader.Decode(hb); err != nil {
+		return pk, err
+	}
+	n, _, err := packets.DecodeLength(c.r)
+	if err != nil {
+		return pk, err
+	}
+	pk.FixedHeader.Remaining = n
+	body := make([]byte, n)
+	if _, err := io.ReadFull(c.r, body); err != nil {
+		return pk, err
+	}
+	pk.ProtocolVersion = 4
+	switch pk.FixedHeader.Type {
+	case packets.Connack:
+		err = pk.ConnackDecode(body)
+	case packets.Publish:
+		err = pk.PublishDecode(body)
+	case packets.Puback:
+		err = pk.PubackDecode(body)
+	case packets.Suback:
+		err = pk.SubackDecode(body)
+	}
+	return pk, err
+}
+
+func (c *client) disconnect() {
+	_ = c.write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ProtocolVersion: 4})
+	_ = c.nc.Close()
+}
+
+// connectStorm makes n connections, c at a time: CONNECT with credentials,
+// CONNACK, DISCONNECT.
+func connectStorm(addr string, n, c int) (result, error) {
+	var (
+		next    atomic.Int64
+		errs    atomic.Int64
+		mu      sync.Mutex
+		latency = make([]time.Duration, 0, n)
+		wg      sync.WaitGroup
+	)
+	start := time.Now()
+	for w := range c {
+		wg.Go(func() {
+			var mine []time.Duration
+			for i := next.Add(1); i <= int64(n); i = next.Add(1) {
+				cl, d, err := dial(addr, fmt.Sprintf("storm-%d-%d", w, i), true)
+				if err != nil {
+					errs.Add(1)
+					continue
+				}
+				mine = append(mine, d)
+				cl.disconnect()
+			}
+			mu.Lock()
+			latency = append(latency, mine...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	took := time.Since(start)
+	if len(latency) == 0 {
+		return result{}, errors.New("no connection succeeded")
+	}
+	slices.Sort(latency)
+	return result{rate: float64(len(latency)) / took.Seconds(), p50: latency[len(latency)/2],
+		p99: latency[len(latency)*99/100], errors: int(errs.Load())}, nil
+}
+
+// publishThroughput publishes messages at QoS 1 (a window of 64 unacknowledged)
+// to one QoS 1 subscriber, and measures until the subscriber has them all.
+func publishThroughput(addr string, messages int) (result, error) {
+	sub, _, err := dial(addr, "bench-sub", true)
+	if err != nil {
+		return result{}, err
+	}
+	defer sub.disconnect()
+	if err := sub.write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 4,
+		PacketID: 1, Filters: packets.Subscriptions{{Filter: "bench/t", Qos: 1}}}); err != nil {
+		return result{}, err
+	}
+	if ack, err := sub.read(); err != nil || ack.FixedHeader.Type != packets.Suback {
+		return result{}, fmt.Errorf("SUBACK: %v", err)
+	}
+	pub, _, err := dial(addr, "bench-pub", true)
+	if err != nil {
+		return result{}, err
+	}
+	defer pub.disconnect()
+
+	received := make(chan error, 1)
+	go func() {
+		for got := 0; got < messages; {
+			_ = sub.nc.SetReadDeadline(time.Now().Add(30 * time.Second))
+			pk, err := sub.read()
+			if err != nil {
+				received <- fmt.Errorf("subscriber after %d messages: %w", got, err)
+				return
+			}
+			if pk.FixedHeader.Type != packets.Publish {
+				continue
+			}
+			got++
+			if pk.FixedHeader.Qos > 0 {
+				_ = sub.write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, ProtocolVersion: 4,
+					PacketID: pk.PacketID})
+			}
+		}
+		received <- nil
+	}()
+	window := make(chan struct{}, 64)
+	acked := make(chan error, 1)
+	go func() {
+		for range messages {
+			if _, err := pub.read(); err != nil {
+				acked <- err
+				return
+			}
+			<-window
+		}
+		acked <- nil
+	}()
+	payload := bytes.Repeat([]byte("x"), 64)
+	start := time.Now()
+	for i := range messages {
+		window <- struct{}{}
+		if err := pub.write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
+			ProtocolVersion: 4, TopicName: "bench/t", Payload: payload, PacketID: uint16(i%65000 + 1)}); err != nil {
+			return result{}, err
+		}
+	}
+	if err := <-acked; err != nil {
+		return result{}, fmt.Errorf("publisher: %w", err)
+	}
+	if err := <-received; err != nil {
+		return result{}, err
+	}
+	return result{rate: float64(messages) / time.Since(start).Seconds()}, nil
+}
