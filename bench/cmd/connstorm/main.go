@@ -130,8 +130,11 @@ func report(mode string, rs []result) {
 		if base > 0 && r.rate > 0 {
 			ratio = fmt.Sprintf("mqtthooks/this = %.2f×", base/r.rate)
 		}
-		fmt.Printf("%-32s %14.0f %10s %10s %8d %s\n", r.name, r.rate, r.p50.Round(time.Microsecond),
-			r.p99.Round(time.Microsecond), r.errors, ratio)
+		p50, p99 := "-", "-" // no latencies in publish mode
+		if r.p50 > 0 {
+			p50, p99 = r.p50.Round(time.Microsecond).String(), r.p99.Round(time.Microsecond).String()
+		}
+		fmt.Printf("%-32s %14.0f %10s %10s %8d %s\n", r.name, r.rate, p50, p99, r.errors, ratio)
 	}
 }
 
