@@ -444,7 +444,10 @@ func (c *client) handle(pk *packets.Packet) (code mqtthooks.ReasonCode, ok bool)
 	case packets.Pubcomp:
 		_ = s.Comp(pk.PacketID)
 	case packets.Pubrel:
-		known, _ := s.Released(pk.PacketID)
+		known, err := s.Released(pk.PacketID)
+		if err != nil {
+			return 0, false // the connection has ended
+		}
 		reply := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubcomp}, ProtocolVersion: c.version,
 			PacketID: pk.PacketID}
 		if !known && c.version == 5 {
@@ -520,7 +523,12 @@ func (c *client) publish(pk *packets.Packet) (mqtthooks.ReasonCode, bool) {
 		defer c.reply(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, ProtocolVersion: c.version,
 			PacketID: pk.PacketID})
 	case 2:
-		route, _ = c.session.Received(pk.PacketID)
+		var err error
+		if route, err = c.session.Received(pk.PacketID); err != nil {
+			// The connection has ended (taken over, say): no PUBREC for a message
+			// it did not route; the client sends it again on its next connection.
+			return 0, false
+		}
 		defer c.reply(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, ProtocolVersion: c.version,
 			PacketID: pk.PacketID})
 	}

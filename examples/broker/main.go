@@ -24,14 +24,17 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -58,6 +61,7 @@ type flags struct {
 	allowAnonymousSet                              bool
 	maxPacketSize                                  uint
 	maxQueued                                      int
+	debugAddr                                      string
 	verbose                                        bool
 }
 
@@ -75,6 +79,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 		"accept clients without a username when no plugin decides (default: on only without auth plugins on a loopback address)")
 	fs.UintVar(&f.maxPacketSize, "max-packet-size", 1<<20, "largest packet accepted from a client, in bytes (0: no limit)")
 	fs.IntVar(&f.maxQueued, "max-queued", 1000, "messages a session may have waiting, online or offline (-1: no limit)")
+	fs.StringVar(&f.debugAddr, "debug-addr", "", "serve the core's counters, goroutines and heap as JSON at http://ADDR/stats")
 	fs.BoolVar(&f.verbose, "v", false, "log every hook call")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -113,6 +118,13 @@ func run(args []string, stdin io.Reader, stderr io.Writer) error {
 	}
 	logger.Info("listening", "addr", b.srv.addr().String(), "tls", b.srv.cfg.tls != nil,
 		"allow-anonymous", b.srv.cfg.allowAnonymous)
+	if f.debugAddr != "" {
+		stop, err := serveStats(f.debugAddr, b.srv)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
@@ -314,4 +326,30 @@ func (h hookLogger) OnSessionExpired(ctx context.Context, e *mqtthooks.SessionEv
 }
 func (h hookLogger) OnMessageDrop(ctx context.Context, e *mqtthooks.DropEvent) {
 	h.l.DebugContext(ctx, "OnMessageDrop", "id", e.SubscriberID.String(), "reason", e.Reason.String())
+}
+
+// serveStats serves the core's counters, the goroutine count and the heap as
+// JSON at /stats, for the soak test and for curious operators.
+func serveStats(addr string, srv *server) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Has("gc") {
+			runtime.GC()
+		}
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(struct {
+			Core       mqtthooks.Stats
+			Goroutines int
+			HeapAlloc  uint64
+		}{srv.core.Stats(), runtime.NumGoroutine(), ms.HeapAlloc})
+	})
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = hs.Serve(ln) }()
+	return func() { _ = hs.Close() }, nil
 }
