@@ -59,10 +59,11 @@ type queue struct {
 	pending  ring
 	inflight []flight // in the order they were sent
 	used     *idSet   // the ids in flight, while there are many of them
-	resends  int      // in-flight entries marked resend, so that most Pulls skip the scan
-	nextID   uint16
 	inbound  []uint16
-	notified bool // Notify is out and no Pull has found the queue empty since
+	// The small fields together, so that a session fits a smaller size class.
+	resends  int32  // in-flight entries marked resend, so that most Pulls skip the scan
+	nextID   uint16 // the last packet identifier given out
+	notified bool   // Notify is out and no Pull has found the queue empty since
 }
 
 // idSet is a set of packet identifiers, one bit each.
@@ -350,7 +351,7 @@ func (q *queue) adopt(owner *Session, set QueueSettings) {
 	for i := range q.inflight {
 		q.inflight[i].resend = true
 	}
-	q.resends = len(q.inflight)
+	q.resends = int32(len(q.inflight))
 }
 
 // count returns how many messages are pending and in flight.
