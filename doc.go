@@ -29,6 +29,22 @@
 // closed. Dispatch takes no lock and allocates nothing; plugins can be added and
 // removed while calls are in flight, each call using one immutable [Snapshot].
 //
+// # The session core
+//
+// A [Core] owns every MQTT session of a broker: its existence, subscriptions,
+// Will, expiry, queue and in-flight deliveries with their packet identifiers.
+// It fires the hooks at the points of the lifecycle, in an order it
+// guarantees per client id, and never holds a lock while calling out. The
+// broker talks to it through a small step API: [Core.Connect] returns the
+// [Step] to take (an AUTH to send, or the only CONNACK the broker may send);
+// [Session.Start] lets deliveries flow; the broker's router hands messages to
+// [Core.Deliver], and the connection pulls them with [Session.Pull] when its
+// [Conn] is notified, and reports the client's acknowledgements, DISCONNECT or
+// the connection's loss. Sessions are kept through a [SessionStore].
+//
+// Package mqtthookstest has test doubles, in the spirit of net/http/httptest:
+// a Recorder plugin and fake connections and clients.
+//
 // # Reply codes
 //
 // [ConnackReturnCode] and [ConnackReasonCode] turn the outcome of a CONNECT into

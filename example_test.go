@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/mqtthooks/mqtthooks"
+	"github.com/mqtthooks/mqtthooks/mqtthookstest"
 )
 
 // staticUsers is a plugin: it authenticates MQTT 3 and 5 clients against a
@@ -155,4 +156,44 @@ func ExampleModifiers_Validate() {
 	// Output:
 	// mqtthooks: invalid modifier Persistent: is for MQTT 3 only; MQTT 5 uses SessionExpiryInterval
 	// mqtthooks: invalid modifier MaxOfflineMessages: -2 is below -1 (-1 is unlimited)
+}
+
+// A broker's side of one connection, through the step API: the CONNECT, the
+// CONNACK the core decided, then deliveries pulled at the socket's pace.
+func ExampleCore_Connect() {
+	chain := mqtthooks.NewChain(mqtthooks.ChainOptions{})
+	_ = chain.Register("users", &staticUsers{passwords: map[string]string{"alice": "secret"}})
+	core, _ := mqtthooks.NewCore(chain, mqtthooks.Options{})
+	defer core.Shutdown(context.Background())
+	ctx := context.Background()
+
+	conn := mqtthookstest.NewConn() // the broker's socket, as the core sees it
+	info := &mqtthooks.ConnInfo{Listener: "tcp", Transport: "tcp", ConnID: 1}
+	connect := &mqtthooks.ConnectRequest{ProtocolVersion: mqtthooks.MQTT5, ClientID: "sensor-1",
+		Username: "alice", HasUsername: true, Password: []byte("secret"), HasPassword: true,
+		Properties: mqtthooks.ConnectProperties{SessionExpiryInterval: 3600}}
+
+	_, step := core.Connect(ctx, info, connect, conn) // no SendAuth: no enhanced authentication here
+	fmt.Println("send CONNACK", step.Connack.ReasonCode, "session present", step.Connack.SessionPresent)
+	session := step.Session
+	_ = session.Start() // the CONNACK is out: deliveries may flow
+	_ = session.Subscribe(ctx, mqtthooks.Subscription{Filter: "cmd/#", QoS: 1})
+
+	// The router matched "cmd/reboot" for this session:
+	_ = core.Deliver(session.ID(), &mqtthooks.Message{Topic: "cmd/reboot", Payload: []byte("now"), QoS: 1},
+		mqtthooks.DeliverOptions{QoS: 1})
+	<-conn.Notified() // the write loop wakes up
+	buf := make([]mqtthooks.Delivery, 16)
+	n, _ := session.Pull(buf)
+	for _, d := range buf[:n] {
+		fmt.Printf("send PUBLISH %s id=%d qos=%d\n", d.Message.Topic, d.PacketID, d.QoS)
+		_ = session.Ack(d.PacketID) // the client's PUBACK
+	}
+	_ = session.Disconnect(ctx, mqtthooks.CodeNormalDisconnection, mqtthooks.Opt[uint32]{})
+	info2, _ := core.Lookup(session.ID())
+	fmt.Println("offline, subscriptions kept:", len(info2.Subscriptions))
+	// Output:
+	// send CONNACK 0x00 (success) session present false
+	// send PUBLISH cmd/reboot id=1 qos=1
+	// offline, subscriptions kept: 1
 }
