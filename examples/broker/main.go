@@ -32,6 +32,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"runtime"
@@ -79,7 +80,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 		"accept clients without a username when no plugin decides (default: on only without auth plugins on a loopback address)")
 	fs.UintVar(&f.maxPacketSize, "max-packet-size", 1<<20, "largest packet accepted from a client, in bytes (0: no limit)")
 	fs.IntVar(&f.maxQueued, "max-queued", 1000, "messages a session may have waiting, online or offline (-1: no limit)")
-	fs.StringVar(&f.debugAddr, "debug-addr", "", "serve the core's counters, goroutines and heap as JSON at http://ADDR/stats")
+	fs.StringVar(&f.debugAddr, "debug-addr", "", "serve the core's counters as JSON at http://ADDR/stats, and pprof at /debug/pprof/")
 	fs.BoolVar(&f.verbose, "v", false, "log every hook call")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -329,7 +330,8 @@ func (h hookLogger) OnMessageDrop(ctx context.Context, e *mqtthooks.DropEvent) {
 }
 
 // serveStats serves the core's counters, the goroutine count and the heap as
-// JSON at /stats, for the soak test and for curious operators.
+// JSON at /stats, for the soak test and for curious operators, and the
+// profiles of net/http/pprof under /debug/pprof/.
 func serveStats(addr string, srv *server) (stop func(), err error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -349,6 +351,8 @@ func serveStats(addr string, srv *server) (stop func(), err error) {
 			HeapAlloc  uint64
 		}{srv.core.Stats(), runtime.NumGoroutine(), ms.HeapAlloc})
 	})
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = hs.Serve(ln) }()
 	return func() { _ = hs.Close() }, nil

@@ -51,7 +51,18 @@ func main() {
 	n := flag.Int("n", 5000, "connections to make (connect mode)")
 	c := flag.Int("c", 50, "concurrent connections (connect mode)")
 	messages := flag.Int("messages", 20000, "messages to publish (publish mode)")
+	addr := flag.String("addr", "", "measure only the broker already listening here (user bench, password bench-password)")
 	flag.Parse()
+	if *addr != "" {
+		r, err := measure(*mode, *addr, *n, *c, *messages)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "connstorm:", err)
+			os.Exit(1)
+		}
+		r.name = *addr
+		report(*mode, []result{r})
+		return
+	}
 	if err := run(*mode, *n, *c, *messages); err != nil {
 		fmt.Fprintln(os.Stderr, "connstorm:", err)
 		os.Exit(1)
@@ -97,12 +108,7 @@ func run(mode string, n, c, messages int) error {
 			results = append(results, result{name: t.name, skipped: err.Error()})
 			continue
 		}
-		var r result
-		if mode == "publish" {
-			r, err = publishThroughput(addr, messages)
-		} else {
-			r, err = connectStorm(addr, n, c)
-		}
+		r, err := measure(mode, addr, n, c, messages)
 		stop()
 		if err != nil {
 			return fmt.Errorf("%s: %w", t.name, err)
@@ -112,6 +118,13 @@ func run(mode string, n, c, messages int) error {
 	}
 	report(mode, results)
 	return nil
+}
+
+func measure(mode, addr string, n, c, messages int) (result, error) {
+	if mode == "publish" {
+		return publishThroughput(addr, messages)
+	}
+	return connectStorm(addr, n, c)
 }
 
 func report(mode string, rs []result) {
