@@ -11,7 +11,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/pbkdf2"
@@ -38,6 +37,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/mqtthooks/mqtthooks"
+	"github.com/mqtthooks/mqtthooks/bench/internal/rawmqtt"
 	"github.com/mqtthooks/mqtthooks/plugins/passwd"
 )
 
@@ -276,96 +276,12 @@ func startMochi(addr, file string) (func(), error) {
 	return func() { _ = server.Close() }, nil
 }
 
-// client is a bare MQTT 3.1.1 client on the codec, so that the load
-// generator costs little next to the broker.
-type client struct {
-	nc net.Conn
-	r  *bufio.Reader
-}
-
-func dial(addr, id string, clean bool) (*client, time.Duration, error) {
+// dial connects a bench client and measures the time to its CONNACK.
+func dial(addr, id string, clean bool) (*rawmqtt.Conn, time.Duration, error) {
 	start := time.Now()
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		return nil, 0, err
-	}
-	c := &client{nc: nc, r: bufio.NewReader(nc)}
-	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
-		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), ClientIdentifier: id, Clean: clean, Keepalive: 60,
-			UsernameFlag: true, Username: []byte(user), PasswordFlag: true, Password: []byte(password)}}
-	if err := c.write(&pk); err != nil {
-		nc.Close()
-		return nil, 0, err
-	}
-	ack, err := c.read()
-	if err != nil {
-		nc.Close()
-		return nil, 0, err
-	}
-	if ack.FixedHeader.Type != packets.Connack || ack.ReasonCode != 0 {
-		nc.Close()
-		return nil, 0, fmt.Errorf("CONNACK %d", ack.ReasonCode)
-	}
-	return c, time.Since(start), nil
-}
-
-func (c *client) write(pk *packets.Packet) error {
-	var buf bytes.Buffer
-	var err error
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		err = pk.ConnectEncode(&buf)
-	case packets.Publish:
-		err = pk.PublishEncode(&buf)
-	case packets.Puback:
-		err = pk.PubackEncode(&buf)
-	case packets.Subscribe:
-		err = pk.SubscribeEncode(&buf)
-	case packets.Disconnect:
-		err = pk.DisconnectEncode(&buf)
-	}
-	if err != nil {
-		return err
-	}
-	_, err = c.nc.Write(buf.Bytes())
-	return err
-}
-
-func (c *client) read() (packets.Packet, error) {
-	var pk packets.Packet
-	hb, err := c.r.ReadByte()
-	if err != nil {
-		return pk, err
-	}
-	if err := pk.FixedHeader.Decode(hb); err != nil {
-		return pk, err
-	}
-	n, _, err := packets.DecodeLength(c.r)
-	if err != nil {
-		return pk, err
-	}
-	pk.FixedHeader.Remaining = n
-	body := make([]byte, n)
-	if _, err := io.ReadFull(c.r, body); err != nil {
-		return pk, err
-	}
-	pk.ProtocolVersion = 4
-	switch pk.FixedHeader.Type {
-	case packets.Connack:
-		err = pk.ConnackDecode(body)
-	case packets.Publish:
-		err = pk.PublishDecode(body)
-	case packets.Puback:
-		err = pk.PubackDecode(body)
-	case packets.Suback:
-		err = pk.SubackDecode(body)
-	}
-	return pk, err
-}
-
-func (c *client) disconnect() {
-	_ = c.write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ProtocolVersion: 4})
-	_ = c.nc.Close()
+	c, err := rawmqtt.Dial(addr, 4, packets.ConnectParams{ClientIdentifier: id, Clean: clean, Keepalive: 60,
+		UsernameFlag: true, Username: []byte(user), PasswordFlag: true, Password: []byte(password)}, packets.Properties{})
+	return c, time.Since(start), err
 }
 
 // connectStorm makes n connections, c at a time: CONNECT with credentials,
@@ -389,7 +305,7 @@ func connectStorm(addr string, n, c int) (result, error) {
 					continue
 				}
 				mine = append(mine, d)
-				cl.disconnect()
+				cl.Close(true)
 			}
 			mu.Lock()
 			latency = append(latency, mine...)
@@ -413,25 +329,24 @@ func publishThroughput(addr string, messages int) (result, error) {
 	if err != nil {
 		return result{}, err
 	}
-	defer sub.disconnect()
-	if err := sub.write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 4,
+	defer sub.Close(true)
+	if err := sub.Write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 4,
 		PacketID: 1, Filters: packets.Subscriptions{{Filter: "bench/t", Qos: 1}}}); err != nil {
 		return result{}, err
 	}
-	if ack, err := sub.read(); err != nil || ack.FixedHeader.Type != packets.Suback {
+	if ack, err := sub.Read(0); err != nil || ack.FixedHeader.Type != packets.Suback {
 		return result{}, fmt.Errorf("SUBACK: %v", err)
 	}
 	pub, _, err := dial(addr, "bench-pub", true)
 	if err != nil {
 		return result{}, err
 	}
-	defer pub.disconnect()
+	defer pub.Close(true)
 
 	received := make(chan error, 1)
 	go func() {
 		for got := 0; got < messages; {
-			_ = sub.nc.SetReadDeadline(time.Now().Add(30 * time.Second))
-			pk, err := sub.read()
+			pk, err := sub.Read(30 * time.Second)
 			if err != nil {
 				received <- fmt.Errorf("subscriber after %d messages: %w", got, err)
 				return
@@ -441,7 +356,7 @@ func publishThroughput(addr string, messages int) (result, error) {
 			}
 			got++
 			if pk.FixedHeader.Qos > 0 {
-				_ = sub.write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, ProtocolVersion: 4,
+				_ = sub.Write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, ProtocolVersion: 4,
 					PacketID: pk.PacketID})
 			}
 		}
@@ -451,7 +366,7 @@ func publishThroughput(addr string, messages int) (result, error) {
 	acked := make(chan error, 1)
 	go func() {
 		for range messages {
-			if _, err := pub.read(); err != nil {
+			if _, err := pub.Read(0); err != nil {
 				acked <- err
 				return
 			}
@@ -463,7 +378,7 @@ func publishThroughput(addr string, messages int) (result, error) {
 	start := time.Now()
 	for i := range messages {
 		window <- struct{}{}
-		if err := pub.write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
+		if err := pub.Write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
 			ProtocolVersion: 4, TopicName: "bench/t", Payload: payload, PacketID: uint16(i%65000 + 1)}); err != nil {
 			return result{}, err
 		}

@@ -18,13 +18,10 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -40,6 +37,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/mqtthooks/mqtthooks"
+	"github.com/mqtthooks/mqtthooks/bench/internal/rawmqtt"
 )
 
 func main() {
@@ -125,7 +123,7 @@ func run(duration time.Duration, workers, keepers int) error {
 			return err
 		}
 		c.drain(s, keeperID(k), 200*time.Millisecond)
-		c.close(true)
+		c.Close(true)
 	}
 	stop := time.Now().Add(duration)
 	var wg sync.WaitGroup
@@ -140,7 +138,7 @@ func run(duration time.Duration, workers, keepers int) error {
 	for i := range 24 {
 		if c, err := s.connect(fmt.Sprintf("rand-%d", i), false, 5); err == nil {
 			c.drain(nil, "", time.Second)
-			c.close(true)
+			c.Close(true)
 		}
 	}
 	for k := range keepers {
@@ -150,7 +148,7 @@ func run(duration time.Duration, workers, keepers int) error {
 				return err
 			}
 			c.drain(s, keeperID(k), time.Second)
-			c.close(true)
+			c.Close(true)
 		}
 	}
 	var failures []string
@@ -272,117 +270,33 @@ func (s *soak) worker(seed uint64, stop time.Time) {
 			}
 		}
 		c.drain(nil, "", 20*time.Millisecond)
-		c.close(rng.IntN(2) == 0) // politely or by dropping the socket
+		c.Close(rng.IntN(2) == 0) // politely or by dropping the socket
 		if rng.IntN(8) == 0 {     // a keeper wakes up for a moment
 			k := rng.IntN(s.keepers)
 			if kc, err := s.connect(keeperID(k), false, 5); err == nil {
 				kc.drain(s, keeperID(k), 50*time.Millisecond)
-				kc.close(rng.IntN(2) == 0)
+				kc.Close(rng.IntN(2) == 0)
 			}
 		}
 	}
 }
 
-// conn is a bare MQTT client on the mochi codec.
+// conn is a bench client with the bookkeeping of the soak.
 type conn struct {
-	nc      net.Conn
-	r       *bufio.Reader
-	version byte
-	nextID  uint16
+	*rawmqtt.Conn
+	nextID uint16
 }
 
 func (s *soak) connect(id string, clean bool, version byte) (*conn, error) {
-	nc, err := net.DialTimeout("tcp", s.addr, 5*time.Second)
-	if err != nil {
-		return nil, err
-	}
-	c := &conn{nc: nc, r: bufio.NewReader(nc), version: version}
-	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: version,
-		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), ClientIdentifier: id, Clean: clean, Keepalive: 30}}
+	var props packets.Properties
 	if version == 5 && !clean {
-		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 3600, true
+		props.SessionExpiryInterval, props.SessionExpiryIntervalFlag = 3600, true
 	}
-	if err := c.write(&pk); err != nil {
-		nc.Close()
+	rc, err := rawmqtt.Dial(s.addr, version, packets.ConnectParams{ClientIdentifier: id, Clean: clean, Keepalive: 30}, props)
+	if err != nil {
 		return nil, err
 	}
-	ack, err := c.read(5 * time.Second)
-	if err != nil || ack.FixedHeader.Type != packets.Connack || ack.ReasonCode != 0 {
-		nc.Close()
-		return nil, fmt.Errorf("CONNACK: %v", err)
-	}
-	return c, nil
-}
-
-func (c *conn) write(pk *packets.Packet) error {
-	var buf bytes.Buffer
-	var err error
-	pk.ProtocolVersion = c.version
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		err = pk.ConnectEncode(&buf)
-	case packets.Publish:
-		err = pk.PublishEncode(&buf)
-	case packets.Puback:
-		err = pk.PubackEncode(&buf)
-	case packets.Pubrec:
-		err = pk.PubrecEncode(&buf)
-	case packets.Pubrel:
-		err = pk.PubrelEncode(&buf)
-	case packets.Pubcomp:
-		err = pk.PubcompEncode(&buf)
-	case packets.Subscribe:
-		err = pk.SubscribeEncode(&buf)
-	case packets.Disconnect:
-		err = pk.DisconnectEncode(&buf)
-	}
-	if err != nil {
-		return err
-	}
-	_ = c.nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	_, err = c.nc.Write(buf.Bytes())
-	return err
-}
-
-func (c *conn) read(timeout time.Duration) (packets.Packet, error) {
-	var pk packets.Packet
-	_ = c.nc.SetReadDeadline(time.Now().Add(timeout))
-	hb, err := c.r.ReadByte()
-	if err != nil {
-		return pk, err
-	}
-	if err := pk.FixedHeader.Decode(hb); err != nil {
-		return pk, err
-	}
-	n, _, err := packets.DecodeLength(c.r)
-	if err != nil {
-		return pk, err
-	}
-	pk.FixedHeader.Remaining = n
-	body := make([]byte, n)
-	if _, err := io.ReadFull(c.r, body); err != nil {
-		return pk, err
-	}
-	pk.ProtocolVersion = c.version
-	switch pk.FixedHeader.Type {
-	case packets.Connack:
-		err = pk.ConnackDecode(body)
-	case packets.Publish:
-		err = pk.PublishDecode(body)
-	case packets.Puback:
-		err = pk.PubackDecode(body)
-	case packets.Pubrec:
-		err = pk.PubrecDecode(body)
-	case packets.Pubrel:
-		err = pk.PubrelDecode(body)
-	case packets.Pubcomp:
-		err = pk.PubcompDecode(body)
-	case packets.Suback:
-		err = pk.SubackDecode(body)
-	case packets.Disconnect:
-		err = pk.DisconnectDecode(body)
-	}
-	return pk, err
+	return &conn{Conn: rc}, nil
 }
 
 func (c *conn) id() uint16 {
@@ -394,7 +308,7 @@ func (c *conn) id() uint16 {
 }
 
 func (c *conn) subscribe(filter string, qos byte) error {
-	if err := c.write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: c.id(),
+	if err := c.Write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: c.id(),
 		Filters: packets.Subscriptions{{Filter: filter, Qos: qos}}}); err != nil {
 		return err
 	}
@@ -409,7 +323,7 @@ func (c *conn) publish(topic, payload string, qos byte) error {
 	if qos > 0 {
 		pk.PacketID = c.id()
 	}
-	if err := c.write(&pk); err != nil {
+	if err := c.Write(&pk); err != nil {
 		return err
 	}
 	switch qos {
@@ -419,7 +333,7 @@ func (c *conn) publish(topic, payload string, qos byte) error {
 		if err := c.await(packets.Pubrec, nil, ""); err != nil {
 			return err
 		}
-		if err := c.write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1},
+		if err := c.Write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1},
 			PacketID: pk.PacketID}); err != nil {
 			return err
 		}
@@ -432,7 +346,7 @@ func (c *conn) publish(topic, payload string, qos byte) error {
 // recording them for keeper id when s is set).
 func (c *conn) await(want byte, s *soak, id string) error {
 	for {
-		pk, err := c.read(5 * time.Second)
+		pk, err := c.Read(5 * time.Second)
 		if err != nil {
 			return err
 		}
@@ -454,12 +368,12 @@ func (c *conn) answer(pk *packets.Packet, s *soak, id string) error {
 		}
 		switch pk.FixedHeader.Qos {
 		case 1:
-			return c.write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
+			return c.Write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
 		case 2:
-			return c.write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: pk.PacketID})
+			return c.Write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: pk.PacketID})
 		}
 	case packets.Pubrel:
-		return c.write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubcomp}, PacketID: pk.PacketID})
+		return c.Write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubcomp}, PacketID: pk.PacketID})
 	case packets.Disconnect:
 		return fmt.Errorf("DISCONNECT 0x%02x", pk.ReasonCode)
 	}
@@ -469,7 +383,7 @@ func (c *conn) answer(pk *packets.Packet, s *soak, id string) error {
 // drain answers deliveries until the connection is quiet for idle.
 func (c *conn) drain(s *soak, id string, idle time.Duration) {
 	for {
-		pk, err := c.read(idle)
+		pk, err := c.Read(idle)
 		if err != nil {
 			return
 		}
@@ -477,12 +391,4 @@ func (c *conn) drain(s *soak, id string, idle time.Duration) {
 			return
 		}
 	}
-}
-
-// close ends the connection politely (DISCONNECT) or by dropping the socket.
-func (c *conn) close(polite bool) {
-	if polite {
-		_ = c.write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
-	}
-	_ = c.nc.Close()
 }
