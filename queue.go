@@ -321,14 +321,30 @@ func (q *queue) remove(i int) {
 // ack finishes the QoS 1 delivery id (PUBACK), or with released the QoS 2
 // delivery id after its PUBREL (PUBCOMP).
 func (q *queue) ack(id uint16, qos byte, released bool) error {
-	i := slices.IndexFunc(q.inflight, func(f flight) bool {
-		return f.PacketID == id && f.QoS == qos && f.Released == released
-	})
+	i := q.find(id, qos, released)
 	if i < 0 {
 		return ErrPacketIDNotFound
 	}
 	q.remove(i)
 	return nil
+}
+
+// take removes the in-flight PUBLISH id and returns its message.
+func (q *queue) take(id uint16, qos byte) (QueuedMessage, error) {
+	i := q.find(id, qos, false)
+	if i < 0 {
+		return QueuedMessage{}, ErrPacketIDNotFound
+	}
+	m := q.inflight[i].QueuedMessage
+	q.remove(i)
+	return m, nil
+}
+
+// find returns the index of the in-flight delivery id, or -1.
+func (q *queue) find(id uint16, qos byte, released bool) int {
+	return slices.IndexFunc(q.inflight, func(f flight) bool {
+		return f.PacketID == id && f.QoS == qos && f.Released == released
+	})
 }
 
 // rec records the PUBREC of the QoS 2 delivery id.

@@ -161,6 +161,53 @@ func TestOnlineDeliveryAndWindow(t *testing.T) {
 	assert.ErrorIs(t, c.Session.Comp(next[0].PacketID), mqtthooks.ErrPacketIDNotFound, "wrong flow")
 }
 
+// A delivery too large for the client is discarded as if sent (MQTT 5
+// §3.1.2.11.4): it leaves the window, counts as dropped and fires
+// OnMessageDrop with DropTooLarge.
+func TestDiscardTooLarge(t *testing.T) {
+	f := newFixture(t, mqtthooks.Options{MaxInflightMessages: mqtthooks.Some(1)})
+	c := f.v5("s", true, 0)
+	f.publish(t, sid("s"), 1, 2)
+	within(t, c.Conn.Notified(), "a Notify")
+	first, err := c.PullAll()
+	require.NoError(t, err)
+	require.Equal(t, []string{"1"}, payloads(first), "the window holds 1")
+
+	require.NoError(t, c.Session.Discard(first[0]))
+	within(t, c.Conn.Notified(), "a Notify") // the freed slot lets message 2 go
+	next, _ := c.PullAll()
+	assert.Equal(t, []string{"2"}, payloads(next))
+	assert.ErrorIs(t, c.Session.Ack(first[0].PacketID), mqtthooks.ErrPacketIDNotFound, "discarded, not in flight")
+	assert.ErrorIs(t, c.Session.Discard(first[0]), mqtthooks.ErrPacketIDNotFound, "discarded twice")
+	require.NoError(t, c.Settle(next[0]))
+
+	f.publish(t, sid("s"), 0, 3) // "1".."3" at QoS 0
+	qos0, _ := c.PullAll()
+	require.Len(t, qos0, 3)
+	require.NoError(t, c.Session.Discard(qos0[1]))
+
+	var dropped []string
+	for _, call := range f.rec.CallsFor(sid("s")) {
+		if call.Hook == "OnMessageDrop" {
+			assert.Equal(t, mqtthooks.DropTooLarge, call.Drop.Reason)
+			dropped = append(dropped, string(call.Drop.Message.Payload))
+		}
+	}
+	assert.Equal(t, []string{"1", "2"}, dropped)
+	st := f.core.Stats()
+	assert.Equal(t, uint64(2), st.Dropped)
+	assert.Equal(t, uint64(3), st.Delivered, "QoS 1 \"2\" and QoS 0 \"1\", \"3\"")
+	checkNoLoss(t, f.core)
+
+	for name, d := range map[string]mqtthooks.Delivery{
+		"PUBREL":     {PacketID: 1, QoS: 2, Pubrel: true},
+		"no message": {PacketID: 1, QoS: 1},
+		"QoS 3":      {PacketID: 1, QoS: 3, Message: &mqtthooks.Message{}},
+	} {
+		assert.ErrorIs(t, c.Session.Discard(d), mqtthooks.ErrInvalidArgument, name)
+	}
+}
+
 // The window is the smaller of MaxInflightMessages and the v5 Receive
 // Maximum.
 func TestReceiveMaximumBoundsWindow(t *testing.T) {

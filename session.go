@@ -286,6 +286,46 @@ func (s *Session) settle(id uint16, qos byte, released bool) error {
 	return err
 }
 
+// Discard reports that the broker will not send d, a PUBLISH delivery as Pull
+// returned it, because it exceeds the client's Maximum Packet Size: MQTT 5
+// §3.1.2.11.4 has it discarded as if it had been sent. A QoS 1 or 2 delivery
+// leaves the in-flight window and frees its packet identifier. The message
+// counts as dropped instead of delivered, and OnMessageDrop fires with
+// DropTooLarge before Discard returns. A PUBREL or a delivery without a
+// message gives ErrInvalidArgument; a QoS 1 or 2 delivery no longer in flight
+// gives ErrPacketIDNotFound.
+func (s *Session) Discard(d Delivery) error {
+	if d.Pubrel || d.Message == nil || d.QoS > 2 {
+		return fmt.Errorf("%w: Discard takes a PUBLISH delivery", ErrInvalidArgument)
+	}
+	c := s.core
+	if d.QoS == 0 {
+		if err := s.usable(); err != nil {
+			return err
+		}
+		c.stats.delivered.Add(^uint64(0)) // Pull counted it delivered; it was not
+		c.dropped(s.id, DropTooLarge, []QueuedMessage{{Message: d.Message, Retain: d.Retain,
+			SubscriptionIdentifiers: d.SubscriptionIdentifiers}})
+		return nil
+	}
+	var m QueuedMessage
+	notify := false
+	err := s.withQueue(func(q *queue) (err error) {
+		if m, err = q.take(d.PacketID, d.QoS); err == nil {
+			notify = q.wantsNotify()
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	c.dropped(s.id, DropTooLarge, []QueuedMessage{m})
+	if notify {
+		s.conn.Notify()
+	}
+	return nil
+}
+
 // withQueue runs fn on the connection's queue under the session's lock, if
 // the connection still owns it.
 func (s *Session) withQueue(fn func(q *queue) error) error {

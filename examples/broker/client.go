@@ -356,17 +356,13 @@ func (c *client) writeLoop() {
 	}
 }
 
-// tooLarge settles a delivery too large for the client, which must not
-// receive it: it counts as delivered, and is logged.
+// tooLarge discards a delivery too large for the client, which must not
+// receive it: the core counts it dropped and fires OnMessageDrop.
 func (c *client) tooLarge(d *mqtthooks.Delivery) {
 	c.srv.logger.Warn("message larger than the client accepts; discarded", "session", c.session.ID().String(),
 		"topic", d.Message.Topic, "limit", c.peerMax)
-	switch d.QoS {
-	case 1:
-		_ = c.session.Ack(d.PacketID)
-	case 2:
-		_ = c.session.Rec(d.PacketID)
-		_ = c.session.Comp(d.PacketID)
+	if err := c.session.Discard(*d); err != nil {
+		c.srv.logger.Debug("discard", "session", c.session.ID().String(), "err", err)
 	}
 }
 

@@ -395,6 +395,31 @@ func TestQoS2(t *testing.T) {
 	assert.Equal(t, "once", string(m.Payload))
 }
 
+// A message larger than the client's Maximum Packet Size is not sent (MQTT 5
+// §3.1.2.11.4); the core counts it dropped and fires OnMessageDrop.
+func TestTooLargeForClient(t *testing.T) {
+	b := startBroker(t, flags{})
+	limit := uint32(64)
+	sub, err := v5Client(t, b.addr, &paho.Connect{ClientID: "small", CleanStart: true,
+		Properties: &paho.ConnectProperties{MaximumPacketSize: &limit}}, nil)
+	require.NoError(t, err)
+	_, err = sub.Subscribe(context.Background(), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "m", QoS: 1}}})
+	require.NoError(t, err)
+	pub, err := v5Client(t, b.addr, &paho.Connect{ClientID: "p", CleanStart: true}, nil)
+	require.NoError(t, err)
+	for _, payload := range []string{string(bytes.Repeat([]byte("x"), 100)), "fits"} {
+		_, err = pub.Publish(context.Background(), &paho.Publish{Topic: "m", QoS: 1, Payload: []byte(payload)})
+		require.NoError(t, err)
+	}
+
+	assert.Equal(t, "fits", string(receive(t, sub.received, "the message that fits").Payload))
+	drop, ok := b.rec.Last(mqtthooks.SubscriberID{ClientID: "small"}, "OnMessageDrop")
+	require.True(t, ok, "OnMessageDrop for the large message")
+	assert.Equal(t, mqtthooks.DropTooLarge, drop.Drop.Reason)
+	assert.Len(t, drop.Drop.Message.Payload, 100)
+	assert.Equal(t, uint64(1), b.srv.core.Stats().Dropped)
+}
+
 // DISCONNECT 0x04 publishes the Will; a SCRAM re-authentication that fails
 // ends the connection with 0x87; Shutdown tells clients 0x8B.
 func TestWillWithMessageAndShutdown(t *testing.T) {
