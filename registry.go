@@ -4,7 +4,9 @@ import (
 	"context"
 	"hash/maphash"
 	"log/slog"
+	"maps"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -152,10 +154,7 @@ func (r *registry) each(fn func(*entry) bool) {
 	for i := range r.shards {
 		s := &r.shards[i]
 		s.mu.Lock()
-		entries := make([]*entry, 0, len(s.m))
-		for _, e := range s.m {
-			entries = append(entries, e)
-		}
+		entries := slices.Collect(maps.Values(s.m))
 		s.mu.Unlock()
 		for _, e := range entries {
 			if !fn(e) {

@@ -308,6 +308,8 @@ func (s *Session) Discard(d Delivery) error {
 			SubscriptionIdentifiers: d.SubscriptionIdentifiers}})
 		return nil
 	}
+	// settle's shape, not shared with it: the extra closure cost the PUBACK
+	// path about 5 ns (BenchmarkPullAck).
 	var m QueuedMessage
 	notify := false
 	err := s.withQueue(func(q *queue) (err error) {

@@ -3,7 +3,9 @@ package mqtthooks
 import (
 	"context"
 	"hash/maphash"
+	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -143,10 +145,7 @@ func (m *MemoryStore) Range(_ context.Context, fn func(*SessionRecord) bool) err
 	for i := range m.shards {
 		s := &m.shards[i]
 		s.mu.Lock()
-		recs := make([]*SessionRecord, 0, len(s.m))
-		for _, r := range s.m {
-			recs = append(recs, r)
-		}
+		recs := slices.Collect(maps.Values(s.m))
 		s.mu.Unlock()
 		for _, r := range recs {
 			if !fn(r) {
