@@ -152,6 +152,9 @@ func (s *Session) Reauth(ctx context.Context, in *AuthPacket) (*AuthPacket, erro
 	if ctx == nil || in == nil {
 		return nil, fmt.Errorf("%w: Reauth needs a context and a packet", ErrInvalidArgument)
 	}
+	if !s.version.IsV5() {
+		return nil, fmt.Errorf("%w: re-authentication needs MQTT 5, and this connection is %s", ErrInvalidArgument, s.version)
+	}
 	if err := s.usable(); err != nil {
 		return nil, err
 	}
@@ -188,6 +191,11 @@ func (s *Session) Reauth(ctx context.Context, in *AuthPacket) (*AuthPacket, erro
 	hctx, cancel := context.WithTimeout(ctx, c.opts.HookTimeout)
 	d := c.chain.Snapshot().OnAuthM5Plugin(hctx, plugin, req)
 	cancel()
+	if err := s.usable(); err != nil {
+		// The connection ended while the plugin decided (the exchange's
+		// deadline, a takeover, an admin): that end is the answer.
+		return nil, err
+	}
 	switch {
 	case d.Err == nil && d.Result.Verdict() == AuthVerdictContinue:
 		s.mu.Lock()
@@ -217,16 +225,19 @@ func (s *Session) Reauth(ctx context.Context, in *AuthPacket) (*AuthPacket, erro
 
 // failReauth ends the connection after a failed re-authentication and
 // returns the error that tells the broker the DISCONNECT code.
+// If the connection had already ended, its end is the answer.
 func (s *Session) failReauth(ctx context.Context, code ReasonCode, reason Reason) error {
 	s.stopReauth()
-	end := &EndedError{Code: code, Reason: reason}
+	var end error = &EndedError{Code: code, Reason: reason}
 	s.mu.Lock()
-	if s.endErr == nil {
+	if s.endErr != nil {
+		end = s.endErr
+	} else {
 		s.endErr = end
 	}
 	s.mu.Unlock()
 	if s.ending.CompareAndSwap(false, true) {
-		_ = s.end(ctx, endCause{reason: reason, code: code, hasCode: true, will: true})
+		_ = s.end(ctx, endCause{reason: reason, code: code, hasCode: s.version.IsV5(), will: true})
 	}
 	return end
 }

@@ -231,15 +231,18 @@ type Decision[R RegisterResult | AuthResult] struct {
 
 // ReplyError returns the error that decides the reply code of d, for
 // ConnackReturnCode and ConnackReasonCode. It is d.Err, except for a plugin's
-// rejection, where only ErrInvalidCredentials and a *RejectError choose the
-// code and any other error is ErrRejected (v3 5, v5 0x87): a plugin cannot
-// pose as a failure of the core by rejecting with one of its sentinels.
+// rejection: there a *RejectError, or one of the sentinels a plugin may
+// reject with (see Reject), chooses the code, and any other error is
+// ErrRejected (v3 5, v5 0x87). A plugin cannot pose as a failure of the core
+// by rejecting with one of the core's own errors, such as ErrPluginPanic.
 func (d Decision[R]) ReplyError() error {
 	if d.Err == nil || !d.pluginRejected() {
 		return d.Err
 	}
-	if errors.Is(d.Err, ErrInvalidCredentials) {
-		return ErrInvalidCredentials
+	for _, e := range pluginRejections {
+		if errors.Is(d.Err, e) {
+			return e
+		}
 	}
 	var re *RejectError
 	if errors.As(d.Err, &re) {
@@ -247,6 +250,10 @@ func (d Decision[R]) ReplyError() error {
 	}
 	return ErrRejected
 }
+
+// pluginRejections are the errors whose codes a plugin may reject with.
+var pluginRejections = [...]error{ErrInvalidCredentials, ErrClientIDRejected, ErrProtocolVersion,
+	ErrSessionLimit, ErrWillQoS, ErrWillRetain}
 
 func (d Decision[R]) pluginRejected() bool {
 	switch r := any(d.Result).(type) {

@@ -753,8 +753,9 @@ func TestChainNilArguments(t *testing.T) {
 	assert.Empty(t, log.get())
 }
 
-// A plugin's Reject with one of the package's sentinels is still "another
-// Reject" (5 / 0x87): only ErrInvalidCredentials and RejectCode choose a code.
+// A plugin's Reject with one of the CONNECT sentinels a plugin may use gets
+// that sentinel's code; with one of the core's own failures it is "another
+// Reject" (5 / 0x87).
 func TestDecisionReplyError(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -764,9 +765,10 @@ func TestDecisionReplyError(t *testing.T) {
 	}{
 		{"accept", mqtthooks.Accept(), 0, 0x00},
 		{"credentials", mqtthooks.Reject(fmt.Errorf("ldap: %w", mqtthooks.ErrInvalidCredentials)), 4, 0x86},
-		{"session limit", mqtthooks.Reject(mqtthooks.ErrSessionLimit), 5, 0x87},
+		{"session limit", mqtthooks.Reject(mqtthooks.ErrSessionLimit), 3, 0x97},
 		{"hook timeout", mqtthooks.Reject(mqtthooks.ErrHookTimeout), 5, 0x87},
-		{"protocol version", mqtthooks.Reject(mqtthooks.ErrProtocolVersion), 5, 0x87},
+		{"protocol version", mqtthooks.Reject(mqtthooks.ErrProtocolVersion), 1, 0x84},
+		{"registration", mqtthooks.Reject(mqtthooks.ErrRegistration), 5, 0x87},
 		{"code", mqtthooks.RejectCode(mqtthooks.CodeServerBusy, "", ""), 3, 0x89},
 		{"zero result", mqtthooks.RegisterResult{}, 3, 0x88},
 	} {

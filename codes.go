@@ -238,20 +238,27 @@ var (
 // Errors of the CONNECT sequence, mapped to reply codes by ConnackReturnCode and
 // ConnackReasonCode.
 var (
-	// ErrProtocolVersion: the listener does not allow the CONNECT's protocol level.
+	// ErrProtocolVersion: the listener does not allow the CONNECT's protocol
+	// level (v3 1, v5 0x84). A plugin may reject with it.
 	ErrProtocolVersion = errors.New("mqtthooks: protocol version not allowed")
-	// ErrClientIDRejected: the client id breaks the client-id rules.
+	// ErrClientIDRejected: the client id breaks the client-id rules (v3 2, v5
+	// 0x85). A plugin may reject with it.
 	ErrClientIDRejected = errors.New("mqtthooks: client identifier rejected")
-	// ErrSessionLimit: a new session would exceed the core's MaxSessions.
+	// ErrSessionLimit: a new session would exceed the core's MaxSessions (v3
+	// 3, v5 0x97). A plugin may reject with it.
 	ErrSessionLimit = errors.New("mqtthooks: session limit reached")
-	// ErrWillQoS: the Will's QoS is above the effective Maximum QoS.
+	// ErrWillQoS: the Will's QoS is above the effective Maximum QoS (v3 5, v5
+	// 0x9B). A plugin may reject with it.
 	ErrWillQoS = errors.New("mqtthooks: Will QoS not supported")
-	// ErrWillRetain: the Will is retained and retained messages are not available.
+	// ErrWillRetain: the Will is retained and retained messages are not
+	// available (v3 5, v5 0x9A). A plugin may reject with it.
 	ErrWillRetain = errors.New("mqtthooks: Will retain not supported")
 	// ErrResumeRefused: the resume policy refused to hand an existing session
 	// to this CONNECT.
 	ErrResumeRefused = errors.New("mqtthooks: session resume refused")
-	// ErrRegistration: the session could not be registered (a store failure).
+	// ErrRegistration: the session could not be registered: the store failed,
+	// or a callback of the broker's (ResumePolicy, ClientIDGenerator, the
+	// store) panicked (v3 3, v5 0x88).
 	ErrRegistration = errors.New("mqtthooks: session registration failed")
 	// ErrMalformedPacket: a packet breaks the rules of MQTT, such as a string
 	// that is not well-formed UTF-8 (v5 0x81; an MQTT 3 connection is closed).

@@ -201,7 +201,9 @@ func (c *Core) clientID(ci *ConnInfo, req *ConnectRequest) (SubscriberID, error)
 		return id, fmt.Errorf("%w: empty client id needs MQTT 5, or 3.1.1 with clean session", ErrClientIDRejected)
 	}
 	for range maxIDCollisions + 1 {
-		id.ClientID = c.opts.ClientIDGenerator()
+		if perr := c.guard("ClientIDGenerator", id, func() { id.ClientID = c.opts.ClientIDGenerator() }); perr != nil {
+			return id, fmt.Errorf("%w: %w", ErrRegistration, perr)
+		}
 		if p := checkMQTTString(id.ClientID); p != "" || id.ClientID == "" || len(id.ClientID) > c.opts.MaxClientIDLen {
 			err := fmt.Errorf("%w: generated client id %q breaks the client-id rules", ErrRegistration, id.ClientID)
 			c.logger.Error("mqtthooks: ClientIDGenerator", "err", err)
@@ -460,6 +462,9 @@ func (h *Handshake) register(ctx context.Context, p *plan) Step {
 	if err := h.core.reg.do(ctx, p.id, &h.regOp); err != nil {
 		return h.abandon(err)
 	}
+	if h.step.Kind == 0 { // the operation was cut short by a panic of the Core's own
+		return h.reject(fmt.Errorf("%w: the registration did not finish", ErrRegistration))
+	}
 	return h.step
 }
 
@@ -469,6 +474,10 @@ func (h *Handshake) runOp(ctx context.Context, e *entry) { h.step = h.attach(ctx
 // takes over or discards the existing one, then fires OnClientWakeup and
 // OnRegister. ctx is the operation's; h.regCtx the broker's, whose end
 // abandons the CONNECT.
+//
+// Everything that can refuse the CONNECT (the resume policy, the session
+// limit, the store's Create) is decided before the existing session is
+// touched: a rejected CONNECT leaves it as it was.
 func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 	c := h.core
 	if c.closed.Load() { // Shutdown began while this CONNECT was on its way
@@ -476,55 +485,80 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 	}
 	st := e.state.Load()
 	existed := st != nil
+	var online, joining, cleanup bool // cleanup: the last connection's, for a takeover
 	if existed {
 		st.mu.Lock()
 		h.resume = ResumeRequest{SubscriberID: p.id, Username: p.username, HasUsername: p.hasUsername,
 			PrevUsername: st.rec.Username, PrevHasUsername: st.rec.HasUsername, CleanStart: p.cleanStart, Conn: h.ci}
+		online = len(st.conns) > 0
+		joining = online && st.multi && p.multi
+		var last *Session
+		if online {
+			last = st.conns[len(st.conns)-1]
+		}
 		st.mu.Unlock()
-		if !c.opts.ResumePolicy(ctx, &h.resume) {
+		if online && !joining {
+			last.mu.Lock()
+			cleanup = last.cleanup
+			last.mu.Unlock()
+		}
+		ok, err := c.resumeAllowed(ctx, &h.resume)
+		if err != nil {
+			return h.reject(err)
+		}
+		if !ok {
 			return h.reject(fmt.Errorf("%w: session %s belongs to another user", ErrResumeRefused, p.id))
 		}
 	} else if !c.reserveSession() {
 		return h.reject(fmt.Errorf("%w: %d sessions", ErrSessionLimit, c.opts.MaxSessions))
+	}
+	var fresh *sessionState // the new life, when there is one
+	if !existed || p.cleanStart || (online && !joining && cleanup) {
+		var err error
+		if fresh, err = c.newLife(ctx, p); err != nil {
+			if !existed {
+				c.stats.sessions.Add(-1) // the slot reserved above
+			}
+			return h.reject(err)
+		}
 	}
 
 	present := false
 	switch {
 	case !existed:
 	case p.cleanStart:
-		last, _ := c.takeOver(ctx, st, true)
+		last := c.takeOver(ctx, st, true)
 		ev := st.offlineEvent(ReasonCleanStart)
 		if last != nil && last.version.IsV5() {
 			ev.Code, ev.HasCode = CodeSessionTakenOver, true
 		}
 		c.endSession(ctx, e, st, hookOnClientGone, &ev, true)
-		st = nil
-	case !st.online():
+	case !online:
 		c.cancelTimers(st)
 		present = true
-	case st.multi && p.multi:
+	case joining:
 		present = true
 	default:
 		c.stats.takeovers.Add(1)
-		last, cleanup := c.takeOver(ctx, st, false)
+		last := c.takeOver(ctx, st, cleanup)
 		ev := last.event(ReasonTakenOver)
 		if last.version.IsV5() {
 			ev.Code, ev.HasCode = CodeSessionTakenOver, true
 		}
-		if cleanup {
+		if cleanup { // MQTT: such a session ends with its connection
 			c.endSession(ctx, e, st, hookOnClientGone, &ev, true)
-			st = nil
 		} else {
 			c.chain.Snapshot().OnClientOffline(ctx, &ev)
 			c.cancelTimers(st)
 			present = true
 		}
 	}
-	if st == nil {
-		var err error
-		if st, err = c.createSession(ctx, e, p); err != nil {
-			return h.reject(err)
-		}
+	if fresh != nil {
+		st = fresh
+		e.mu.Lock()
+		e.state.Store(st)
+		e.mu.Unlock()
+		c.stats.created.Add(1)
 	} else {
 		c.stats.resumed.Add(1)
 	}
@@ -532,11 +566,14 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 	st.mu.Lock()
 	if len(st.conns) == 0 {
 		s.q = &st.q
-	} else {
-		s.q = &queue{} // joining a multiple session: a queue of its own
+		s.q.adopt(s, p.queue)
+	} else { // joining a multiple session: a queue of its own
+		s.q = &queue{}
+		s.q.adopt(s, p.queue)
+		window := st.q.set.MaxInflight // the owner's client's
+		st.q.set = p.queue             // the latest attach's settings apply (OQ12)
+		st.q.set.MaxInflight = window
 	}
-	s.q.adopt(s, p.queue)
-	st.q.set = p.queue // the latest attach's settings apply (OQ12)
 	st.conns = append(st.conns, s)
 	st.multi = p.multi
 	r := &st.rec
@@ -584,19 +621,18 @@ func (c *Core) reserveSession() bool {
 	}
 }
 
-// createSession starts a new life for the SubscriberID.
-func (c *Core) createSession(ctx context.Context, e *entry, p *plan) (*sessionState, error) {
-	st := &e.session
-	st.reset(&SessionRecord{ID: p.id, Generation: c.store.NextGeneration()})
-	if err := c.store.Create(ctx, &st.rec); err != nil {
-		c.stats.sessions.Add(-1)
-		c.logger.Error("mqtthooks: session store: create failed", "session", p.id.String(), "err", err)
-		return nil, fmt.Errorf("%w: %w", ErrRegistration, err)
+// newLife returns the state of a new life for the SubscriberID of p, recorded
+// in the store. The Core installs it once the old life, if any, has ended.
+func (c *Core) newLife(ctx context.Context, p *plan) (*sessionState, error) {
+	gen, err := c.nextGeneration(p.id)
+	if err != nil {
+		return nil, err
 	}
-	e.mu.Lock()
-	e.state.Store(st)
-	e.mu.Unlock()
-	c.stats.created.Add(1)
+	st := new(sessionState)
+	st.reset(&SessionRecord{ID: p.id, Generation: gen})
+	if err := c.storeCreate(ctx, &st.rec); err != nil {
+		return nil, err
+	}
 	return st, nil
 }
 

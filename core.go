@@ -106,11 +106,16 @@ type ListenerOptions struct {
 // Router is the broker's topic router. The Core calls it whenever a
 // subscription starts or ends, never under a lock; matching stays in the
 // broker. When a session ends, the Core calls RemoveAll once, before the
-// terminal hook, if the session held a subscription.
+// terminal hook, if the session held a subscription. A panic in a Router
+// method is logged and the Core goes on as if it had returned.
+//
+// Each call names the session's life (its Generation). A router that keeps
+// it with the subscription can pass it to Core.Deliver in DeliverOptions, so
+// that a message matched against one life never lands in the next.
 type Router interface {
-	Add(id SubscriberID, sub Subscription)
-	Remove(id SubscriberID, filter string)
-	RemoveAll(id SubscriberID)
+	Add(id SubscriberID, generation uint64, sub Subscription)
+	Remove(id SubscriberID, generation uint64, filter string)
+	RemoveAll(id SubscriberID, generation uint64)
 }
 
 // ResumeRequest is what a ResumePolicy decides on: a CONNECT that would take
@@ -282,28 +287,33 @@ func NewCore(chain *Chain, opts Options) (*Core, error) {
 
 type nopRouter struct{}
 
-func (nopRouter) Add(SubscriberID, Subscription) {}
-func (nopRouter) Remove(SubscriberID, string)    {}
-func (nopRouter) RemoveAll(SubscriberID)         {}
+func (nopRouter) Add(SubscriberID, uint64, Subscription) {}
+func (nopRouter) Remove(SubscriberID, uint64, string)    {}
+func (nopRouter) RemoveAll(SubscriberID, uint64)         {}
 
 // restore takes over the sessions a durable store already holds, offline.
 func (c *Core) restore() error {
 	ctx, cancel := context.WithTimeout(context.Background(), c.opts.HookTimeout)
 	defer cancel()
-	return c.store.Range(ctx, func(rec *SessionRecord) bool {
-		e := c.reg.acquire(rec.ID)
-		e.mu.Lock()
-		e.session.reset(rec)
-		e.session.mu.Lock()
-		e.session.restoreQueue()
-		e.session.mu.Unlock()
-		e.state.Store(&e.session)
-		e.mu.Unlock()
-		c.stats.sessions.Add(1)
-		c.armTimers(e.state.Load())
-		c.reg.release(e)
-		return true
+	var err error
+	perr := c.guard("SessionStore.Range", SubscriberID{}, func() {
+		err = c.store.Range(ctx, func(rec *SessionRecord) bool {
+			st := new(sessionState)
+			st.reset(rec)
+			st.mu.Lock()
+			st.restoreQueue()
+			st.mu.Unlock()
+			e := c.reg.acquire(rec.ID)
+			e.mu.Lock()
+			e.state.Store(st)
+			e.mu.Unlock()
+			c.stats.sessions.Add(1)
+			c.armTimers(st)
+			c.reg.release(e)
+			return true
+		})
 	})
+	return cmp.Or(perr, err)
 }
 
 // Stats returns the Core's counters.
@@ -434,20 +444,26 @@ func (c *Core) Shutdown(ctx context.Context) error {
 	}
 }
 
-// shutdown does the work of Shutdown.
+// shutdown does the work of Shutdown. The sessions' ends run on a pool of
+// Options.Workers goroutines, like every other end the Core runs on its own.
 func (c *Core) shutdown() {
 	c.sched.close()
 	c.sched.wait()
 	durable := c.store.Durable()
 	var wg sync.WaitGroup
+	slots := make(chan struct{}, c.opts.Workers)
 	c.reg.each(func(e *entry) bool {
-		wg.Go(func() {
+		slots <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
 			_ = c.reg.do(context.Background(), e.id, newOp(func(ctx context.Context, e *entry) {
 				if st := e.state.Load(); st != nil {
 					c.shutdownSession(ctx, e, st, durable)
 				}
 			}))
-		})
+		}()
 		return true
 	})
 	wg.Wait()

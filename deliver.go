@@ -17,6 +17,11 @@ type DeliverOptions struct {
 	Retain bool
 	// SubscriptionIdentifiers of the matching subscriptions (v5).
 	SubscriptionIdentifiers []uint32
+	// Generation is the life of the session whose subscription matched, as
+	// the Router was told; Deliver then fails with ErrSessionNotFound once
+	// that life has ended, rather than hand the message to a later life that
+	// never subscribed. 0 delivers to the session's current life.
+	Generation uint64
 }
 
 // Deliver hands msg to the session of id: the entry point of the broker's
@@ -25,8 +30,9 @@ type DeliverOptions struct {
 // offline only with StoreQoS0Offline), and the connection is notified. A
 // message the limits refuse is dropped (OnMessageDrop, counted). Deliver never
 // waits for a lifecycle hook; it fails with ErrSessionNotFound when no
-// session exists and with ErrInvalidArgument for a nil message or a QoS above
-// 2. msg is shared, not copied: it must not change after Deliver.
+// session exists (or, with opts.Generation, when that life has ended) and
+// with ErrInvalidArgument for a nil message or a QoS above 2. msg is shared,
+// not copied: it must not change after Deliver.
 func (c *Core) Deliver(id SubscriberID, msg *Message, opts DeliverOptions) error {
 	if msg == nil || opts.QoS > 2 {
 		return fmt.Errorf("%w: Deliver needs a message and a QoS of 0 to 2", ErrInvalidArgument)
@@ -44,7 +50,7 @@ func (c *Core) Deliver(id SubscriberID, msg *Message, opts DeliverOptions) error
 		m.ExpiresAt = time.Now().Add(time.Duration(exp.V) * time.Second)
 	}
 	st.mu.Lock()
-	if st.ended {
+	if st.ended || (opts.Generation != 0 && opts.Generation != st.rec.Generation) {
 		st.mu.Unlock()
 		return ErrSessionNotFound
 	}

@@ -53,7 +53,7 @@ func (c *Core) kick(s *Session, end *EndedError) {
 	s.endErr = end
 	s.mu.Unlock()
 	if s.started.Load() {
-		c.conns.Go(func() { s.conn.Disconnect(end.Code) })
+		c.disconnect(s, end.Code)
 	}
 }
 
@@ -64,7 +64,9 @@ func (c *Core) endConnection(ctx context.Context, e *entry, st *sessionState, s 
 	if !c.detach(st, s) {
 		return
 	}
-	c.handOverQueue(st, s)
+	if conn := c.handOverQueue(st, s); conn != nil {
+		conn.Notify()
+	}
 	s.mu.Lock()
 	cleanup, expiry := s.cleanup, s.expiry
 	s.mu.Unlock()
@@ -85,10 +87,13 @@ func (c *Core) endConnection(ctx context.Context, e *entry, st *sessionState, s 
 	c.goOffline(ctx, e, st, ev, expiry)
 }
 
-// handOverQueue deals with the queue of a connection that left: the session
-// keeps it while offline; with other connections left (multiple sessions)
-// they get its messages (balance) or already have copies (fanout).
-func (c *Core) handOverQueue(st *sessionState, s *Session) {
+// handOverQueue deals with the queue of connection s, which left. The session
+// keeps its own queue: while offline, or, with other connections left
+// (multiple sessions), for the next one, whose own deliveries move into it as
+// they are. What s held on its own goes to the others (balance), or is
+// discarded, since they have copies (fanout). It returns the connection to
+// notify of work it was handed, if any.
+func (c *Core) handOverQueue(st *sessionState, s *Session) Conn {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if len(st.conns) == 0 {
@@ -97,26 +102,41 @@ func (c *Core) handOverQueue(st *sessionState, s *Session) {
 		if len(st.q.inflight) == 0 {
 			st.q.inflight = nil // an idle offline session keeps no array
 		}
-		return
+		return nil
 	}
-	next := st.conns[0]
-	mine := s.q
-	if mine == &st.q { // the session's own queue passes to the next connection
-		mine = next.q
+	var left queue // what s held
+	if s.q == &st.q {
+		next := st.conns[0]
+		left = st.q
+		st.q = *next.q
+		st.q.set = left.set // the session's settings, with the next client's window
+		st.q.set.MaxInflight = next.q.set.MaxInflight
 		next.q = &st.q
-		st.q.adopt(next, st.q.set)
+	} else {
+		left = *s.q
+		*s.q = queue{} // no owner: s's late acknowledgements find it ended
 	}
-	if st.q.set.DeliverMode == DeliverBalance {
-		for _, m := range mine.takeAll() {
-			st.q.pending.pushBack(m)
-		}
-		return
+	if st.q.set.DeliverMode != DeliverBalance {
+		pending, inflight := left.count()
+		c.stats.discarded.Add(uint64(pending + inflight))
+		return nil
 	}
-	c.stats.discarded.Add(uint64(mine.clear())) // fanout: copies
+	msgs, released := left.takeAll()
+	for _, m := range msgs {
+		st.q.pending.pushBack(m)
+	}
+	// A QoS 2 delivery past PUBREC reached its client; only the PUBREL is
+	// owed, to a connection that is gone, and no other client knows its
+	// packet identifier.
+	c.stats.delivered.Add(uint64(released))
+	if st.q.wantsNotify() {
+		return st.q.owner.conn
+	}
+	return nil
 }
 
 // willDue publishes the Will of s now, or arms its delay. A v5 Will with a
-// delay waits, unless the session ends now; a resume cancels it.
+// delay waits, unless the session ends now; a resume drops it.
 func (c *Core) willDue(ctx context.Context, st *sessionState, s *Session, sessionEnds bool) {
 	w := s.will
 	if w == nil {
@@ -127,52 +147,64 @@ func (c *Core) willDue(ctx context.Context, st *sessionState, s *Session, sessio
 		c.publishWill(ctx, s.id, w)
 		return
 	}
-	st.mu.Lock()
-	old := st.rec.Will
 	at := time.Now().Add(delay)
-	st.rec.Will, st.rec.WillAt = w, at
-	id, gen := st.rec.ID, st.rec.Generation
-	st.mu.Unlock()
-	c.sched.cancel(st.willItem)
-	st.willItem = c.sched.schedule(at, func() { c.delayedWill(id, gen) })
-	if old != nil {
-		c.publishWill(ctx, s.id, old) // an earlier connection's delayed Will is due no later than this one's
-	}
-}
-
-// publishWill hands w to the broker.
-func (c *Core) publishWill(ctx context.Context, id SubscriberID, w *Will) {
-	c.stats.willsPublished.Add(1)
-	if c.opts.PublishWill != nil {
-		c.opts.PublishWill(ctx, id, w)
-	}
-}
-
-// publishPendingWill publishes the session's delayed Will, if one waits.
-func (c *Core) publishPendingWill(ctx context.Context, st *sessionState) {
 	st.mu.Lock()
-	w := st.rec.Will
-	st.rec.Will, st.rec.WillAt = nil, time.Time{}
+	i, _ := slices.BinarySearchFunc(st.rec.Wills, at, func(d DelayedWill, at time.Time) int {
+		if d.At.After(at) {
+			return 1
+		}
+		return -1
+	})
+	st.rec.Wills = slices.Insert(st.rec.Wills, i, DelayedWill{Will: w, At: at})
+	st.mu.Unlock()
+	c.armWill(st)
+}
+
+// armWill schedules the earliest delayed Will of the session, unless the
+// session expires first: its end publishes the Will then.
+func (c *Core) armWill(st *sessionState) {
+	c.sched.cancel(st.willItem)
+	st.willItem = nil
+	st.mu.Lock()
+	id, gen := st.rec.ID, st.rec.Generation
+	var at time.Time
+	if len(st.rec.Wills) > 0 {
+		at = st.rec.Wills[0].At
+	}
+	expiresAt := st.rec.ExpiresAt
+	st.mu.Unlock()
+	if !at.IsZero() && (expiresAt.IsZero() || at.Before(expiresAt)) {
+		st.willItem = c.sched.schedule(at, func() { c.delayedWill(id, gen) })
+	}
+}
+
+// publishPendingWills publishes the session's delayed Wills now, in the order
+// they were due.
+func (c *Core) publishPendingWills(ctx context.Context, st *sessionState) {
+	st.mu.Lock()
+	wills := st.rec.Wills
+	st.rec.Wills = nil
 	st.mu.Unlock()
 	c.sched.cancel(st.willItem)
 	st.willItem = nil
-	if w != nil {
-		c.publishWill(ctx, st.rec.ID, w)
+	for _, w := range wills {
+		c.publishWill(ctx, st.rec.ID, w.Will)
 	}
 }
 
-// endSession ends the life of the session: its pending Will is published, its
-// subscriptions are removed, the terminal hook h (OnClientGone or
+// endSession ends the life of the session: its pending Wills are published,
+// its subscriptions are removed, the terminal hook h (OnClientGone or
 // OnSessionExpired) fires with ev, and its state is deleted. A session that is
 // replaced by a new one in the same operation keeps its MaxSessions slot, so
-// that no other CONNECT can take it in between (OQ15).
+// that no other CONNECT can take it in between, and its record, which the new
+// life's Create already replaced.
 func (c *Core) endSession(ctx context.Context, e *entry, st *sessionState, h hookID, ev *SessionEvent, replaced bool) {
-	c.publishPendingWill(ctx, st)
+	c.publishPendingWills(ctx, st)
 	c.sched.cancel(st.expiryItem)
 	st.expiryItem = nil
 	st.mu.Lock()
 	subscribed := len(st.rec.Subscriptions) > 0
-	st.rec.Subscriptions = nil
+	st.clearSubscriptions()
 	st.ended = true
 	c.stats.discarded.Add(uint64(st.q.clear()))
 	for _, s := range st.conns {
@@ -182,18 +214,20 @@ func (c *Core) endSession(ctx context.Context, e *entry, st *sessionState, h hoo
 	}
 	st.mu.Unlock()
 	if subscribed {
-		c.router.RemoveAll(st.rec.ID)
+		c.routerRemoveAll(st.rec.ID, st.rec.Generation)
 	}
 	if h == hookOnSessionExpired {
 		c.chain.Snapshot().OnSessionExpired(ctx, ev)
 	} else {
 		c.chain.Snapshot().OnClientGone(ctx, ev)
 	}
-	if err := c.store.Delete(ctx, st.rec.ID); err != nil {
-		c.logger.Error("mqtthooks: session store: delete failed", "session", st.rec.ID.String(), "err", err)
+	if !replaced {
+		c.storeDelete(ctx, st.rec.ID)
 	}
 	e.mu.Lock()
-	e.state.Store(nil)
+	if e.state.Load() == st {
+		e.state.Store(nil)
+	}
 	e.mu.Unlock()
 	if !replaced {
 		c.stats.sessions.Add(-1)
@@ -220,36 +254,28 @@ func (c *Core) goOffline(ctx context.Context, e *entry, st *sessionState, ev *Se
 	c.save(ctx, st)
 }
 
-// save hands the session's record to the store; a failure is logged, since
-// the session lives on in memory.
-func (c *Core) save(ctx context.Context, st *sessionState) {
-	if err := c.store.Save(ctx, &st.rec); err != nil {
-		c.logger.Error("mqtthooks: session store: save failed", "session", st.rec.ID.String(), "err", err)
-	}
-}
-
-// armTimers schedules the expiry and the delayed Will of an offline session.
+// armTimers schedules the expiry and the delayed Wills of an offline session.
 func (c *Core) armTimers(st *sessionState) {
 	st.mu.Lock()
 	id, gen := st.rec.ID, st.rec.Generation
-	expiresAt, willAt, will := st.rec.ExpiresAt, st.rec.WillAt, st.rec.Will
+	expiresAt := st.rec.ExpiresAt
 	st.mu.Unlock()
+	c.sched.cancel(st.expiryItem)
+	st.expiryItem = nil
 	if !expiresAt.IsZero() {
 		st.expiryItem = c.sched.schedule(expiresAt, func() { c.expire(id, gen) })
 	}
-	if will != nil && st.willItem == nil && (expiresAt.IsZero() || willAt.Before(expiresAt)) {
-		st.willItem = c.sched.schedule(willAt, func() { c.delayedWill(id, gen) })
-	}
+	c.armWill(st)
 }
 
-// cancelTimers stops the expiry and delayed Will of a session that resumes;
-// the delayed Will is dropped.
+// cancelTimers stops the expiry and delayed Wills of a session that resumes;
+// the delayed Wills are dropped.
 func (c *Core) cancelTimers(st *sessionState) {
 	c.sched.cancel(st.expiryItem)
 	c.sched.cancel(st.willItem)
 	st.expiryItem, st.willItem = nil, nil
 	st.mu.Lock()
-	st.rec.Will, st.rec.WillAt, st.rec.ExpiresAt = nil, time.Time{}, time.Time{}
+	st.rec.Wills, st.rec.ExpiresAt = nil, time.Time{}
 	st.mu.Unlock()
 }
 
@@ -269,36 +295,50 @@ func (c *Core) expire(id SubscriberID, gen uint64) {
 	}))
 }
 
-// delayedWill publishes a delayed Will whose delay passed; like expire, it
-// checks that the Will waiting now is the one that is due. (The session may be
-// online: another connection of a multiple session does not cancel it.)
+// delayedWill publishes the delayed Wills whose delay passed; like expire, it
+// checks that the session's life is the one the timer was armed for. (The
+// session may be online: another connection of a multiple session does not
+// drop them.)
 func (c *Core) delayedWill(id SubscriberID, gen uint64) {
 	_ = c.reg.do(context.Background(), id, newOp(func(ctx context.Context, e *entry) {
 		st := e.state.Load()
-		if st == nil || st.rec.Generation != gen || st.rec.Will == nil || !due(st.rec.WillAt) {
+		if st == nil || st.rec.Generation != gen {
 			return
 		}
+		now := time.Now()
+		st.mu.Lock()
+		n := 0
+		for n < len(st.rec.Wills) && !now.Before(st.rec.Wills[n].At) {
+			n++
+		}
+		due := slices.Clone(st.rec.Wills[:n])
+		st.rec.Wills = slices.Delete(st.rec.Wills, 0, n)
+		if len(st.rec.Wills) == 0 {
+			st.rec.Wills = nil
+		}
+		st.mu.Unlock()
 		st.willItem = nil
-		c.publishPendingWill(ctx, st)
+		for _, w := range due {
+			c.publishWill(ctx, id, w.Will)
+		}
+		c.armWill(st)
 	}))
 }
 
-// takeOver ends every connection of the session, making their Wills due. It
-// returns the last of them and whether it had cleanup on disconnect.
-func (c *Core) takeOver(ctx context.Context, st *sessionState, sessionEnds bool) (last *Session, cleanup bool) {
+// takeOver ends every connection of the session, making their Wills due:
+// published now if sessionEnds, delayed otherwise. It returns the last of
+// them.
+func (c *Core) takeOver(ctx context.Context, st *sessionState, sessionEnds bool) (last *Session) {
 	conns := st.snapshotConns()
 	for _, s := range conns {
 		c.kick(s, errTakenOver) // first: its Pull must tell the takeover, not a plain end
 		c.detach(st, s)
-		s.mu.Lock()
-		cleanup = s.cleanup
-		s.mu.Unlock()
 		last = s
 	}
 	for _, s := range conns {
-		c.willDue(ctx, st, s, sessionEnds || cleanup)
+		c.willDue(ctx, st, s, sessionEnds)
 	}
-	return last, cleanup
+	return last
 }
 
 // adminDisconnect ends the session's connections for an administrator.
@@ -334,8 +374,8 @@ func (c *Core) shutdownSession(ctx context.Context, e *entry, st *sessionState, 
 		c.endConnection(ctx, e, st, s, endCause{reason: ReasonShutdown, code: CodeServerShuttingDown,
 			hasCode: s.version.IsV5(), will: true})
 	}
-	if !durable && e.state.Load() != nil {
-		c.publishPendingWill(ctx, st)
+	if !durable && e.state.Load() == st {
+		c.publishPendingWills(ctx, st)
 	}
 }
 

@@ -186,38 +186,59 @@ func (q *queue) wantsNotify() bool {
 
 // hasWork reports whether a Pull would hand something out.
 func (q *queue) hasWork() bool {
-	if q.resends > 0 {
+	if q.resends > 0 && q.outstanding() < q.window() {
 		return true
 	}
-	return q.pending.len() > 0 && (q.pending.buf[q.pending.head].QoS == 0 || q.windowOpen())
+	if q.pending.len() == 0 {
+		return false
+	}
+	next := q.pending.head // the message pull takes first
+	if q.set.QueueType == QueueLIFO {
+		next = (q.pending.head + q.pending.size - 1) % len(q.pending.buf)
+	}
+	return q.pending.buf[next].QoS == 0 || q.windowOpen()
 }
 
-// windowOpen reports whether another QoS 1 or 2 delivery may go out: the
+// window is how many QoS 1 and 2 deliveries may be unacknowledged: the
 // window, and in any case the 65535 packet identifiers there are.
-func (q *queue) windowOpen() bool {
+func (q *queue) window() int {
 	limit := q.set.MaxInflight
 	if limit <= 0 || limit > 65535 {
 		limit = 65535
 	}
-	return len(q.inflight) < limit
+	return limit
 }
 
+// outstanding is how many in-flight deliveries the owner has been handed and
+// not acknowledged: those not waiting to be offered again.
+func (q *queue) outstanding() int { return len(q.inflight) - int(q.resends) }
+
+// windowOpen reports whether a pending QoS 1 or 2 message may go out: every
+// in-flight delivery counts, also those still to be offered again, which go
+// first.
+func (q *queue) windowOpen() bool { return len(q.inflight) < q.window() }
+
 // pull fills buf: first what is to be resent, then pending messages, as far
-// as the in-flight window allows. Expired messages are taken out and returned
-// in expired.
+// as the in-flight window allows; a connection that resumed with a smaller
+// Receive Maximum gets its resends a window at a time [MQTT-3.3.4-9].
+// Expired messages are taken out and returned in expired.
 func (q *queue) pull(buf []Delivery, now func() time.Time) (n int, delivered int, expired []QueuedMessage) {
-	for i := 0; q.resends > 0 && i < len(q.inflight); i++ {
-		if n == len(buf) {
-			return n, delivered, expired
+	if q.resends > 0 {
+		limit, out := q.window(), q.outstanding()
+		for i := 0; q.resends > 0 && i < len(q.inflight) && out < limit; i++ {
+			if n == len(buf) {
+				return n, delivered, expired
+			}
+			f := &q.inflight[i]
+			if !f.resend {
+				continue
+			}
+			f.resend = false
+			q.resends--
+			out++
+			buf[n] = f.delivery(true, now)
+			n++
 		}
-		f := &q.inflight[i]
-		if !f.resend {
-			continue
-		}
-		f.resend = false
-		q.resends--
-		buf[n] = f.delivery(true, now)
-		n++
 	}
 	lifo := q.set.QueueType == QueueLIFO
 	for n < len(buf) && q.pending.len() > 0 {
@@ -382,17 +403,19 @@ func (q *queue) clear() int {
 }
 
 // takeAll empties the queue into messages for another queue: in-flight
-// deliveries (not yet released) become pending again, without their ids.
-func (q *queue) takeAll() []QueuedMessage {
-	var out []QueuedMessage
+// deliveries become pending again, without their ids, except those past
+// PUBREC, whose message has reached the client; released counts them.
+func (q *queue) takeAll() (msgs []QueuedMessage, released int) {
 	for _, f := range q.inflight {
-		if !f.Released {
-			out = append(out, f.QueuedMessage)
+		if f.Released {
+			released++
+		} else {
+			msgs = append(msgs, f.QueuedMessage)
 		}
 	}
-	out = append(out, q.pending.drain()...)
+	msgs = append(msgs, q.pending.drain()...)
 	q.inflight, q.used, q.resends = nil, nil, 0
-	return out
+	return msgs, released
 }
 
 // snapshotQueue copies the session's queue into its record, for a durable

@@ -162,6 +162,18 @@ type nlSession struct {
 	firsts   []int    // message numbers of first deliveries, in order
 }
 
+// outstanding counts the deliveries the current connection holds unsettled:
+// in flight and not waiting to be offered again.
+func (s *nlSession) outstanding() int {
+	n := 0
+	for _, f := range s.inflight {
+		if !f.resend {
+			n++
+		}
+	}
+	return n
+}
+
 type nlRun struct {
 	t     *testing.T
 	rng   *rand.Rand
@@ -419,6 +431,7 @@ func (r *nlRun) opPull(s *nlSession, k int) error {
 		i++
 		return got[i-1], nil
 	}
+	out := s.outstanding()
 	for _, f := range s.inflight {
 		if i == k {
 			break
@@ -426,6 +439,11 @@ func (r *nlRun) opPull(s *nlSession, k int) error {
 		if !f.resend {
 			continue
 		}
+		if out >= s.window { // a smaller Receive Maximum than before: a window at a time
+			r.tally["resend held by the window"]++
+			break
+		}
+		out++
 		f.resend, f.seen = false, true
 		if f.released {
 			d, err := next(fmt.Sprintf("the PUBREL of %d (%s)", f.pid, f.m.payload()))
@@ -916,7 +934,7 @@ func (r *nlRun) checkNotified(s *nlSession) error {
 		return nil
 	}
 	drainNotify(c)
-	resend := slices.ContainsFunc(s.inflight, func(f *nlFlight) bool { return f.resend })
+	resend := slices.ContainsFunc(s.inflight, func(f *nlFlight) bool { return f.resend }) && s.outstanding() < s.window
 	if (resend || (len(s.pending) > 0 && len(s.inflight) < s.window)) && !c.notified {
 		return fmt.Errorf("%s: work waits (resend %v, %d pending, %d of %d in flight) but Conn.Notify was not called since the last short Pull",
 			c.name, resend, len(s.pending), len(s.inflight), s.window)

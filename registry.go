@@ -46,11 +46,11 @@ type entry struct {
 	refs    int        // operations holding the entry, running or queued
 	running bool
 	queue   []*op
-	state   atomic.Pointer[sessionState] // &session while a session exists; written under mu by the running op
-
-	// session is the state of the SubscriberID's session, kept in the entry
-	// so that a session costs one allocation.
-	session sessionState
+	// state is the session of the SubscriberID's current life, nil while none
+	// exists; written under mu by the running op. Each life has a state of
+	// its own, so that a caller holding an ended life's state (Deliver, a
+	// stale Session) can tell it ended.
+	state atomic.Pointer[sessionState]
 }
 
 // op is a lifecycle operation on one SubscriberID. Hot operations embed it in
@@ -224,34 +224,62 @@ func (r *registry) run(e *entry, o *op) {
 
 // execute runs o and then the operations queued on e, until none is left. It
 // releases o's reference and those of the operations it runs or finds
-// canceled.
+// canceled. Its bookkeeping runs on every way out: an operation that ends its
+// goroutine with runtime.Goexit (a plugin calling t.FailNow, say) cannot be
+// stopped, but the operations queued behind it go on, on a new goroutine, and
+// the SubscriberID stays usable.
 func (r *registry) execute(e *entry, o *op) {
+	returned := false
+	defer func() {
+		if returned {
+			return
+		}
+		r.logger.Error("mqtthooks: runtime.Goexit in a lifecycle operation; the operation was cut short",
+			"session", e.id.String())
+		r.finish(e, o)
+		if next := r.next(e); next != nil {
+			go r.execute(e, next)
+		}
+	}()
 	for o != nil {
 		r.run(e, o)
-		if o.done != nil {
-			close(o.done)
-		}
-		r.release(e)
-		o = nil
-		canceled := 0
-		e.mu.Lock()
-		for len(e.queue) > 0 && o == nil {
-			next := e.queue[0]
-			e.queue[0] = nil
-			e.queue = e.queue[1:]
-			if next.status.CompareAndSwap(opQueued, opRunning) {
-				o = next
-			} else {
-				canceled++
-			}
-		}
-		if o == nil {
-			e.running = false
-			e.queue = nil
-		}
-		e.mu.Unlock()
-		for range canceled {
-			r.release(e)
+		r.finish(e, o)
+		o = r.next(e)
+	}
+	returned = true
+}
+
+// finish tells o's caller that o is over and drops its reference.
+func (r *registry) finish(e *entry, o *op) {
+	if o.done != nil {
+		close(o.done)
+	}
+	r.release(e)
+}
+
+// next takes the next queued operation of e that was not canceled, or marks
+// e idle and returns nil. It drops the references of canceled operations.
+func (r *registry) next(e *entry) *op {
+	var o *op
+	canceled := 0
+	e.mu.Lock()
+	for len(e.queue) > 0 && o == nil {
+		next := e.queue[0]
+		e.queue[0] = nil
+		e.queue = e.queue[1:]
+		if next.status.CompareAndSwap(opQueued, opRunning) {
+			o = next
+		} else {
+			canceled++
 		}
 	}
+	if o == nil {
+		e.running = false
+		e.queue = nil
+	}
+	e.mu.Unlock()
+	for range canceled {
+		r.release(e)
+	}
+	return o
 }

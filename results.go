@@ -51,9 +51,21 @@ func AcceptWith(m *Modifiers) RegisterResult {
 // Next leaves the decision to the next plugin in the chain.
 func Next() RegisterResult { return RegisterResult{verdict: VerdictNext} }
 
-// Reject refuses the client with err. Reject(ErrInvalidCredentials) is a bad
-// username or password (v3 4, v5 0x86); any other error is "not authorized"
-// (v3 5, v5 0x87). Reject(nil) rejects with ErrRejected; it never accepts.
+// Reject refuses the client with err. An error that matches (errors.Is) one
+// of these sentinels gets its code; any other is "not authorized" (v3 5, v5
+// 0x87):
+//
+//	ErrInvalidCredentials  v3 4, v5 0x86 (bad user name or password)
+//	ErrClientIDRejected    v3 2, v5 0x85 (client identifier not valid)
+//	ErrProtocolVersion     v3 1, v5 0x84 (unsupported protocol version)
+//	ErrSessionLimit        v3 3, v5 0x97 (quota exceeded)
+//	ErrWillQoS             v3 5, v5 0x9B (QoS not supported)
+//	ErrWillRetain          v3 5, v5 0x9A (retain not supported)
+//
+// The Core's own failures (ErrPluginPanic, ErrRegistration, ErrShutdown and
+// the like) are not a plugin's to claim: they answer 0x87 here too. For any
+// other code use RejectCode. Reject(nil) rejects with ErrRejected; it never
+// accepts.
 func Reject(err error) RegisterResult {
 	if err == nil {
 		err = ErrRejected

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -331,16 +332,14 @@ func (s *Session) Discard(d Delivery) error {
 // withQueue runs fn on the connection's queue under the session's lock, if
 // the connection still owns it.
 func (s *Session) withQueue(fn func(q *queue) error) error {
-	if s.q == nil {
-		return ErrSessionEnded
-	}
 	st := s.st
 	st.mu.Lock()
-	if s.q.owner != s {
+	q := s.q // under the lock: a multiple session's connection that leaves hands queues over
+	if q == nil || q.owner != s {
 		st.mu.Unlock()
 		return s.endError()
 	}
-	err := fn(s.q)
+	err := fn(q)
 	st.mu.Unlock()
 	return err
 }
@@ -485,16 +484,12 @@ func (s *Session) Subscribe(ctx context.Context, subs ...Subscription) error {
 		}
 		st.mu.Lock()
 		for _, sub := range added {
-			if i := slices.IndexFunc(st.rec.Subscriptions, func(x Subscription) bool { return x.Filter == sub.Filter }); i >= 0 {
-				st.rec.Subscriptions[i] = sub
-			} else {
-				st.rec.Subscriptions = append(st.rec.Subscriptions, sub)
-			}
+			st.subscribe(sub)
 		}
 		st.mu.Unlock()
 		s.core.save(ctx, st)
 		for _, sub := range added {
-			s.core.router.Add(s.id, sub)
+			s.core.routerAdd(s.id, st.rec.Generation, sub)
 		}
 	}))
 	return errors.Join(derr, err)
@@ -517,16 +512,13 @@ func (s *Session) Unsubscribe(ctx context.Context, filters ...string) (existed [
 		}
 		st.mu.Lock()
 		for i, f := range filters {
-			if j := slices.IndexFunc(st.rec.Subscriptions, func(x Subscription) bool { return x.Filter == f }); j >= 0 {
-				st.rec.Subscriptions = slices.Delete(st.rec.Subscriptions, j, j+1)
-				existed[i] = true
-			}
+			existed[i] = st.unsubscribe(f)
 		}
 		st.mu.Unlock()
 		s.core.save(ctx, st)
 		for i, f := range filters {
 			if existed[i] {
-				s.core.router.Remove(s.id, f)
+				s.core.routerRemove(s.id, st.rec.Generation, f)
 			}
 		}
 	}))
@@ -557,11 +549,12 @@ type sessionState struct {
 	mu       sync.Mutex
 	rec      SessionRecord
 	conns    []*Session
-	connsBuf [1]*Session // conns' backing array while there is one connection
-	multi    bool        // the session allows multiple connections
-	ended    bool        // the life is over; deliveries find no session
-	q        queue       // the session's queue: offline, or its first connection's
-	balance  int         // round-robin position of DeliverBalance
+	connsBuf [1]*Session    // conns' backing array while there is one connection
+	multi    bool           // the session allows multiple connections
+	ended    bool           // the life is over; deliveries find no session
+	q        queue          // the session's queue: offline, or its first connection's
+	balance  int            // round-robin position of DeliverBalance
+	subIndex map[string]int // filter → position in rec.Subscriptions, for many subscriptions
 
 	expiryItem, willItem *timerItem
 }
@@ -584,6 +577,7 @@ func (st *sessionState) info() SessionInfo {
 	r := &st.rec
 	info := SessionInfo{ID: r.ID, Generation: r.Generation, Connections: len(st.conns), Username: r.Username,
 		HasUsername: r.HasUsername, Subscriptions: slices.Clone(r.Subscriptions), ExpiresAt: r.ExpiresAt}
+	slices.SortFunc(info.Subscriptions, func(a, b Subscription) int { return strings.Compare(a.Filter, b.Filter) })
 	info.Pending, info.Inflight = st.q.count()
 	for _, s := range st.conns {
 		if s.q != &st.q {
@@ -628,4 +622,11 @@ func (st *sessionState) reset(rec *SessionRecord) {
 	st.multi, st.ended, st.balance = false, false, 0
 	st.q = queue{}
 	st.expiryItem, st.willItem = nil, nil
+	st.subIndex = nil
+	if n := len(rec.Subscriptions); n >= subIndexFrom {
+		st.subIndex = make(map[string]int, n)
+		for i, sub := range rec.Subscriptions {
+			st.subIndex[sub.Filter] = i
+		}
+	}
 }

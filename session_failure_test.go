@@ -90,10 +90,10 @@ type blockingRouter struct {
 	once             sync.Once
 }
 
-func (b *blockingRouter) Add(id mqtthooks.SubscriberID, sub mqtthooks.Subscription) {
+func (b *blockingRouter) Add(id mqtthooks.SubscriberID, gen uint64, sub mqtthooks.Subscription) {
 	b.once.Do(func() { close(b.entered) })
 	<-b.release
-	b.Router.Add(id, sub)
+	b.Router.Add(id, gen, sub)
 }
 
 // A Lost whose context ends while it waits its turn still ends the connection.
@@ -186,7 +186,7 @@ func TestShutdownFromHook(t *testing.T) {
 // panickyRouter panics on Add.
 type panickyRouter struct{ mqtthooks.Router }
 
-func (panickyRouter) Add(mqtthooks.SubscriberID, mqtthooks.Subscription) { panic("router bug") }
+func (panickyRouter) Add(mqtthooks.SubscriberID, uint64, mqtthooks.Subscription) { panic("router bug") }
 
 // A panic in the broker's Router is logged and does not leave the client id
 // stuck.

@@ -26,6 +26,16 @@ func answer(r mqtthooks.RegisterResult) func(context.Context, *mqtthooks.Registe
 func expectRejected(t *testing.T, f *fixture, c *mqtthookstest.Client, id mqtthooks.SubscriberID,
 	v3 mqtthooks.ReturnCode, v5 mqtthooks.ReasonCode) {
 	t.Helper()
+	expectRefused(t, f, c, id, v3, v5)
+	_, ok := f.core.Lookup(id)
+	assert.False(t, ok, "a rejected CONNECT leaves no session")
+}
+
+// expectRefused checks a rejected CONNECT for id, which may have a session
+// already: the codes, SP 0, and no lifecycle hook or Router call for id.
+func expectRefused(t *testing.T, f *fixture, c *mqtthookstest.Client, id mqtthooks.SubscriberID,
+	v3 mqtthooks.ReturnCode, v5 mqtthooks.ReasonCode) {
+	t.Helper()
 	require.False(t, c.Accepted(), "the CONNECT was accepted")
 	ack := c.Connack()
 	require.NotNil(t, ack, "no CONNACK (step %v, err %v)", c.Step.Kind, c.Step.Err)
@@ -36,8 +46,6 @@ func expectRejected(t *testing.T, f *fixture, c *mqtthookstest.Client, id mqttho
 	for _, h := range f.rec.Hooks(id) {
 		assert.Contains(t, []string{"AuthOnRegister", "AuthOnRegisterM5", "OnAuthM5"}, h, "no lifecycle hook after a rejection")
 	}
-	_, ok := f.core.Lookup(id)
-	assert.False(t, ok, "a rejected CONNECT leaves no session")
 }
 
 // ACCEPTANCE 12, 13, 14: rejections by the plugin.
@@ -51,7 +59,8 @@ func TestConnectV3Rejections(t *testing.T) {
 		{"invalid credentials", mqtthooks.Reject(mqtthooks.ErrInvalidCredentials), 4, 0x86},
 		{"other reject", mqtthooks.Reject(errX), 5, 0x87},
 		{"only Next", mqtthooks.Next(), 5, 0x87},
-		{"sentinel from a plugin", mqtthooks.Reject(mqtthooks.ErrSessionLimit), 5, 0x87},
+		{"CONNECT sentinel from a plugin", mqtthooks.Reject(mqtthooks.ErrSessionLimit), 3, 0x97},
+		{"core failure from a plugin", mqtthooks.Reject(mqtthooks.ErrRegistration), 5, 0x87},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, mqtthooks.Options{})

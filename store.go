@@ -26,12 +26,13 @@ type SessionRecord struct {
 	Peer            netip.AddrPort
 	ProtocolVersion ProtocolVersion
 
-	// Subscriptions in the order they were made.
+	// Subscriptions of the session, one per filter, in no particular order.
 	Subscriptions []Subscription
 
-	// Will is the Will waiting for its delay to pass (WillAt), or nil.
-	Will   *Will
-	WillAt time.Time
+	// Wills are the Wills waiting for their Will Delay Interval to pass,
+	// earliest first: at most one, except in a multiple session, where each
+	// connection that ended may leave one.
+	Wills []DelayedWill
 	// ExpiresAt is when an offline session expires; zero means never, or
 	// that the session is online.
 	ExpiresAt time.Time
@@ -43,6 +44,14 @@ type SessionRecord struct {
 	Pending     []QueuedMessage
 	Inflight    []InflightMessage
 	InboundQoS2 []uint16
+}
+
+// DelayedWill is a Will waiting for its delay: it is published at At, or when
+// the session ends if that is sooner, and dropped if a connection resumes the
+// session first (MQTT 5 §3.1.3.2.2).
+type DelayedWill struct {
+	Will *Will
+	At   time.Time
 }
 
 // Subscription is a subscription of a session, as the client made it.
@@ -65,7 +74,11 @@ type Subscription struct {
 // records beyond the call must copy them: the Core goes on changing its own.
 type SessionStore interface {
 	// Create records a new session. An error refuses it: the CONNECT is
-	// rejected with ErrRegistration and nothing is left behind.
+	// rejected with ErrRegistration and nothing is left behind. When a
+	// CONNECT replaces a session (a clean start, or a takeover of a session
+	// with cleanup on disconnect), Create is called for the new life while
+	// the old one's record still exists, and replaces it: the old life is
+	// ended only once Create succeeded, and is not Deleted.
 	Create(ctx context.Context, rec *SessionRecord) error
 	// Save records the current state of an existing session. The Core calls
 	// it when the session goes offline and when its subscriptions change.

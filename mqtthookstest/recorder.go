@@ -31,10 +31,11 @@ type Call struct {
 	Register *mqtthooks.RegisterRequest
 	Auth     *mqtthooks.AuthRequest
 	// Will is the published Will; Subscription the Router's Add; Filter its
-	// Remove.
+	// Remove; Generation the session life a Router call names.
 	Will         *mqtthooks.Will
 	Subscription mqtthooks.Subscription
 	Filter       string
+	Generation   uint64
 	// Drop is the DropEvent of OnMessageDrop.
 	Drop *mqtthooks.DropEvent
 }
@@ -265,16 +266,16 @@ func (r *Recorder) Router() mqtthooks.Router { return recRouter{r} }
 
 type recRouter struct{ r *Recorder }
 
-func (rr recRouter) Add(id mqtthooks.SubscriberID, sub mqtthooks.Subscription) {
-	rr.r.record(Call{Hook: "Add", ID: id, Subscription: sub})
+func (rr recRouter) Add(id mqtthooks.SubscriberID, gen uint64, sub mqtthooks.Subscription) {
+	rr.r.record(Call{Hook: "Add", ID: id, Generation: gen, Subscription: sub})
 }
 
-func (rr recRouter) Remove(id mqtthooks.SubscriberID, filter string) {
-	rr.r.record(Call{Hook: "Remove", ID: id, Filter: filter})
+func (rr recRouter) Remove(id mqtthooks.SubscriberID, gen uint64, filter string) {
+	rr.r.record(Call{Hook: "Remove", ID: id, Generation: gen, Filter: filter})
 }
 
-func (rr recRouter) RemoveAll(id mqtthooks.SubscriberID) {
-	rr.r.record(Call{Hook: "RemoveAll", ID: id})
+func (rr recRouter) RemoveAll(id mqtthooks.SubscriberID, gen uint64) {
+	rr.r.record(Call{Hook: "RemoveAll", ID: id, Generation: gen})
 }
 
 func copyRegister(req *mqtthooks.RegisterRequest) *mqtthooks.RegisterRequest {

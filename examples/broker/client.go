@@ -604,7 +604,7 @@ func (c *client) subscribe(pk *packets.Packet) (mqtthooks.ReasonCode, bool) {
 				ids = []uint32{sub.Identifier}
 			}
 			_ = c.srv.core.Deliver(id, msg, mqtthooks.DeliverOptions{QoS: min(msg.QoS, sub.QoS), Retain: true,
-				SubscriptionIdentifiers: ids})
+				SubscriptionIdentifiers: ids, Generation: c.session.Generation()})
 		}
 	}
 	return 0, true

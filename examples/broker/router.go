@@ -29,7 +29,13 @@ type retainedMessage struct {
 // node is one level of a subscription tree.
 type node struct {
 	children map[string]*node
-	subs     map[mqtthooks.SubscriberID]mqtthooks.Subscription
+	subs     map[mqtthooks.SubscriberID]routedSub
+}
+
+// routedSub is a subscription with the life of the session that made it.
+type routedSub struct {
+	mqtthooks.Subscription
+	gen uint64
 }
 
 func newRouter() *router {
@@ -37,8 +43,8 @@ func newRouter() *router {
 		retained: map[string]map[string]retainedMessage{}}
 }
 
-// Add records a subscription of id.
-func (r *router) Add(id mqtthooks.SubscriberID, sub mqtthooks.Subscription) {
+// Add records a subscription of id's life gen.
+func (r *router) Add(id mqtthooks.SubscriberID, gen uint64, sub mqtthooks.Subscription) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := r.trees[id.Mountpoint]
@@ -58,9 +64,9 @@ func (r *router) Add(id mqtthooks.SubscriberID, sub mqtthooks.Subscription) {
 		n = next
 	}
 	if n.subs == nil {
-		n.subs = map[mqtthooks.SubscriberID]mqtthooks.Subscription{}
+		n.subs = map[mqtthooks.SubscriberID]routedSub{}
 	}
-	n.subs[id] = sub
+	n.subs[id] = routedSub{sub, gen}
 	if r.bySub[id] == nil {
 		r.bySub[id] = map[string]bool{}
 	}
@@ -68,14 +74,14 @@ func (r *router) Add(id mqtthooks.SubscriberID, sub mqtthooks.Subscription) {
 }
 
 // Remove forgets the subscription of id to filter.
-func (r *router) Remove(id mqtthooks.SubscriberID, filter string) {
+func (r *router) Remove(id mqtthooks.SubscriberID, _ uint64, filter string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.removeLocked(id, filter)
 }
 
 // RemoveAll forgets every subscription of id.
-func (r *router) RemoveAll(id mqtthooks.SubscriberID) {
+func (r *router) RemoveAll(id mqtthooks.SubscriberID, _ uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for filter := range r.bySub[id] {
@@ -113,6 +119,7 @@ func (r *router) has(id mqtthooks.SubscriberID, filter string) bool {
 // subscription identifiers of its matching subscriptions.
 type match struct {
 	id       mqtthooks.SubscriberID
+	gen      uint64 // the life whose subscriptions matched
 	qos      byte
 	rap      bool // retain as published
 	identity []uint32
@@ -162,7 +169,7 @@ func collect(n *node, from mqtthooks.SubscriberID, out *[]match) {
 		}
 		i := slices.IndexFunc(*out, func(m match) bool { return m.id == id })
 		if i < 0 {
-			*out = append(*out, match{id: id})
+			*out = append(*out, match{id: id, gen: sub.gen})
 			i = len(*out) - 1
 		}
 		m := &(*out)[i]

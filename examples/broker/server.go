@@ -142,7 +142,7 @@ func (s *server) route(from mqtthooks.SubscriberID, msg *mqtthooks.Message) {
 	}
 	for _, m := range s.router.matches(from.Mountpoint, msg.Topic, from) {
 		err := s.core.Deliver(m.id, msg, mqtthooks.DeliverOptions{QoS: min(msg.QoS, m.qos), Retain: m.rap && msg.Retain,
-			SubscriptionIdentifiers: m.identity})
+			SubscriptionIdentifiers: m.identity, Generation: m.gen})
 		if err != nil && !errors.Is(err, mqtthooks.ErrSessionNotFound) {
 			s.logger.Warn("deliver", "session", m.id.String(), "err", err)
 		}

@@ -1,0 +1,109 @@
+package mqtthooks
+
+import (
+	"context"
+	"fmt"
+	"runtime/debug"
+)
+
+// The Core calls the broker's code at fixed points: the Router, PublishWill,
+// ResumePolicy, ClientIDGenerator, the SessionStore and Conn.Disconnect. A
+// panic in one of them must not leave a session half changed, so each call is
+// made through guard: the panic is logged with its stack and becomes an
+// error, and the Core finishes what it was doing as if the call had failed.
+// Hooks need no guard here: the Chain recovers their panics itself.
+
+// guard calls fn, a call into the broker's code named what, and returns an
+// error if it panicked.
+func (c *Core) guard(what string, id SubscriberID, fn func()) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			c.logger.Error("mqtthooks: panic in "+what, "session", id.String(), "panic", v, "stack", string(debug.Stack()))
+			err = fmt.Errorf("mqtthooks: %s panicked: %v", what, v)
+		}
+	}()
+	fn()
+	return nil
+}
+
+func (c *Core) routerAdd(id SubscriberID, gen uint64, sub Subscription) {
+	_ = c.guard("Router.Add", id, func() { c.router.Add(id, gen, sub) })
+}
+
+func (c *Core) routerRemove(id SubscriberID, gen uint64, filter string) {
+	_ = c.guard("Router.Remove", id, func() { c.router.Remove(id, gen, filter) })
+}
+
+func (c *Core) routerRemoveAll(id SubscriberID, gen uint64) {
+	_ = c.guard("Router.RemoveAll", id, func() { c.router.RemoveAll(id, gen) })
+}
+
+// resumeAllowed asks the ResumePolicy; a panic refuses, with ErrRegistration.
+func (c *Core) resumeAllowed(ctx context.Context, r *ResumeRequest) (ok bool, err error) {
+	if perr := c.guard("ResumePolicy", r.SubscriberID, func() { ok = c.opts.ResumePolicy(ctx, r) }); perr != nil {
+		return false, fmt.Errorf("%w: %w", ErrRegistration, perr)
+	}
+	return ok, nil
+}
+
+// storeCreate records a new session; a failure or a panic is ErrRegistration.
+func (c *Core) storeCreate(ctx context.Context, rec *SessionRecord) error {
+	var err error
+	if perr := c.guard("SessionStore.Create", rec.ID, func() { err = c.store.Create(ctx, rec) }); perr != nil {
+		err = perr
+	}
+	if err != nil {
+		c.logger.Error("mqtthooks: session store: create failed", "session", rec.ID.String(), "err", err)
+		return fmt.Errorf("%w: %w", ErrRegistration, err)
+	}
+	return nil
+}
+
+// nextGeneration returns the store's next generation, or 0 if it panicked.
+func (c *Core) nextGeneration(id SubscriberID) (gen uint64, err error) {
+	if perr := c.guard("SessionStore.NextGeneration", id, func() { gen = c.store.NextGeneration() }); perr != nil {
+		return 0, fmt.Errorf("%w: %w", ErrRegistration, perr)
+	}
+	return gen, nil
+}
+
+// save hands the session's record to the store; a failure is logged, since
+// the session lives on in memory.
+func (c *Core) save(ctx context.Context, st *sessionState) {
+	var err error
+	if perr := c.guard("SessionStore.Save", st.rec.ID, func() { err = c.store.Save(ctx, &st.rec) }); perr != nil {
+		return
+	}
+	if err != nil {
+		c.logger.Error("mqtthooks: session store: save failed", "session", st.rec.ID.String(), "err", err)
+	}
+}
+
+// storeDelete removes the session from the store; a failure is logged.
+func (c *Core) storeDelete(ctx context.Context, id SubscriberID) {
+	var err error
+	if perr := c.guard("SessionStore.Delete", id, func() { err = c.store.Delete(ctx, id) }); perr != nil {
+		return
+	}
+	if err != nil {
+		c.logger.Error("mqtthooks: session store: delete failed", "session", id.String(), "err", err)
+	}
+}
+
+// publishWill hands w to the broker.
+func (c *Core) publishWill(ctx context.Context, id SubscriberID, w *Will) {
+	c.stats.willsPublished.Add(1)
+	if c.opts.PublishWill != nil {
+		_ = c.guard("PublishWill", id, func() { c.opts.PublishWill(ctx, id, w) })
+	}
+}
+
+// disconnect asks the broker to end s's connection with code, on a goroutine
+// of its own, since Conn.Disconnect may block.
+func (c *Core) disconnect(s *Session, code ReasonCode) {
+	c.conns.Add(1)
+	go func() {
+		defer c.conns.Done()
+		_ = c.guard("Conn.Disconnect", s.id, func() { s.conn.Disconnect(code) })
+	}()
+}
