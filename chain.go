@@ -77,6 +77,14 @@ func Priority(p int) PluginOption { return priorityOption(p) }
 //
 // A plugin registered while sessions exist may see OnClientOffline or
 // OnClientGone for sessions whose OnClientWakeup it never saw.
+//
+// Register logs a warning for a plugin that implements one hook of an MQTT
+// 3 / MQTT 5 pair (AuthOnRegister and AuthOnRegisterM5, OnRegister and
+// OnRegisterM5) but not the other, since clients of the other version never
+// reach it: with AllowAnonymous, anonymous clients of that version are then
+// accepted without it. AuthOnRegisterBothFunc and OnRegisterBothFunc write
+// both at once. A plugin that runs enhanced authentication (OnAuthM5) is MQTT
+// 5 only by nature and is not warned about.
 func (c *Chain) Register(name string, p any, opts ...PluginOption) error {
 	if name == "" {
 		return fmt.Errorf("%w: the name is empty", ErrInvalidPluginName)
@@ -97,6 +105,9 @@ func (c *Chain) Register(name string, p any, opts ...PluginOption) error {
 	defer c.mu.Unlock()
 	if slices.ContainsFunc(c.plugins, func(q *plugin) bool { return q.name == name }) {
 		return fmt.Errorf("%w: %q", ErrDuplicatePlugin, name)
+	}
+	if half := pl.halfPair(); half != "" {
+		c.log().Warn("mqtthooks: plugin handles one protocol version only", "plugin", name, "problem", half)
 	}
 	c.seq++
 	pl.seq = c.seq
@@ -119,6 +130,14 @@ func (c *Chain) Unregister(name string) error {
 	c.plugins = slices.Delete(slices.Clone(c.plugins), i, i+1)
 	c.snap.Store(c.build(c.plugins))
 	return nil
+}
+
+// log returns the chain's logger.
+func (c *Chain) log() *slog.Logger {
+	if c.logger == nil {
+		return slog.Default()
+	}
+	return c.logger
 }
 
 // Snapshot returns the plugins registered now. It never returns nil. A caller
@@ -167,11 +186,7 @@ func comparePlugins(a, b *plugin) int {
 }
 
 func (c *Chain) build(plugins []*plugin) *Snapshot {
-	logger := c.logger
-	if logger == nil {
-		logger = slog.Default()
-	}
-	s := &Snapshot{logger: logger, plugins: plugins, byName: make(map[string]*plugin, len(plugins))}
+	s := &Snapshot{logger: c.log(), plugins: plugins, byName: make(map[string]*plugin, len(plugins))}
 	s.base = s
 	for _, p := range plugins {
 		s.byName[p.name] = p

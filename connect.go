@@ -574,6 +574,7 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 		st.q.set = p.queue             // the latest attach's settings apply (OQ12)
 		st.q.set.MaxInflight = window
 	}
+	s.joined = st.seq
 	st.conns = append(st.conns, s)
 	st.multi = p.multi
 	r := &st.rec

@@ -758,3 +758,50 @@ func TestAcceptance81PersistentTakesOverClean(t *testing.T) {
 	info, _ := f.core.Lookup(sid("s"))
 	assert.Empty(t, info.Subscriptions)
 }
+
+// Trap 16: a plugin that implements only AuthOnRegister silently did not see
+// MQTT 5 clients, and with AllowAnonymous every anonymous v5 client was then
+// accepted. Register warns; AuthOnRegisterBothFunc decides once for both.
+func TestHalfPairPluginWarnsAndBothFuncCoversBoth(t *testing.T) {
+	chain, logs := newLoggedChain()
+	v3only := mqtthooks.AuthOnRegisterFunc(func(context.Context, *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
+		return mqtthooks.Reject(mqtthooks.ErrInvalidCredentials)
+	})
+	require.NoError(t, chain.Register("v3only", v3only))
+	assert.Contains(t, logs.String(), "plugin=v3only")
+	assert.Contains(t, logs.String(), "MQTT 5 clients never reach it")
+
+	both := mqtthooks.AuthOnRegisterBothFunc(func(_ context.Context, req *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
+		if req.Connect.HasUsername {
+			return mqtthooks.Accept()
+		}
+		return mqtthooks.Reject(mqtthooks.ErrInvalidCredentials)
+	})
+	before := logs.String()
+	require.NoError(t, chain.Unregister("v3only"))
+	require.NoError(t, chain.Register("both", both))
+	assert.Equal(t, before, logs.String(), "no warning for a plugin with both hooks")
+
+	core, err := mqtthooks.NewCore(chain, mqtthooks.Options{
+		Listeners: map[string]mqtthooks.ListenerOptions{"default": {AllowAnonymous: true}}})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = core.Shutdown(context.Background()) })
+	for _, v5 := range []bool{false, true} {
+		req := mqtthookstest.V3("anon", "", true)
+		if v5 {
+			req = mqtthookstest.V5("anon", "", true, 0)
+		}
+		c := mqtthookstest.NewClient(core)
+		c.Connect(t.Context(), req)
+		require.False(t, c.Accepted(), "v5 %v: the plugin decides, AllowAnonymous does not apply", v5)
+		assert.Equal(t, mqtthooks.RefusedBadUsernameOrPassword, c.Connack().ReturnCode)
+		assert.Equal(t, mqtthooks.CodeBadUserNameOrPassword, c.Connack().ReasonCode)
+	}
+
+	// Enhanced authentication is MQTT 5 by nature: no warning.
+	require.NoError(t, chain.Register("enhanced", struct {
+		mqtthooks.OnAuthM5Func
+		mqtthooks.AuthOnRegisterM5Func
+	}{}))
+	assert.NotContains(t, logs.String(), "plugin=enhanced")
+}

@@ -54,6 +54,8 @@ func (c *Core) Deliver(id SubscriberID, msg *Message, opts DeliverOptions) error
 		st.mu.Unlock()
 		return ErrSessionNotFound
 	}
+	st.seq++
+	m.seq = st.seq
 	if len(st.conns) > 1 && st.q.set.DeliverMode == DeliverFanout {
 		return c.fanout(st, m)
 	}

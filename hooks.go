@@ -233,6 +233,22 @@ func (f AuthOnRegisterM5Func) AuthOnRegisterM5(ctx context.Context, req *Registe
 	return f(ctx, req)
 }
 
+// AuthOnRegisterBothFunc adapts one function to AuthOnRegister and
+// AuthOnRegisterM5, so that a plugin decides once for MQTT 3 and MQTT 5
+// clients alike; req.Connect.ProtocolVersion tells them apart. A plugin that
+// implements only one of the two never sees the other version's clients.
+type AuthOnRegisterBothFunc func(ctx context.Context, req *RegisterRequest) RegisterResult
+
+// AuthOnRegister calls f(ctx, req).
+func (f AuthOnRegisterBothFunc) AuthOnRegister(ctx context.Context, req *RegisterRequest) RegisterResult {
+	return f(ctx, req)
+}
+
+// AuthOnRegisterM5 calls f(ctx, req).
+func (f AuthOnRegisterBothFunc) AuthOnRegisterM5(ctx context.Context, req *RegisterRequest) RegisterResult {
+	return f(ctx, req)
+}
+
 // OnAuthM5 runs each step of an MQTT 5 enhanced authentication and
 // re-authentication. The plugin that answers AuthContinue owns the exchange:
 // later steps go to it alone.
@@ -271,6 +287,17 @@ type OnRegisterM5Func func(ctx context.Context, ev *RegisterEvent)
 
 // OnRegisterM5 calls f(ctx, ev).
 func (f OnRegisterM5Func) OnRegisterM5(ctx context.Context, ev *RegisterEvent) { f(ctx, ev) }
+
+// OnRegisterBothFunc adapts one function to OnRegister and OnRegisterM5, so
+// that a plugin learns of MQTT 3 and MQTT 5 registrations alike; ev.Connack
+// is nil for MQTT 3.
+type OnRegisterBothFunc func(ctx context.Context, ev *RegisterEvent)
+
+// OnRegister calls f(ctx, ev).
+func (f OnRegisterBothFunc) OnRegister(ctx context.Context, ev *RegisterEvent) { f(ctx, ev) }
+
+// OnRegisterM5 calls f(ctx, ev).
+func (f OnRegisterBothFunc) OnRegisterM5(ctx context.Context, ev *RegisterEvent) { f(ctx, ev) }
 
 // OnClientWakeup is told that a connection attached to its session: older
 // connections are gone and pending messages are ready.

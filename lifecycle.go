@@ -89,9 +89,12 @@ func (c *Core) endConnection(ctx context.Context, e *entry, st *sessionState, s 
 
 // handOverQueue deals with the queue of connection s, which left. The session
 // keeps its own queue: while offline, or, with other connections left
-// (multiple sessions), for the next one, whose own deliveries move into it as
-// they are. What s held on its own goes to the others (balance), or is
-// discarded, since they have copies (fanout). It returns the connection to
+// (multiple sessions), for the earliest of them, whose own deliveries move
+// into it as they are. What s held goes to the others: with balance, all of
+// it; with fanout, what none of them has a copy of, since it came before they
+// joined. A QoS 2 delivery past PUBREC reached its client, so it counts as
+// delivered: only the PUBREL is owed, to a connection that is gone, and no
+// other client knows its packet identifier. It returns the connection to
 // notify of work it was handed, if any.
 func (c *Core) handOverQueue(st *sessionState, s *Session) Conn {
 	st.mu.Lock()
@@ -104,9 +107,9 @@ func (c *Core) handOverQueue(st *sessionState, s *Session) Conn {
 		}
 		return nil
 	}
+	next := st.conns[0]
 	var left queue // what s held
 	if s.q == &st.q {
-		next := st.conns[0]
 		left = st.q
 		st.q = *next.q
 		st.q.set = left.set // the session's settings, with the next client's window
@@ -116,19 +119,24 @@ func (c *Core) handOverQueue(st *sessionState, s *Session) Conn {
 		left = *s.q
 		*s.q = queue{} // no owner: s's late acknowledgements find it ended
 	}
-	if st.q.set.DeliverMode != DeliverBalance {
-		pending, inflight := left.count()
-		c.stats.discarded.Add(uint64(pending + inflight))
-		return nil
-	}
 	msgs, released := left.takeAll()
-	for _, m := range msgs {
-		st.q.pending.pushBack(m)
-	}
-	// A QoS 2 delivery past PUBREC reached its client; only the PUBREL is
-	// owed, to a connection that is gone, and no other client knows its
-	// packet identifier.
 	c.stats.delivered.Add(uint64(released))
+	if st.q.set.DeliverMode == DeliverFanout {
+		kept := msgs[:0]
+		for _, m := range msgs {
+			if m.seq <= next.joined {
+				kept = append(kept, m)
+			}
+		}
+		c.stats.discarded.Add(uint64(len(msgs) - len(kept)))
+		for i := len(kept) - 1; i >= 0; i-- { // older than anything next has: in front
+			st.q.pending.pushFront(kept[i])
+		}
+	} else {
+		for _, m := range msgs {
+			st.q.pending.pushBack(m)
+		}
+	}
 	if st.q.wantsNotify() {
 		return st.q.owner.conn
 	}

@@ -87,7 +87,12 @@ func runModelSequence(t *testing.T, seed uint64, tally map[string]int) bool {
 	m.tally = tally
 	for step := 1; step <= modelSteps; step++ {
 		m.want = map[string][]modelWant{}
+		routerPanics := m.rng.IntN(6) == 0
+		m.routerPanics.Store(routerPanics)
 		desc, err := m.randomOp()
+		if routerPanics {
+			desc += " [the Router panics]"
+		}
 		m.ops = append(m.ops, desc)
 		if err == nil {
 			synctest.Wait() // a takeover's Conn.Disconnect runs on a goroutine of its own
@@ -97,6 +102,9 @@ func runModelSequence(t *testing.T, seed uint64, tally map[string]int) bool {
 			for _, w := range ws {
 				m.tally[w.kind()]++
 			}
+		}
+		for i, name := range []string{"store Create failed", "ResumePolicy panicked", "Router panicked"} {
+			m.tally[name] += int(m.faults[i].Swap(0))
 		}
 		if err != nil {
 			t.Errorf("seed %d, step %d: %v\noperations so far:\n%s"+
@@ -211,6 +219,40 @@ type modelRun struct {
 	// stall, when set, is taken by the next OnSessionExpired hook, which
 	// then waits until the channel is closed.
 	stall atomic.Pointer[chan struct{}]
+	// Faults of the broker's callbacks for the current step: the store's
+	// Create fails, the ResumePolicy panics, the Router panics (after the
+	// Recorder saw the call, so that the model's expectations stand).
+	createFails, policyPanics, routerPanics atomic.Bool
+	faults                                  [3]atomic.Int64 // Create failures, ResumePolicy and Router panics
+}
+
+// modelRouter is the Recorder's Router, panicking after each call while the
+// run says so: a panic in the broker's Router must not change the lifecycle.
+type modelRouter struct {
+	m     *modelRun
+	inner mqtthooks.Router
+}
+
+func (r *modelRouter) Add(id mqtthooks.SubscriberID, gen uint64, sub mqtthooks.Subscription) {
+	r.inner.Add(id, gen, sub)
+	r.fault()
+}
+
+func (r *modelRouter) Remove(id mqtthooks.SubscriberID, gen uint64, filter string) {
+	r.inner.Remove(id, gen, filter)
+	r.fault()
+}
+
+func (r *modelRouter) RemoveAll(id mqtthooks.SubscriberID, gen uint64) {
+	r.inner.RemoveAll(id, gen)
+	r.fault()
+}
+
+func (r *modelRouter) fault() {
+	if r.m.routerPanics.Load() {
+		r.m.faults[2].Add(1)
+		panic("model: router fault")
+	}
 }
 
 func newModelRun(t *testing.T, seed uint64) *modelRun {
@@ -223,7 +265,24 @@ func newModelRun(t *testing.T, seed uint64) *modelRun {
 	m.options = fmt.Sprintf("Options{PersistentExpiry: %v, MaxSessions: %d, Workers: 1}", modelPersistentExpiry, m.maxSessions)
 	// One worker, so that a slow terminal hook holds back the other timed
 	// work, as a busy pool does in production (see opSleepBusyPool).
-	m.f = newFixture(t, mqtthooks.Options{PersistentExpiry: modelPersistentExpiry, MaxSessions: m.maxSessions, Workers: 1})
+	router := &modelRouter{m: m}
+	store := &faultStore{create: func(mqtthooks.SubscriberID) error {
+		if m.createFails.Load() {
+			m.faults[0].Add(1)
+			return errors.New("model: store fault")
+		}
+		return nil
+	}}
+	policy := func(ctx context.Context, r *mqtthooks.ResumeRequest) bool {
+		if m.policyPanics.Load() {
+			m.faults[1].Add(1)
+			panic("model: policy fault")
+		}
+		return mqtthooks.SameUsername(ctx, r)
+	}
+	m.f = newFixture(t, mqtthooks.Options{PersistentExpiry: modelPersistentExpiry, MaxSessions: m.maxSessions, Workers: 1,
+		Router: router, Store: store, ResumePolicy: policy})
+	router.inner = m.f.rec.Router()
 	m.f.rec.Lifecycle = func(_ context.Context, c mqtthookstest.Call) {
 		if c.Hook == "OnSessionExpired" {
 			if ch := m.stall.Swap(nil); ch != nil {
@@ -330,6 +389,8 @@ type modelConnect struct {
 	subscribe   bool
 	// overdue: the offline session's expiry is due but has not run yet.
 	overdue bool
+	// Faults: the store refuses a new life; the ResumePolicy panics.
+	createFails, policyPanics bool
 }
 
 func (a modelConnect) String() string {
@@ -350,19 +411,27 @@ func (a modelConnect) String() string {
 	if a.subscribe {
 		s += " +subscribe"
 	}
+	if a.createFails {
+		s += " (store fails)"
+	}
+	if a.policyPanics {
+		s += " (policy panics)"
+	}
 	return s
 }
 
 func (m *modelRun) randomConnect() modelConnect {
 	a := modelConnect{
-		id:          modelIDs[m.rng.IntN(len(modelIDs))],
-		v5:          m.rng.IntN(2) == 0,
-		clean:       m.rng.IntN(3) == 0,
-		user:        "u",
-		badPassword: m.rng.IntN(7) == 0,
-		multi:       m.rng.IntN(3) == 0,
-		willDelay:   -1,
-		subscribe:   m.rng.IntN(2) == 0,
+		id:           modelIDs[m.rng.IntN(len(modelIDs))],
+		v5:           m.rng.IntN(2) == 0,
+		clean:        m.rng.IntN(3) == 0,
+		user:         "u",
+		badPassword:  m.rng.IntN(7) == 0,
+		multi:        m.rng.IntN(3) == 0,
+		willDelay:    -1,
+		subscribe:    m.rng.IntN(2) == 0,
+		createFails:  m.rng.IntN(8) == 0,
+		policyPanics: m.rng.IntN(10) == 0,
 	}
 	if a.v5 {
 		a.sei = []uint32{0, 0, 300, 300, 300, math.MaxUint32}[m.rng.IntN(6)]
@@ -402,20 +471,37 @@ func (a modelConnect) request() *mqtthooks.ConnectRequest {
 
 // opConnect runs a CONNECT and predicts its outcome from SPEC §6.4 and §6.5.
 func (m *modelRun) opConnect(a modelConnect) (string, error) {
+	if a.overdue {
+		a.createFails = false // whether the expiry or the CONNECT runs first decides if Create is called
+	}
 	desc := a.String()
 	c := mqtthookstest.NewClient(m.f.core)
+	m.createFails.Store(a.createFails)
+	m.policyPanics.Store(a.policyPanics)
 	step := c.Connect(context.Background(), a.request())
+	m.createFails.Store(false)
+	m.policyPanics.Store(false)
 	s := m.sessions[a.id]
+	// A new life is created (and the store's Create called) without a
+	// session, on a clean start, and when a takeover ends a session whose
+	// last connection had cleanup on disconnect (§6.5).
+	newLife := s == nil || a.clean || (s.online() && !(s.multi && a.multi) && s.conns[len(s.conns)-1].cleanup)
 	switch {
 	case a.badPassword: // §4: Reject(ErrInvalidCredentials) → 4 / 0x86, session untouched
 		m.tally["CONNACK bad credentials"]++
 		return desc + " → rejected", modelRejected(step, a.v5, mqtthooks.RefusedBadUsernameOrPassword, mqtthooks.CodeBadUserNameOrPassword)
+	case s != nil && a.policyPanics: // a panicking ResumePolicy refuses with 3 / 0x88, untouched
+		m.tally["CONNACK policy panicked"]++
+		return desc + " → refused", modelRejected(step, a.v5, mqtthooks.RefusedServerUnavailable, mqtthooks.CodeServerUnavailable)
 	case s != nil && s.user != a.user: // §6.4, OQ5: refused resume → 5 / 0x87, untouched
 		m.tally["CONNACK resume refused"]++
 		return desc + " → refused", modelRejected(step, a.v5, mqtthooks.RefusedNotAuthorized, mqtthooks.CodeNotAuthorized)
 	case s == nil && m.maxSessions > 0 && len(m.sessions) >= m.maxSessions: // OQ15: only new sessions count
 		m.tally["CONNACK session limit"]++
 		return desc + " → session limit", modelRejected(step, a.v5, mqtthooks.RefusedServerUnavailable, mqtthooks.CodeQuotaExceeded)
+	case newLife && a.createFails: // §6: a failed registration touches nothing, not even on a clean start
+		m.tally["CONNACK store failed"]++
+		return desc + " → store failed", modelRejected(step, a.v5, mqtthooks.RefusedServerUnavailable, mqtthooks.CodeServerUnavailable)
 	}
 	if step.Session == nil {
 		return desc, fmt.Errorf("CONNECT rejected with %+v (%v); want accepted", step.Connack, step.Err)

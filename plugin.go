@@ -92,3 +92,18 @@ func (p *plugin) implements(h hookID) bool {
 	}
 	return false
 }
+
+// halfPair says which MQTT 3 / MQTT 5 pair p implements only half of, or "".
+func (p *plugin) halfPair() string {
+	switch {
+	case p.authOnRegister != nil && p.authOnRegisterM5 == nil:
+		return "AuthOnRegister without AuthOnRegisterM5: MQTT 5 clients never reach it"
+	case p.authOnRegisterM5 != nil && p.authOnRegister == nil && p.onAuthM5 == nil:
+		return "AuthOnRegisterM5 without AuthOnRegister: MQTT 3 clients never reach it"
+	case p.onRegister != nil && p.onRegisterM5 == nil:
+		return "OnRegister without OnRegisterM5: it never hears of MQTT 5 clients"
+	case p.onRegisterM5 != nil && p.onRegister == nil && p.onAuthM5 == nil:
+		return "OnRegisterM5 without OnRegister: it never hears of MQTT 3 clients"
+	}
+	return ""
+}

@@ -22,6 +22,8 @@ type QueuedMessage struct {
 	// ExpiresAt is when the v5 Message Expiry Interval runs out; zero for
 	// never.
 	ExpiresAt time.Time
+
+	seq uint64 // the session's count of routed messages when it came
 }
 
 // InflightMessage is a QoS 1 or 2 delivery handed to a connection and not yet

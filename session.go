@@ -146,6 +146,9 @@ type Session struct {
 
 	st *sessionState // the session's state; q is its queue for this connection
 	q  *queue
+	// joined is the session's count of routed messages when this connection
+	// attached: a fanout gave it copies of the later ones only.
+	joined uint64
 
 	started  atomic.Bool
 	mu       sync.Mutex
@@ -554,6 +557,7 @@ type sessionState struct {
 	ended    bool           // the life is over; deliveries find no session
 	q        queue          // the session's queue: offline, or its first connection's
 	balance  int            // round-robin position of DeliverBalance
+	seq      uint64         // messages routed to this life, numbering them
 	subIndex map[string]int // filter → position in rec.Subscriptions, for many subscriptions
 
 	expiryItem, willItem *timerItem
