@@ -146,8 +146,13 @@ func (h *Handshake) newReauth() *reauth {
 // an AUTH 0x18 with no exchange running; the plugin's code (0x87 when it is
 // not valid in a DISCONNECT) for a rejection; 0x87 for a deadline or a plugin
 // fault. The connection has then ended: its Will is due, and the session goes
-// offline or is gone (Reason AuthFailed or ProtocolError). The username and
-// SubscriberID never change.
+// offline or is gone (Reason AuthFailed or ProtocolError). If the connection
+// ends otherwise while the plugin decides (the exchange's deadline, a
+// takeover, an admin), Reauth returns that end's *EndedError whatever the
+// plugin said. The username and SubscriberID never change.
+//
+// Re-authentication is MQTT 5 only: on an MQTT 3 connection Reauth returns
+// ErrInvalidArgument and the connection goes on.
 func (s *Session) Reauth(ctx context.Context, in *AuthPacket) (*AuthPacket, error) {
 	if ctx == nil || in == nil {
 		return nil, fmt.Errorf("%w: Reauth needs a context and a packet", ErrInvalidArgument)

@@ -916,7 +916,7 @@ func benchChain(b *testing.B, results ...mqtthooks.RegisterResult) *mqtthooks.Ch
 	c := mqtthooks.NewChain(mqtthooks.ChainOptions{})
 	for i, r := range results {
 		r := r
-		err := c.Register(string(rune('a'+i)), mqtthooks.AuthOnRegisterFunc(
+		err := c.Register(string(rune('a'+i)), mqtthooks.AuthOnRegisterBothFunc(
 			func(context.Context, *mqtthooks.RegisterRequest) mqtthooks.RegisterResult { return r }))
 		if err != nil {
 			b.Fatal(err)

@@ -85,7 +85,8 @@ type Options struct {
 	// slog.Default().
 	Logger *slog.Logger
 	// Workers bounds the goroutines that run timed work (expiry, delayed
-	// Wills) and their hooks; default 4 × GOMAXPROCS.
+	// Wills) and their hooks, and those that end the sessions at Shutdown;
+	// default 4 × GOMAXPROCS.
 	Workers int
 }
 
@@ -336,8 +337,9 @@ type SessionInfo struct {
 	// Connections attached now; 0 for an offline session.
 	Connections int
 	// Username of the last connection.
-	Username      string
-	HasUsername   bool
+	Username    string
+	HasUsername bool
+	// Subscriptions are the session's subscriptions, sorted by filter.
 	Subscriptions []Subscription
 	// ExpiresAt is when the offline session expires; zero for never and for
 	// online sessions.

@@ -34,6 +34,7 @@ func (acceptAll) AuthOnRegisterM5(context.Context, *mqtthooks.RegisterRequest) m
 	return mqtthooks.Accept()
 }
 func (acceptAll) OnRegister(context.Context, *mqtthooks.RegisterEvent)      {}
+func (acceptAll) OnRegisterM5(context.Context, *mqtthooks.RegisterEvent)    {}
 func (acceptAll) OnClientWakeup(context.Context, *mqtthooks.SessionEvent)   {}
 func (acceptAll) OnClientOffline(context.Context, *mqtthooks.SessionEvent)  {}
 func (acceptAll) OnClientGone(context.Context, *mqtthooks.SessionEvent)     {}
@@ -107,5 +108,49 @@ func BenchmarkTakeover(b *testing.B) {
 			b.Fatal(fmt.Sprint(step.Err))
 		}
 		_ = step.Session.Start()
+	}
+}
+
+// BenchmarkSubscribe subscribes one more filter and unsubscribes it again, in
+// a session that holds 10, 1 000 or 100 000 subscriptions already: the cost
+// per filter must not grow with them.
+func BenchmarkSubscribe(b *testing.B) {
+	for _, n := range []int{10, 1000, 100000} {
+		b.Run(fmt.Sprintf("%d", n), func(b *testing.B) {
+			chain := mqtthooks.NewChain(mqtthooks.ChainOptions{})
+			if err := chain.Register("P", acceptAll{}); err != nil {
+				b.Fatal(err)
+			}
+			core, err := mqtthooks.NewCore(chain, mqtthooks.Options{Router: nopRouter{}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { _ = core.Shutdown(context.Background()) })
+			c := mqtthookstest.ConnectV3(context.Background(), core, "s", "u", false)
+			ctx := context.Background()
+			subs := make([]mqtthooks.Subscription, n)
+			for i := range subs {
+				subs[i] = mqtthooks.Subscription{Filter: fmt.Sprintf("a/%d/#", i), QoS: 1}
+			}
+			if err := c.Session.Subscribe(ctx, subs...); err != nil {
+				b.Fatal(err)
+			}
+			filters := make([]string, 1024)
+			for i := range filters {
+				filters[i] = fmt.Sprintf("b/%d", i)
+			}
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				f := filters[i%len(filters)]
+				i++
+				if err := c.Session.Subscribe(ctx, mqtthooks.Subscription{Filter: f, QoS: 1}); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := c.Session.Unsubscribe(ctx, f); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
