@@ -124,7 +124,7 @@ func (c *Core) handOverQueue(st *sessionState, s *Session) Conn {
 	if st.q.set.DeliverMode == DeliverFanout {
 		kept := msgs[:0]
 		for _, m := range msgs {
-			if m.seq <= next.joined {
+			if seqBefore(m.seq, next.joined) {
 				kept = append(kept, m)
 			}
 		}

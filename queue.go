@@ -17,14 +17,17 @@ type QueuedMessage struct {
 	// and the subscription's.
 	QoS    byte
 	Retain bool
+	seq    uint32 // the session's count of routed messages when it came, in the padding: compare with seqBefore
 	// SubscriptionIdentifiers of the subscriptions that matched (v5).
 	SubscriptionIdentifiers []uint32
 	// ExpiresAt is when the v5 Message Expiry Interval runs out; zero for
 	// never.
 	ExpiresAt time.Time
-
-	seq uint64 // the session's count of routed messages when it came
 }
+
+// seqBefore reports whether sequence number a came no later than b. The
+// numbers wrap; a queue never holds messages 2³¹ apart.
+func seqBefore(a, b uint32) bool { return int32(a-b) <= 0 }
 
 // InflightMessage is a QoS 1 or 2 delivery handed to a connection and not yet
 // acknowledged.

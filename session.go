@@ -148,7 +148,7 @@ type Session struct {
 	q  *queue
 	// joined is the session's count of routed messages when this connection
 	// attached: a fanout gave it copies of the later ones only.
-	joined uint64
+	joined uint32
 
 	started  atomic.Bool
 	mu       sync.Mutex
@@ -557,7 +557,7 @@ type sessionState struct {
 	ended    bool           // the life is over; deliveries find no session
 	q        queue          // the session's queue: offline, or its first connection's
 	balance  int            // round-robin position of DeliverBalance
-	seq      uint64         // messages routed to this life, numbering them
+	seq      uint32         // messages routed to this life, numbering them (wrapping)
 	subIndex map[string]int // filter → position in rec.Subscriptions, for many subscriptions
 
 	expiryItem, willItem *timerItem
