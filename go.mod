@@ -1,24 +1,3 @@
 module github.com/mqtthooks/mqtthooks
 
-go 1.26.0
-
-require (
-	github.com/eclipse/paho.golang v0.23.0
-	github.com/eclipse/paho.mqtt.golang v1.5.1
-	github.com/mochi-mqtt/server/v2 v2.7.9
-	github.com/stretchr/testify v1.12.1
-	github.com/xdg-go/scram v1.4.0
-	go.uber.org/goleak v1.3.0
-	golang.org/x/crypto v0.59.0
-)
-
-require (
-	github.com/gorilla/websocket v1.5.3 // indirect
-	github.com/rs/xid v1.4.0 // indirect
-	github.com/xdg-go/stringprep v1.0.4 // indirect
-	go.yaml.in/yaml/v3 v3.0.5 // indirect
-	golang.org/x/net v0.62.0 // indirect
-	golang.org/x/sync v0.25.0 // indirect
-	golang.org/x/sys v0.50.0 // indirect
-	golang.org/x/text v0.44.0 // indirect
-)
+go 1.23

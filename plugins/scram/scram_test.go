@@ -221,7 +221,9 @@ func TestSCRAMConcurrentExchangesDoNotMix(t *testing.T) {
 		if i%2 == 1 {
 			user, pass = "bob", "builder"
 		}
-		wg.Go(func() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
 			client, _ := xdg.SHA256.NewClient(user, pass, "")
 			conv := client.NewConversation()
 			first, _ := conv.Step("")
@@ -242,7 +244,7 @@ func TestSCRAMConcurrentExchangesDoNotMix(t *testing.T) {
 			}
 			got, _ := c.Session.Username()
 			results <- got + "=" + user
-		})
+		}()
 	}
 	wg.Wait()
 	close(results)

@@ -605,7 +605,7 @@ func TestChainRegisterErrors(t *testing.T) {
 	assert.ErrorContains(t, err, `"nohooks"`)
 	assert.ErrorIs(t, c.Register("nil", nil), mqtthooks.ErrInvalidArgument)
 	assert.ErrorIs(t, c.Register("nilfunc", mqtthooks.AuthOnRegisterFunc(nil)), mqtthooks.ErrInvalidArgument)
-	assert.ErrorIs(t, c.Register("nilptr", (*staticUsers)(nil)), mqtthooks.ErrInvalidArgument)
+	assert.ErrorIs(t, c.Register("nilptr", (*acceptAll)(nil)), mqtthooks.ErrInvalidArgument)
 	assert.ErrorIs(t, c.Unregister("zz"), mqtthooks.ErrUnknownPlugin)
 
 	assert.Equal(t, []string{"a"}, c.Snapshot().Plugins(), "failed calls leave the chain unchanged")

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"go/build"
+	"io/fs"
+	"os"
 	"strings"
 	"testing"
 
@@ -14,15 +16,27 @@ import (
 	"github.com/mqtthooks/mqtthooks"
 )
 
-// The root package depends on the standard library only.
-func TestRootPackageImportsStandardLibraryOnly(t *testing.T) {
-	pkg, err := build.ImportDir(".", 0)
-	require.NoError(t, err)
-	require.NotEmpty(t, pkg.Imports)
-	for _, imp := range pkg.Imports {
-		first, _, _ := strings.Cut(imp, "/")
-		assert.NotContains(t, first, ".", "%s is not in the standard library", imp)
+// The root module requires nothing: its packages (the library and
+// mqtthookstest) import the standard library and each other only, and its
+// go.mod has no require line, so importing it adds no module to a build.
+func TestRootModuleHasNoDependencies(t *testing.T) {
+	for _, dir := range []string{"../..", "../../mqtthookstest"} {
+		pkg, err := build.ImportDir(dir, 0)
+		require.NoError(t, err)
+		require.NotEmpty(t, pkg.Imports)
+		for _, imp := range pkg.Imports {
+			first, _, _ := strings.Cut(imp, "/")
+			if imp == "github.com/mqtthooks/mqtthooks" {
+				continue
+			}
+			assert.NotContains(t, first, ".", "%s imports %s, which is not in the standard library", dir, imp)
+		}
 	}
+	mod, err := os.ReadFile("../../go.mod")
+	require.NoError(t, err)
+	assert.NotContains(t, string(mod), "require", "the root go.mod requires a module")
+	_, err = os.Stat("../../go.sum")
+	assert.ErrorIs(t, err, fs.ErrNotExist, "the root module has a go.sum")
 }
 
 // Each func adapter implements its hook and forwards ctx and the request.
