@@ -193,7 +193,7 @@ func startOurs(dir, addr, file string) (func(), error) {
 	build := exec.Command("go", "build", "-o", bin, "./examples/broker")
 	build.Stderr = os.Stderr
 	if err := build.Run(); err != nil {
-		return nil, fmt.Errorf("building examples/broker (run from the module root): %w", err)
+		return nil, fmt.Errorf("building examples/broker (run from the repository root): %w", err)
 	}
 	// No queue limit, as for the others: the throughput run must not drop.
 	return startProcess(exec.Command(bin, "-addr", addr, "-passwd", file, "-max-queued", "-1"), addr)

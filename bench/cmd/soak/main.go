@@ -91,7 +91,7 @@ func run(duration time.Duration, workers, keepers int) error {
 	build := exec.Command("go", "build", "-o", bin, "./examples/broker")
 	build.Stderr = os.Stderr
 	if err := build.Run(); err != nil {
-		return fmt.Errorf("building examples/broker (run from the module root): %w", err)
+		return fmt.Errorf("building examples/broker (run from the repository root): %w", err)
 	}
 	addr, debug := freeAddr(), freeAddr()
 	broker := exec.Command(bin, "-addr", addr, "-debug-addr", debug, "-max-queued", "-1", "-allow-anonymous")
