@@ -361,7 +361,7 @@ func (h *Handshake) makePlan(m *Modifiers) (*plan, error) {
 		p.expiry = c.opts.PersistentExpiry
 	}
 	p.limits = Limits{
-		MaxMessageSize:                  m.MaxMessageSize.Or(caps.MaximumPacketSize),
+		MaximumPacketSize:               m.MaximumPacketSize.Or(caps.MaximumPacketSize),
 		MaxMessageRate:                  m.MaxMessageRate.V,
 		UpgradeQoS:                      m.UpgradeQoS.V,
 		MaximumQoS:                      m.MaximumQoS.Or(caps.MaximumQoS),
@@ -424,14 +424,10 @@ func (h *Handshake) connackProperties(m *Modifiers, p *plan) ConnackProperties {
 	if !l.RetainAvailable {
 		props.RetainAvailable = Some(false)
 	}
-	if l.MaxMessageSize != 0 {
-		props.MaximumPacketSize = Some(l.MaxMessageSize)
-	}
-	if l.TopicAliasMaximum != 0 {
-		props.TopicAliasMaximum = Some(l.TopicAliasMaximum)
-	}
-	if l.ReceiveMaximum != 0 && l.ReceiveMaximum != 65535 {
-		props.ReceiveMaximum = Some(l.ReceiveMaximum)
+	props.MaximumPacketSize = l.MaximumPacketSize
+	props.TopicAliasMaximum = l.TopicAliasMaximum
+	if l.ReceiveMaximum != 65535 {
+		props.ReceiveMaximum = l.ReceiveMaximum
 	}
 	if !l.WildcardSubscriptionAvailable {
 		props.WildcardSubscriptionAvailable = Some(false)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"runtime"
 	"slices"
@@ -281,6 +282,7 @@ func NewCore(chain *Chain, opts Options) (*Core, error) {
 		}
 	}
 	if err := c.restore(); err != nil {
+		c.sched.close() // the timers of what was restored
 		return nil, fmt.Errorf("mqtthooks: restoring sessions from the store: %w", err)
 	}
 	return c, nil
@@ -298,7 +300,11 @@ func (c *Core) restore() error {
 	defer cancel()
 	var err error
 	perr := c.guard("SessionStore.Range", SubscriberID{}, func() {
-		err = c.store.Range(ctx, func(rec *SessionRecord) bool {
+		for rec, serr := range c.store.Sessions(ctx) {
+			if serr != nil {
+				err = serr
+				return
+			}
 			st := new(sessionState)
 			st.reset(rec)
 			st.mu.Lock()
@@ -311,8 +317,7 @@ func (c *Core) restore() error {
 			c.stats.sessions.Add(1)
 			c.armTimers(st)
 			c.reg.release(e)
-			return true
-		})
+		}
 	})
 	return cmp.Or(perr, err)
 }
@@ -364,21 +369,25 @@ func (c *Core) Lookup(id SubscriberID) (SessionInfo, bool) {
 	return st.info(), true
 }
 
-// Range calls fn with each session until fn returns false. Sessions created or
-// ended meanwhile may or may not be seen. A nil fn does nothing.
-func (c *Core) Range(fn func(SessionInfo) bool) {
-	if fn == nil {
-		return
+// Sessions returns an iterator over the sessions, online and offline, in no
+// particular order:
+//
+//	for info := range core.Sessions() { … }
+//
+// Sessions created or ended during the iteration may or may not be seen; the
+// iteration holds no lock while the loop body runs.
+func (c *Core) Sessions() iter.Seq[SessionInfo] {
+	return func(yield func(SessionInfo) bool) {
+		c.reg.each(func(e *entry) bool {
+			e.mu.Lock()
+			st := e.state.Load()
+			e.mu.Unlock()
+			if st == nil {
+				return true
+			}
+			return yield(st.info())
+		})
 	}
-	c.reg.each(func(e *entry) bool {
-		e.mu.Lock()
-		st := e.state.Load()
-		e.mu.Unlock()
-		if st == nil {
-			return true
-		}
-		return fn(st.info())
-	})
 }
 
 // Disconnect ends the session of id for an administrator. Its connections

@@ -187,9 +187,9 @@ func ExampleCore_Connect() {
 	n, _ := session.Pull(buf)
 	for _, d := range buf[:n] {
 		fmt.Printf("send PUBLISH %s id=%d qos=%d\n", d.Message.Topic, d.PacketID, d.QoS)
-		_ = session.Ack(d.PacketID) // the client's PUBACK
+		_ = session.Puback(d.PacketID) // the client's PUBACK
 	}
-	_ = session.Disconnect(ctx, mqtthooks.CodeNormalDisconnection, mqtthooks.Opt[uint32]{})
+	_ = session.Disconnect(ctx, mqtthooks.CodeNormalDisconnection)
 	info2, _ := core.Lookup(session.ID())
 	fmt.Println("offline, subscriptions kept:", len(info2.Subscriptions))
 	// Output:

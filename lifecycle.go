@@ -150,7 +150,7 @@ func (c *Core) willDue(ctx context.Context, st *sessionState, s *Session, sessio
 	if w == nil {
 		return
 	}
-	delay := time.Duration(w.Properties.WillDelayInterval) * time.Second
+	delay := time.Duration(w.DelayInterval) * time.Second
 	if !s.version.IsV5() || delay == 0 || sessionEnds {
 		c.publishWill(ctx, s.id, w)
 		return

@@ -95,9 +95,10 @@ type Modifiers struct {
 	// Carried for the broker (Session.Limits) and, where MQTT has a property,
 	// sent in the v5 CONNACK.
 
-	// MaxMessageSize is the largest packet the broker accepts from the client
-	// (CONNACK Maximum Packet Size); at least 1, at most the capability.
-	MaxMessageSize Opt[uint32]
+	// MaximumPacketSize is the largest packet the broker accepts from the
+	// client, sent as the CONNACK's Maximum Packet Size (VerneMQ's
+	// max_message_size); at least 1, at most the capability.
+	MaximumPacketSize Opt[uint32]
 	// MaxMessageRate is how many PUBLISHes per second the client may send.
 	MaxMessageRate Opt[uint32]
 	// UpgradeQoS delivers at the subscription's QoS rather than the message's.
@@ -193,12 +194,12 @@ func (m *Modifiers) Validate(r ModifierRules) error {
 		v.fail("MaxInflightMessages", strconv.Itoa(n.V)+" is outside 0 to 65535")
 	}
 
-	if s := m.MaxMessageSize; s.Set {
+	if s := m.MaximumPacketSize; s.Set {
 		switch {
 		case s.V == 0:
-			v.fail("MaxMessageSize", "is 0; it must be at least 1")
+			v.fail("MaximumPacketSize", "is 0; it must be at least 1")
 		case caps.MaximumPacketSize != 0 && s.V > caps.MaximumPacketSize:
-			v.fail("MaxMessageSize", fmt.Sprintf("%d is above the broker's %d", s.V, caps.MaximumPacketSize))
+			v.fail("MaximumPacketSize", fmt.Sprintf("%d is above the broker's %d", s.V, caps.MaximumPacketSize))
 		}
 	}
 	if q := m.MaximumQoS; q.Set {

@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// ErrPacketIDNotFound is what Session.Ack, Rec and Comp return for a packet
+// ErrPacketIDNotFound is what Session.Puback, Pubrec and Pubcomp return for a packet
 // identifier that has no delivery in that state (v5 0x92).
 var ErrPacketIDNotFound = errors.New("mqtthooks: packet identifier not found")
 
@@ -34,9 +34,9 @@ func seqBefore(a, b uint32) bool { return int32(a-b) <= 0 }
 type InflightMessage struct {
 	QueuedMessage
 	PacketID uint16
-	// Released is set once the client's PUBREC arrived (QoS 2): the PUBREL
-	// waits for its PUBCOMP.
-	Released bool
+	// PubrelOwed is set once the client's PUBREC arrived (QoS 2): the
+	// message is delivered, and the PUBREL waits for its PUBCOMP.
+	PubrelOwed bool
 }
 
 // QueueSettings are the queue limits in force for a session: the Core's
@@ -283,14 +283,14 @@ func (q *queue) pull(buf []Delivery, now func() time.Time) (n int, delivered int
 
 // delivery returns the Delivery of f.
 func (f *flight) delivery(again bool, now func() time.Time) Delivery {
-	if f.Released {
+	if f.PubrelOwed {
 		return Delivery{PacketID: f.PacketID, QoS: 2, Pubrel: true}
 	}
 	d := Delivery{PacketID: f.PacketID, QoS: f.QoS, Dup: again && f.QoS > 0, Retain: f.Retain,
 		SubscriptionIdentifiers: f.SubscriptionIdentifiers, Message: f.Message}
 	if !f.ExpiresAt.IsZero() {
 		left := f.ExpiresAt.Sub(now())
-		d.MessageExpiry = Some(uint32(max(1, (left+time.Second-1)/time.Second)))
+		d.MessageExpiry = uint32(max(1, (left+time.Second-1)/time.Second))
 	}
 	return d
 }
@@ -369,7 +369,7 @@ func (q *queue) take(id uint16, qos byte) (QueuedMessage, error) {
 // find returns the index of the in-flight delivery id, or -1.
 func (q *queue) find(id uint16, qos byte, released bool) int {
 	return slices.IndexFunc(q.inflight, func(f flight) bool {
-		return f.PacketID == id && f.QoS == qos && f.Released == released
+		return f.PacketID == id && f.QoS == qos && f.PubrelOwed == released
 	})
 }
 
@@ -379,7 +379,7 @@ func (q *queue) rec(id uint16) error {
 	if i < 0 {
 		return ErrPacketIDNotFound
 	}
-	q.inflight[i].Released = true
+	q.inflight[i].PubrelOwed = true
 	q.inflight[i].Message = nil // the message is delivered; only the PUBREL remains
 	return nil
 }
@@ -412,7 +412,7 @@ func (q *queue) clear() int {
 // PUBREC, whose message has reached the client; released counts them.
 func (q *queue) takeAll() (msgs []QueuedMessage, released int) {
 	for _, f := range q.inflight {
-		if f.Released {
+		if f.PubrelOwed {
 			released++
 		} else {
 			msgs = append(msgs, f.QueuedMessage)

@@ -95,17 +95,17 @@ type Delivery struct {
 	// SubscriptionIdentifiers of the matching subscriptions (v5).
 	SubscriptionIdentifiers []uint32
 	// MessageExpiry is what is left of the Message Expiry Interval (v5),
-	// rounded up to a second.
-	MessageExpiry Opt[uint32]
+	// rounded up to a second; 0 for a message that does not expire.
+	MessageExpiry uint32
 	Message       *Message
 }
 
 // Limits are what a session's modifiers and the broker's capabilities allow
 // the client, for the broker to enforce.
 type Limits struct {
-	// MaxMessageSize is the largest packet the client may send; 0 means no
-	// limit.
-	MaxMessageSize uint32
+	// MaximumPacketSize is the largest packet the client may send; 0 means
+	// no limit.
+	MaximumPacketSize uint32
 	// MaxMessageRate is how many PUBLISHes per second the client may send; 0
 	// means no limit.
 	MaxMessageRate uint32
@@ -258,17 +258,23 @@ func (s *Session) endError() error {
 	return ErrSessionEnded
 }
 
-// Ack reports the PUBACK of the QoS 1 delivery id.
-func (s *Session) Ack(id uint16) error { return s.settle(id, 1, false) }
+// The client's acknowledgements of the deliveries Pull handed out: Puback,
+// Pubrec and Pubcomp, named after the packet the client sent. Each fails with
+// ErrPacketIDNotFound for an identifier with no delivery in that state (v5
+// 0x92), and with the connection's end once it has ended.
 
-// Rec reports the PUBREC of the QoS 2 delivery id: the broker sends PUBREL,
-// and a resumed session offers that PUBREL again.
-func (s *Session) Rec(id uint16) error {
+// Puback reports the client's PUBACK of the QoS 1 delivery id.
+func (s *Session) Puback(id uint16) error { return s.settle(id, 1, false) }
+
+// Pubrec reports the client's PUBREC of the QoS 2 delivery id: the broker
+// sends PUBREL, and a resumed session offers that PUBREL again until
+// Pubcomp.
+func (s *Session) Pubrec(id uint16) error {
 	return s.withQueue(func(q *queue) error { return q.rec(id) })
 }
 
-// Comp reports the PUBCOMP of the QoS 2 delivery id.
-func (s *Session) Comp(id uint16) error { return s.settle(id, 2, true) }
+// Pubcomp reports the client's PUBCOMP of the QoS 2 delivery id.
+func (s *Session) Pubcomp(id uint16) error { return s.settle(id, 2, true) }
 
 // settle finishes an in-flight delivery; the window it frees may let pending
 // messages go, so the broker is notified.
@@ -347,11 +353,15 @@ func (s *Session) withQueue(fn func(q *queue) error) error {
 	return err
 }
 
-// Received records the packet identifier of an inbound QoS 2 PUBLISH. It
-// reports whether this is its first arrival: a repeat (DUP) must not be
+// The client's own QoS 2 PUBLISHes: InboundPublish and InboundPubrel keep
+// their packet identifiers in the session, so that a PUBLISH sent again
+// (DUP) after a reconnect is not routed twice [MQTT-4.3.3-10].
+
+// InboundPublish records the packet identifier of the client's QoS 2
+// PUBLISH. It reports whether this is its first arrival: a repeat must not be
 // routed again. The identifier is kept, across connections of a persistent
-// session, until Released.
-func (s *Session) Received(id uint16) (first bool, err error) {
+// session, until InboundPubrel.
+func (s *Session) InboundPublish(id uint16) (first bool, err error) {
 	err = s.withQueue(func(q *queue) error {
 		if slices.Contains(q.inbound, id) {
 			return nil
@@ -363,9 +373,10 @@ func (s *Session) Received(id uint16) (first bool, err error) {
 	return first, err
 }
 
-// Released reports the client's PUBREL of an inbound QoS 2 identifier and
-// whether it was known (a PUBCOMP for an unknown one carries 0x92 in v5).
-func (s *Session) Released(id uint16) (known bool, err error) {
+// InboundPubrel reports the client's PUBREL of the identifier of one of its
+// QoS 2 PUBLISHes, and whether it was known (the PUBCOMP for an unknown one
+// carries 0x92 in v5).
+func (s *Session) InboundPubrel(id uint16) (known bool, err error) {
 	err = s.withQueue(func(q *queue) error {
 		if i := slices.Index(q.inbound, id); i >= 0 {
 			q.inbound = slices.Delete(q.inbound, i, i+1)
@@ -377,14 +388,27 @@ func (s *Session) Released(id uint16) (known bool, err error) {
 }
 
 // Disconnect reports the client's DISCONNECT with its reason code (MQTT 3:
-// CodeNormalDisconnection) and, for MQTT 5, its Session Expiry Interval if it
-// carried one. A DISCONNECT other than 0x00 makes the Will due. Raising the
-// interval from 0 is a protocol error: the session ends as after any, and
-// Disconnect returns a *ProtocolError with code 0x82 for the broker to send;
-// a reason code a client may not send gives 0x81 the same way. Disconnect
-// waits for the session's hooks, except with a hook's context; only the first
-// report of a connection's end (Disconnect, Lost) counts.
-func (s *Session) Disconnect(ctx context.Context, code ReasonCode, sei Opt[uint32]) error {
+// CodeNormalDisconnection), without a Session Expiry Interval. A DISCONNECT
+// other than 0x00 makes the Will due. A reason code a client may not send is
+// a protocol error: the session ends as after any, and Disconnect returns a
+// *ProtocolError with code 0x81 for the broker to send. Disconnect waits for
+// the session's hooks, except with a hook's context; only the first report of
+// a connection's end (Disconnect, DisconnectWithExpiry, Lost) counts.
+func (s *Session) Disconnect(ctx context.Context, code ReasonCode) error {
+	return s.disconnect(ctx, code, Opt[uint32]{})
+}
+
+// DisconnectWithExpiry reports an MQTT 5 DISCONNECT that carries a Session
+// Expiry Interval: the session's interval becomes sei (0 ends the session with
+// the connection). Raising it from 0 is a protocol error: the session ends
+// with cleanup, and DisconnectWithExpiry returns a *ProtocolError with code
+// 0x82 for the broker to send [MQTT-3.14.2-2]. Otherwise it is Disconnect.
+// On an MQTT 3 connection sei is ignored.
+func (s *Session) DisconnectWithExpiry(ctx context.Context, code ReasonCode, sei uint32) error {
+	return s.disconnect(ctx, code, Some(sei))
+}
+
+func (s *Session) disconnect(ctx context.Context, code ReasonCode, sei Opt[uint32]) error {
 	if ctx == nil {
 		return fmt.Errorf("%w: nil context", ErrInvalidArgument)
 	}

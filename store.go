@@ -3,6 +3,7 @@ package mqtthooks
 import (
 	"context"
 	"hash/maphash"
+	"iter"
 	"maps"
 	"net/netip"
 	"slices"
@@ -85,9 +86,11 @@ type SessionStore interface {
 	Save(ctx context.Context, rec *SessionRecord) error
 	// Delete removes the session; deleting a missing one is not an error.
 	Delete(ctx context.Context, id SubscriberID) error
-	// Range calls fn for each stored session until fn returns false. NewCore
-	// uses it to take over the offline sessions of a durable store.
-	Range(ctx context.Context, fn func(*SessionRecord) bool) error
+	// Sessions returns an iterator over the stored sessions, which NewCore
+	// uses to take over the offline sessions of a durable store. A failure
+	// is yielded once, as a nil record with the error, and ends the
+	// iteration.
+	Sessions(ctx context.Context) iter.Seq2[*SessionRecord, error]
 	// NextGeneration returns a number greater than any it returned before,
 	// also across restarts for a durable store.
 	NextGeneration() uint64
@@ -153,20 +156,21 @@ func (m *MemoryStore) Delete(_ context.Context, id SubscriberID) error {
 	return nil
 }
 
-// Range calls fn for each session until fn returns false.
-func (m *MemoryStore) Range(_ context.Context, fn func(*SessionRecord) bool) error {
-	for i := range m.shards {
-		s := &m.shards[i]
-		s.mu.Lock()
-		recs := slices.Collect(maps.Values(s.m))
-		s.mu.Unlock()
-		for _, r := range recs {
-			if !fn(r) {
-				return nil
+// Sessions returns an iterator over the sessions; it never fails.
+func (m *MemoryStore) Sessions(context.Context) iter.Seq2[*SessionRecord, error] {
+	return func(yield func(*SessionRecord, error) bool) {
+		for i := range m.shards {
+			s := &m.shards[i]
+			s.mu.Lock()
+			recs := slices.Collect(maps.Values(s.m))
+			s.mu.Unlock()
+			for _, r := range recs {
+				if !yield(r, nil) {
+					return
+				}
 			}
 		}
 	}
-	return nil
 }
 
 // NextGeneration returns 1, 2, 3, …

@@ -142,39 +142,32 @@ type ConnectProperties struct {
 	AuthenticationData   []byte
 }
 
-// Will is the Will message of a CONNECT.
+// Will is the Will of a CONNECT: the message to publish when the connection
+// ends without a DISCONNECT 0x00, with its v5 Will properties (Payload Format
+// Indicator, Message Expiry Interval, Content Type, Response Topic,
+// Correlation Data, User Properties) in Message.Properties.
 type Will struct {
-	Topic   string
-	Payload []byte
-	QoS     byte
-	Retain  bool
-	// Properties holds the v5 Will properties; zero for v3.
-	Properties WillProperties
-}
-
-// WillProperties are the MQTT 5 properties of a Will.
-type WillProperties struct {
-	// WillDelayInterval in seconds before the Will is published.
-	WillDelayInterval      uint32
-	PayloadFormatIndicator byte
-	// MessageExpiryInterval in seconds; unset means the message never expires.
-	MessageExpiryInterval Opt[uint32]
-	ContentType           string
-	ResponseTopic         string
-	CorrelationData       []byte
-	UserProperties        []UserProperty
+	Message
+	// DelayInterval is the v5 Will Delay Interval in seconds: how long after
+	// the connection's end the Will waits, in case the session resumes
+	// (MQTT 5 §3.1.3.2.2).
+	DelayInterval uint32
 }
 
 // ConnackProperties are the properties of an MQTT 5 CONNACK. OnRegisterM5
-// sees them as they will be sent. A zero field or an unset Opt is not sent.
+// sees them as they will be sent. A zero field is not sent, nor an unset Opt;
+// Opt marks the properties whose zero value means something.
 type ConnackProperties struct {
-	SessionExpiryInterval           Opt[uint32]
-	ReceiveMaximum                  Opt[uint16]
-	MaximumQoS                      Opt[byte]
-	RetainAvailable                 Opt[bool]
-	MaximumPacketSize               Opt[uint32]
-	AssignedClientIdentifier        string
-	TopicAliasMaximum               Opt[uint16]
+	SessionExpiryInterval Opt[uint32]
+	// ReceiveMaximum; 0 is not sent (the client assumes 65535).
+	ReceiveMaximum  uint16
+	MaximumQoS      Opt[byte]
+	RetainAvailable Opt[bool]
+	// MaximumPacketSize; 0 is not sent (no limit).
+	MaximumPacketSize        uint32
+	AssignedClientIdentifier string
+	// TopicAliasMaximum; 0 is not sent (no topic aliases).
+	TopicAliasMaximum               uint16
 	ReasonString                    string
 	UserProperties                  []UserProperty
 	WildcardSubscriptionAvailable   Opt[bool]

@@ -231,14 +231,14 @@ func (c *Client) PullAll() ([]mqtthooks.Delivery, error) {
 func (c *Client) Settle(d mqtthooks.Delivery) error {
 	switch {
 	case d.Pubrel:
-		return c.Session.Comp(d.PacketID)
+		return c.Session.Pubcomp(d.PacketID)
 	case d.QoS == 1:
-		return c.Session.Ack(d.PacketID)
+		return c.Session.Puback(d.PacketID)
 	case d.QoS == 2:
-		if err := c.Session.Rec(d.PacketID); err != nil {
+		if err := c.Session.Pubrec(d.PacketID); err != nil {
 			return err
 		}
-		return c.Session.Comp(d.PacketID)
+		return c.Session.Pubcomp(d.PacketID)
 	}
 	return nil
 }
@@ -286,11 +286,19 @@ func (c *Client) reauth(ctx context.Context, in *mqtthooks.AuthPacket) (*mqtthoo
 	return reply, err
 }
 
-// Disconnect sends a DISCONNECT with code and, for MQTT 5, an optional new
-// Session Expiry Interval. A *mqtthooks.ProtocolError answer is recorded as
-// the broker's DISCONNECT.
-func (c *Client) Disconnect(ctx context.Context, code mqtthooks.ReasonCode, sei mqtthooks.Opt[uint32]) error {
-	err := c.Session.Disconnect(ctx, code, sei)
+// Disconnect sends a DISCONNECT with code. A *mqtthooks.ProtocolError
+// answer is recorded as the broker's DISCONNECT.
+func (c *Client) Disconnect(ctx context.Context, code mqtthooks.ReasonCode) error {
+	return c.disconnected(c.Session.Disconnect(ctx, code))
+}
+
+// DisconnectWithExpiry sends an MQTT 5 DISCONNECT with code and the Session
+// Expiry Interval sei, like Disconnect.
+func (c *Client) DisconnectWithExpiry(ctx context.Context, code mqtthooks.ReasonCode, sei uint32) error {
+	return c.disconnected(c.Session.DisconnectWithExpiry(ctx, code, sei))
+}
+
+func (c *Client) disconnected(err error) error {
 	var pe *mqtthooks.ProtocolError
 	if errors.As(err, &pe) {
 		c.Sent = append(c.Sent, Sent{Packet: "DISCONNECT", Code: pe.Code})

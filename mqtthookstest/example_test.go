@@ -40,7 +40,7 @@ func Example_testAPlugin() {
 	fmt.Println("nobody:", bad.Connack().ReturnCode)
 
 	_ = ok.Subscribe(ctx, "temp/#")
-	_ = ok.Disconnect(ctx, mqtthooks.CodeNormalDisconnection, mqtthooks.Opt[uint32]{})
+	_ = ok.Disconnect(ctx, mqtthooks.CodeNormalDisconnection)
 	fmt.Println(rec.Hooks(mqtthooks.SubscriberID{Mountpoint: "acme", ClientID: "sensor-1"}))
 	// Output:
 	// acme.alice: 0 (accepted) session acme/sensor-1
@@ -52,7 +52,7 @@ func Example_testAPlugin() {
 // test lifecycle hooks.
 func ExampleRecorder() {
 	chain := mqtthooks.NewChain(mqtthooks.ChainOptions{})
-	rec := mqtthookstest.NewRecorder()
+	rec := &mqtthookstest.Recorder{Accept: true}
 	_ = chain.Register("P", rec)
 	core, _ := mqtthooks.NewCore(chain, mqtthooks.Options{})
 	defer core.Shutdown(context.Background())
@@ -81,7 +81,7 @@ func ExampleRecorder() {
 // A two-step MQTT 5 enhanced authentication, driven by the fake client.
 func ExampleClient_Auth() {
 	chain := mqtthooks.NewChain(mqtthooks.ChainOptions{})
-	rec := mqtthookstest.NewRecorder()
+	rec := &mqtthookstest.Recorder{Accept: true}
 	rec.OnAuthM5Func = func(_ context.Context, req *mqtthooks.AuthRequest) mqtthooks.AuthResult {
 		if req.Step == mqtthooks.AuthStepStart {
 			return mqtthooks.AuthContinue([]byte("challenge"), "expecting response")

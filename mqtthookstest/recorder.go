@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"testing"
 
 	"github.com/mqtthooks/mqtthooks"
 )
@@ -41,17 +42,24 @@ type Call struct {
 }
 
 // Recorder is a plugin that implements every hook and records each call, in
-// order. Its conditional hooks answer with the funcs below, or Next when a
-// func is nil, so a Recorder can sit in a chain without deciding anything.
-// It also offers a Router and a PublishWill func that record into the same
-// log, so tests can check the order of hooks, Router calls and Wills.
+// order. Its conditional hooks answer with the funcs below; where a func is
+// nil they answer Next, so that the zero Recorder sits in a chain beside the
+// plugin under test and decides nothing, unless Accept is set. It also
+// offers a Router and a PublishWill func that record into the same log, so
+// tests can check the order of hooks, Router calls and Wills.
+//
+//	rec := &mqtthookstest.Recorder{}             // observes, decides nothing
+//	rec := &mqtthookstest.Recorder{Accept: true} // lets every client in
 //
 // A Recorder is safe for concurrent use. It notes when two lifecycle hooks of
 // one SubscriberID overlap; Overlaps reports them.
 type Recorder struct {
-	// AuthOnRegisterFunc answers AuthOnRegister; nil means Next.
+	// Accept makes AuthOnRegister and AuthOnRegisterM5 accept every client
+	// when their func is nil, instead of answering Next.
+	Accept bool
+	// AuthOnRegisterFunc answers AuthOnRegister; see Accept for nil.
 	AuthOnRegisterFunc func(ctx context.Context, req *mqtthooks.RegisterRequest) mqtthooks.RegisterResult
-	// AuthOnRegisterM5Func answers AuthOnRegisterM5; nil means Next.
+	// AuthOnRegisterM5Func answers AuthOnRegisterM5; see Accept for nil.
 	AuthOnRegisterM5Func func(ctx context.Context, req *mqtthooks.RegisterRequest) mqtthooks.RegisterResult
 	// OnAuthM5Func answers OnAuthM5; nil means AuthNext.
 	OnAuthM5Func func(ctx context.Context, req *mqtthooks.AuthRequest) mqtthooks.AuthResult
@@ -63,18 +71,6 @@ type Recorder struct {
 	calls    []Call
 	running  map[mqtthooks.SubscriberID]string
 	overlaps []string
-}
-
-// NewRecorder returns a Recorder whose conditional hooks accept everybody.
-func NewRecorder() *Recorder {
-	return &Recorder{
-		AuthOnRegisterFunc: func(context.Context, *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
-			return mqtthooks.Accept()
-		},
-		AuthOnRegisterM5Func: func(context.Context, *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
-			return mqtthooks.Accept()
-		},
-	}
 }
 
 func (r *Recorder) record(c Call) {
@@ -149,19 +145,12 @@ func (r *Recorder) Overlaps() []string {
 }
 
 // ExpectHooks fails t unless the calls for id are exactly want, in order.
-func (r *Recorder) ExpectHooks(t TB, id mqtthooks.SubscriberID, want ...string) {
+func (r *Recorder) ExpectHooks(t testing.TB, id mqtthooks.SubscriberID, want ...string) {
 	t.Helper()
 	got := r.Hooks(id)
 	if !slices.Equal(got, want) {
 		t.Errorf("hooks for %s:\n got  %s\n want %s", id, strings.Join(got, " → "), strings.Join(want, " → "))
 	}
-}
-
-// TB is the part of testing.TB the helpers use.
-type TB interface {
-	Helper()
-	Errorf(format string, args ...any)
-	Fatalf(format string, args ...any)
 }
 
 func (r *Recorder) lifecycle(ctx context.Context, c Call) {
@@ -190,7 +179,7 @@ func (r *Recorder) lifecycle(ctx context.Context, c Call) {
 func (r *Recorder) AuthOnRegister(ctx context.Context, req *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
 	r.record(Call{Hook: "AuthOnRegister", ID: req.SubscriberID, Register: copyRegister(req)})
 	if r.AuthOnRegisterFunc == nil {
-		return mqtthooks.Next()
+		return r.undecided()
 	}
 	return r.AuthOnRegisterFunc(ctx, req)
 }
@@ -199,9 +188,17 @@ func (r *Recorder) AuthOnRegister(ctx context.Context, req *mqtthooks.RegisterRe
 func (r *Recorder) AuthOnRegisterM5(ctx context.Context, req *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
 	r.record(Call{Hook: "AuthOnRegisterM5", ID: req.SubscriberID, Register: copyRegister(req)})
 	if r.AuthOnRegisterM5Func == nil {
-		return mqtthooks.Next()
+		return r.undecided()
 	}
 	return r.AuthOnRegisterM5Func(ctx, req)
+}
+
+// undecided is the answer of a registration hook without a func.
+func (r *Recorder) undecided() mqtthooks.RegisterResult {
+	if r.Accept {
+		return mqtthooks.Accept()
+	}
+	return mqtthooks.Next()
 }
 
 // OnAuthM5 records the call and answers with OnAuthM5Func.

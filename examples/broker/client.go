@@ -270,7 +270,7 @@ func (c *client) serve() {
 	}
 	c.session = step.Session
 	c.limits = c.session.Limits()
-	if m := c.limits.MaxMessageSize; m > 0 && (c.maxSize == 0 || m < c.maxSize) {
+	if m := c.limits.MaximumPacketSize; m > 0 && (c.maxSize == 0 || m < c.maxSize) {
 		c.maxSize = m
 	}
 	if err := c.session.Start(); err != nil {
@@ -423,12 +423,12 @@ func (c *client) handle(pk *packets.Packet) (code mqtthooks.ReasonCode, ok bool)
 	case packets.Publish:
 		return c.publish(pk)
 	case packets.Puback:
-		_ = s.Ack(pk.PacketID)
+		_ = s.Puback(pk.PacketID)
 	case packets.Pubrec:
-		err := s.Rec(pk.PacketID)
+		err := s.Pubrec(pk.PacketID)
 		switch {
 		case err == nil && c.version == 5 && pk.ReasonCode >= 0x80: // the client refused it: the flow ends here
-			_ = s.Comp(pk.PacketID)
+			_ = s.Pubcomp(pk.PacketID)
 		case err == nil || c.version == 5:
 			rel := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1},
 				ProtocolVersion: c.version, PacketID: pk.PacketID}
@@ -438,9 +438,9 @@ func (c *client) handle(pk *packets.Packet) (code mqtthooks.ReasonCode, ok bool)
 			_ = c.reply(rel)
 		}
 	case packets.Pubcomp:
-		_ = s.Comp(pk.PacketID)
+		_ = s.Pubcomp(pk.PacketID)
 	case packets.Pubrel:
-		known, err := s.Released(pk.PacketID)
+		known, err := s.InboundPubrel(pk.PacketID)
 		if err != nil {
 			return 0, false // the connection has ended
 		}
@@ -457,16 +457,18 @@ func (c *client) handle(pk *packets.Packet) (code mqtthooks.ReasonCode, ok bool)
 	case packets.Pingreq:
 		_ = c.reply(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingresp}, ProtocolVersion: c.version})
 	case packets.Disconnect:
-		var sei mqtthooks.Opt[uint32]
-		if pk.Properties.SessionExpiryIntervalFlag {
-			sei = mqtthooks.Some(pk.Properties.SessionExpiryInterval)
-		}
 		code := mqtthooks.ReasonCode(pk.ReasonCode)
 		if c.version != 5 {
 			code = mqtthooks.CodeNormalDisconnection
 		}
+		var err error
+		if c.version == 5 && pk.Properties.SessionExpiryIntervalFlag {
+			err = s.DisconnectWithExpiry(context.Background(), code, pk.Properties.SessionExpiryInterval)
+		} else {
+			err = s.Disconnect(context.Background(), code)
+		}
 		var pe *mqtthooks.ProtocolError
-		if err := s.Disconnect(context.Background(), code, sei); errors.As(err, &pe) {
+		if errors.As(err, &pe) {
 			c.closeWith(pe.Code)
 		}
 		c.close()
@@ -520,7 +522,7 @@ func (c *client) publish(pk *packets.Packet) (mqtthooks.ReasonCode, bool) {
 			PacketID: pk.PacketID})
 	case 2:
 		var err error
-		if route, err = c.session.Received(pk.PacketID); err != nil {
+		if route, err = c.session.InboundPublish(pk.PacketID); err != nil {
 			// The connection has ended (taken over, say): no PUBREC for a message
 			// it did not route; the client sends it again on its next connection.
 			return 0, false

@@ -151,10 +151,5 @@ func (s *server) route(from mqtthooks.SubscriberID, msg *mqtthooks.Message) {
 
 // publishWill publishes a Will for the core.
 func (s *server) publishWill(_ context.Context, id mqtthooks.SubscriberID, w *mqtthooks.Will) {
-	msg := &mqtthooks.Message{Topic: w.Topic, Payload: w.Payload, QoS: w.QoS, Retain: w.Retain,
-		Properties: mqtthooks.PublishProperties{PayloadFormatIndicator: w.Properties.PayloadFormatIndicator,
-			MessageExpiryInterval: w.Properties.MessageExpiryInterval, ContentType: w.Properties.ContentType,
-			ResponseTopic: w.Properties.ResponseTopic, CorrelationData: w.Properties.CorrelationData,
-			UserProperties: w.Properties.UserProperties}}
-	s.route(id, msg)
+	s.route(id, &w.Message)
 }

@@ -138,12 +138,12 @@ func connectRequest(pk *packets.Packet) *mqtthooks.ConnectRequest {
 	}
 	if c.WillFlag {
 		wp := &c.WillProperties
-		req.Will = &mqtthooks.Will{Topic: c.WillTopic, Payload: c.WillPayload, QoS: c.WillQos, Retain: c.WillRetain,
-			Properties: mqtthooks.WillProperties{
-				WillDelayInterval: wp.WillDelayInterval, PayloadFormatIndicator: wp.PayloadFormat,
+		req.Will = &mqtthooks.Will{DelayInterval: wp.WillDelayInterval, Message: mqtthooks.Message{
+			Topic: c.WillTopic, Payload: c.WillPayload, QoS: c.WillQos, Retain: c.WillRetain,
+			Properties: mqtthooks.PublishProperties{PayloadFormatIndicator: wp.PayloadFormat,
 				ContentType: wp.ContentType, ResponseTopic: wp.ResponseTopic, CorrelationData: wp.CorrelationData,
 				UserProperties: userProperties(wp.User),
-			}}
+			}}}
 		if wp.MessageExpiryInterval > 0 {
 			req.Will.Properties.MessageExpiryInterval = mqtthooks.Some(wp.MessageExpiryInterval)
 		}
@@ -185,16 +185,16 @@ func connackPacket(version byte, ack *mqtthooks.Connack) packets.Packet {
 	if a.SessionExpiryInterval.Set {
 		p.SessionExpiryInterval, p.SessionExpiryIntervalFlag = a.SessionExpiryInterval.V, true
 	}
-	p.ReceiveMaximum = a.ReceiveMaximum.V
+	p.ReceiveMaximum = a.ReceiveMaximum
 	if a.MaximumQoS.Set {
 		p.MaximumQos, p.MaximumQosFlag = a.MaximumQoS.V, true
 	}
 	if a.RetainAvailable.Set {
 		p.RetainAvailable, p.RetainAvailableFlag = boolByte(a.RetainAvailable.V), true
 	}
-	p.MaximumPacketSize = a.MaximumPacketSize.V
+	p.MaximumPacketSize = a.MaximumPacketSize
 	p.AssignedClientID = a.AssignedClientIdentifier
-	p.TopicAliasMaximum = a.TopicAliasMaximum.V
+	p.TopicAliasMaximum = a.TopicAliasMaximum
 	p.ReasonString = a.ReasonString
 	p.User = packetUserProperties(a.UserProperties)
 	if a.WildcardSubscriptionAvailable.Set {
@@ -226,7 +226,7 @@ func publishPacket(version byte, d *mqtthooks.Delivery) packets.Packet {
 	if version == 5 {
 		mp, p := &m.Properties, &pk.Properties
 		p.PayloadFormat, p.PayloadFormatFlag = mp.PayloadFormatIndicator, mp.PayloadFormatIndicator != 0
-		p.MessageExpiryInterval = d.MessageExpiry.V
+		p.MessageExpiryInterval = d.MessageExpiry
 		p.ContentType, p.ResponseTopic, p.CorrelationData = mp.ContentType, mp.ResponseTopic, mp.CorrelationData
 		p.User = packetUserProperties(mp.UserProperties)
 		for _, id := range d.SubscriptionIdentifiers {

@@ -38,7 +38,7 @@ func twoStep(_ context.Context, req *mqtthooks.AuthRequest) mqtthooks.AuthResult
 func TestEnhancedAuthTwoSteps(t *testing.T) {
 	f := newFixture(t, mqtthooks.Options{})
 	f.rec.OnAuthM5Func = twoStep
-	other := mqtthookstest.NewRecorder()
+	other := &mqtthookstest.Recorder{Accept: true}
 	other.OnAuthM5Func = func(context.Context, *mqtthooks.AuthRequest) mqtthooks.AuthResult {
 		return mqtthooks.AuthSuccess(nil, "not me")
 	}
@@ -183,7 +183,7 @@ func TestEnhancedAuthAnonymous(t *testing.T) {
 	f.rec.OnAuthM5Func = func(context.Context, *mqtthooks.AuthRequest) mqtthooks.AuthResult {
 		return mqtthooks.AuthSuccess(nil, "id")
 	}
-	f.rec.AuthOnRegisterM5Func = nil // Next
+	f.rec.Accept = false // Next
 	c := f.connect(withMethod(mqtthookstest.V5("c5", "", true, 0), ""))
 	requireAccepted(t, c)
 	reg, _ := f.rec.Last(sid("c5"), "AuthOnRegisterM5")
@@ -289,7 +289,7 @@ func TestReauthSucceeds(t *testing.T) {
 		}
 		return twoStep(ctx, req)
 	}
-	other := mqtthookstest.NewRecorder()
+	other := &mqtthookstest.Recorder{Accept: true}
 	other.OnAuthM5Func = func(context.Context, *mqtthooks.AuthRequest) mqtthooks.AuthResult {
 		return mqtthooks.AuthReject(mqtthooks.CodeBanned, "")
 	}
@@ -313,7 +313,7 @@ func TestReauthSucceeds(t *testing.T) {
 	assert.Equal(t, "rst", start.Auth.State)
 	assert.Zero(t, other.Count(sid("s"), "OnAuthM5"))
 	assert.Zero(t, f.rec.Count(sid("s"), "AuthOnRegisterM5"), "AuthOnRegisterM5 is not called again")
-	require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection, noSEI))
+	require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection))
 	gone, _ := f.rec.Last(sid("s"), "OnClientGone")
 	assert.Equal(t, "u", gone.Event.Username, "the username does not change")
 }

@@ -272,7 +272,7 @@ func (r *panicRouter) RemoveAll(id mqtthooks.SubscriberID, gen uint64) {
 // OnClientGone, Session Present 1 on the next CONNECT for a session that had
 // ended, and Deliver failing for the rest of the new life.
 func TestPanicInRouterFinishesTransition(t *testing.T) {
-	rec := mqtthookstest.NewRecorder()
+	rec := &mqtthookstest.Recorder{Accept: true}
 	router := &panicRouter{Router: rec.Router()}
 	f := newFixture(t, mqtthooks.Options{Router: router})
 	require.NoError(t, f.chain.Unregister("P"))
@@ -283,7 +283,7 @@ func TestPanicInRouterFinishesTransition(t *testing.T) {
 	requireAccepted(t, c)
 	require.NoError(t, c.Subscribe(t.Context(), "t"))
 	router.armed.Store(sid("s"), true)
-	require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection, noSEI))
+	require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection))
 	assert.Equal(t, 1, rec.Count(sid("s"), "OnClientGone"))
 	_, ok := f.core.Lookup(sid("s"))
 	assert.False(t, ok)
@@ -328,11 +328,11 @@ func TestMultipleSessionsLeaveWhileAcking(t *testing.T) {
 			wg.Go(func() { leave.Drop(context.Background(), nil) })
 			wg.Go(func() {
 				for _, d := range ds {
-					_ = stay.Session.Rec(d.PacketID)
-					_ = stay.Session.Comp(d.PacketID)
-					_, _ = stay.Session.Received(d.PacketID)
-					_, _ = stay.Session.Released(d.PacketID)
-					_ = stay.Session.Ack(d.PacketID)
+					_ = stay.Session.Pubrec(d.PacketID)
+					_ = stay.Session.Pubcomp(d.PacketID)
+					_, _ = stay.Session.InboundPublish(d.PacketID)
+					_, _ = stay.Session.InboundPubrel(d.PacketID)
+					_ = stay.Session.Puback(d.PacketID)
 				}
 			})
 			wg.Wait()
@@ -393,7 +393,7 @@ func TestBalanceLeaverWithOwedPubrel(t *testing.T) {
 		require.NoError(t, err)
 		require.NotEmpty(t, ds)
 		for _, d := range ds {
-			require.NoError(t, leaver.Session.Rec(d.PacketID)) // PUBREC; PUBCOMP never comes
+			require.NoError(t, leaver.Session.Pubrec(d.PacketID)) // PUBREC; PUBCOMP never comes
 		}
 		leaver.Drop(t.Context(), nil)
 		_, err = stayer.Receive()
@@ -698,7 +698,7 @@ func TestAcceptance48NextOnlyOrNoImplementer(t *testing.T) {
 	for _, next := range []bool{true, false} {
 		f := newFixture(t, mqtthooks.Options{})
 		if next { // the Recorder answers Next
-			f.rec.AuthOnRegisterFunc, f.rec.AuthOnRegisterM5Func = nil, nil
+			f.rec.Accept = false
 		} else { // nobody implements the hooks
 			require.NoError(t, f.chain.Unregister("P"))
 			require.NoError(t, f.chain.Register("P", mqtthooks.OnClientGoneFunc(func(context.Context, *mqtthooks.SessionEvent) {})))
@@ -738,7 +738,7 @@ func TestAcceptance80SlowOnRegisterDelaysConnack(t *testing.T) {
 func TestAcceptance81PersistentTakesOverClean(t *testing.T) {
 	f := newFixture(t, mqtthooks.Options{})
 	will := mqtthookstest.V3("s", "u", true)
-	will.Will = &mqtthooks.Will{Topic: "w", Payload: []byte("bye")}
+	will.Will = &mqtthooks.Will{Message: mqtthooks.Message{Topic: "w", Payload: []byte("bye")}}
 	c1 := f.connect(will)
 	requireAccepted(t, c1)
 	require.NoError(t, c1.Subscribe(t.Context(), "t"))

@@ -51,7 +51,7 @@ func FuzzModifiersValidate(f *testing.F) {
 			m.ReceiveMaximum = mqtthooks.Some(recvMax)
 		}
 		if on(10) {
-			m.MaxMessageSize = mqtthooks.Some(size)
+			m.MaximumPacketSize = mqtthooks.Some(size)
 		}
 		if on(11) {
 			m.UserProperties = mqtthooks.Some([]mqtthooks.UserProperty{{Key: username, Value: mountpoint}})
@@ -96,7 +96,7 @@ func FuzzConnect(f *testing.F) {
 	f.Fuzz(func(t *testing.T, version byte, clientID string, clean bool, user string, hasUser bool, pass []byte,
 		hasWill bool, willTopic string, willQoS byte, willRetain bool, sei uint32, method string) {
 		chain := mqtthooks.NewChain(mqtthooks.ChainOptions{})
-		rec := mqtthookstest.NewRecorder()
+		rec := &mqtthookstest.Recorder{Accept: true}
 		rec.OnAuthM5Func = func(context.Context, *mqtthooks.AuthRequest) mqtthooks.AuthResult {
 			return mqtthooks.AuthSuccess(nil, "id")
 		}
@@ -113,7 +113,7 @@ func FuzzConnect(f *testing.F) {
 		req.Properties.SessionExpiryInterval = sei
 		req.Properties.AuthenticationMethod = method
 		if hasWill {
-			req.Will = &mqtthooks.Will{Topic: willTopic, Payload: []byte("x"), QoS: willQoS, Retain: willRetain}
+			req.Will = &mqtthooks.Will{Message: mqtthooks.Message{Topic: willTopic, Payload: []byte("x"), QoS: willQoS, Retain: willRetain}}
 		}
 		c := mqtthookstest.NewClient(core)
 		step := c.Connect(context.Background(), req)
@@ -134,7 +134,7 @@ func FuzzConnect(f *testing.F) {
 			if id == "" || len(id) > 100 || !utf8.ValidString(id) || strings.ContainsRune(id, 0) {
 				t.Fatalf("accepted client id %q", id)
 			}
-			_ = step.Session.Disconnect(context.Background(), mqtthooks.CodeNormalDisconnection, mqtthooks.Some[uint32](0))
+			_ = step.Session.DisconnectWithExpiry(context.Background(), mqtthooks.CodeNormalDisconnection, 0)
 			if _, ok := core.Lookup(step.Session.ID()); ok && (req.ProtocolVersion.IsV5() || clean) {
 				t.Fatal("a session is left after a clean end")
 			}

@@ -463,8 +463,8 @@ func (a modelConnect) request() *mqtthooks.ConnectRequest {
 		req.Password = []byte(modelMultiPassword)
 	}
 	if a.willDelay >= 0 {
-		req.Will = &mqtthooks.Will{Topic: "will/" + a.id, Payload: []byte("bye"), QoS: 1,
-			Properties: mqtthooks.WillProperties{WillDelayInterval: uint32(a.willDelay)}}
+		req.Will = &mqtthooks.Will{Message: mqtthooks.Message{Topic: "will/" + a.id, Payload: []byte("bye"), QoS: 1},
+			DelayInterval: uint32(a.willDelay)}
 	}
 	return req
 }
@@ -618,7 +618,12 @@ func (m *modelRun) opDisconnect(c *modelConn) (string, error) {
 	if sei.Set {
 		desc += fmt.Sprintf(" sei=%d", sei.V)
 	}
-	err := c.client.Disconnect(context.Background(), code, sei)
+	var err error
+	if sei.Set {
+		err = c.client.DisconnectWithExpiry(context.Background(), code, sei.V)
+	} else {
+		err = c.client.Disconnect(context.Background(), code)
+	}
 	if c.v5 && sei.Set && c.sei == 0 && sei.V != 0 {
 		// Raising the SEI from 0 is a protocol error: DISCONNECT 0x82, and the
 		// connection ends with cleanup on disconnect, as its SEI stays 0.
@@ -769,7 +774,7 @@ func (m *modelRun) opStale(c *modelConn) (string, error) {
 		c.client.Session.Lost(context.Background(), errors.New("late close"))
 		return fmt.Sprintf("late Lost on an ended connection of %s (conn %d)", c.id, c.client.Info.ConnID), nil
 	}
-	_ = c.client.Session.Disconnect(context.Background(), mqtthooks.CodeNormalDisconnection, mqtthooks.Opt[uint32]{})
+	_ = c.client.Session.Disconnect(context.Background(), mqtthooks.CodeNormalDisconnection)
 	return fmt.Sprintf("late DISCONNECT on an ended connection of %s (conn %d)", c.id, c.client.Info.ConnID), nil
 }
 

@@ -195,9 +195,9 @@ func (r *multiRun) settle(c *multiConn) error {
 	var err error
 	switch {
 	case d.qos == 1:
-		err = c.client.Session.Ack(id)
+		err = c.client.Session.Puback(id)
 	case !d.released:
-		err = c.client.Session.Rec(id)
+		err = c.client.Session.Pubrec(id)
 		d.released = true
 		r.logf("%s PUBREC %d", c.name, id)
 		if err != nil {
@@ -205,7 +205,7 @@ func (r *multiRun) settle(c *multiConn) error {
 		}
 		return nil
 	default:
-		err = c.client.Session.Comp(id)
+		err = c.client.Session.Pubcomp(id)
 	}
 	r.logf("%s settles %d (%s)", c.name, id, d.payload)
 	if err != nil {

@@ -23,7 +23,7 @@ func drain(b *testing.B, c *mqtthookstest.Client) {
 			b.Fatal(err)
 		}
 		for _, d := range drainBuf[:n] {
-			if err := c.Session.Ack(d.PacketID); err != nil {
+			if err := c.Session.Puback(d.PacketID); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -78,7 +78,7 @@ func BenchmarkEnqueue(b *testing.B) {
 }
 
 // BenchmarkPullAck measures a QoS 1 round trip through a session: Deliver,
-// Pull, Ack.
+// Pull, Puback.
 func BenchmarkPullAck(b *testing.B) {
 	core := benchCoreWith(b, mqtthooks.Options{})
 	c := mqtthookstest.ConnectV3(context.Background(), core, "c1", "u", false)
@@ -94,7 +94,7 @@ func BenchmarkPullAck(b *testing.B) {
 		if err != nil || n != 1 {
 			b.Fatal(n, err)
 		}
-		if err := c.Session.Ack(buf[0].PacketID); err != nil {
+		if err := c.Session.Puback(buf[0].PacketID); err != nil {
 			b.Fatal(err)
 		}
 	}

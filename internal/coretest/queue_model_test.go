@@ -537,20 +537,20 @@ func (r *nlRun) opPull(s *nlSession, k int) error {
 // nlCheckExpiry checks the remaining Message Expiry Interval handed out.
 func nlCheckExpiry(d mqtthooks.Delivery, m *nlMsg, now time.Time) error {
 	if m.expires.IsZero() {
-		if d.MessageExpiry.Set {
-			return fmt.Errorf("%s has no Message Expiry, but the delivery carries %d", m.payload(), d.MessageExpiry.V)
+		if d.MessageExpiry != 0 {
+			return fmt.Errorf("%s has no Message Expiry, but the delivery carries %d", m.payload(), d.MessageExpiry)
 		}
 		return nil
 	}
 	left := m.expires.Sub(now)
 	if left <= 0 { // an in-flight message resent after its expiry: it does not expire
-		if !d.MessageExpiry.Set || d.MessageExpiry.V < 1 {
+		if d.MessageExpiry < 1 {
 			return fmt.Errorf("%s resent after its expiry carries Message Expiry %+v; want at least 1", m.payload(), d.MessageExpiry)
 		}
 		return nil
 	}
 	want := uint32((left + time.Second - 1) / time.Second)
-	if d.MessageExpiry != mqtthooks.Some(want) {
+	if d.MessageExpiry != want {
 		return fmt.Errorf("%s carries Message Expiry %+v; want %d s left", m.payload(), d.MessageExpiry, want)
 	}
 	return nil
@@ -579,11 +579,11 @@ func (r *nlRun) opSettle(s *nlSession, f *nlFlight, what string) error {
 	var kind string
 	switch {
 	case f.m.qos == 1:
-		kind, err = "PUBACK", sess.Ack(f.pid)
+		kind, err = "PUBACK", sess.Puback(f.pid)
 	case !f.released:
-		kind, err = "PUBREC", sess.Rec(f.pid)
+		kind, err = "PUBREC", sess.Pubrec(f.pid)
 	default:
-		kind, err = "PUBCOMP", sess.Comp(f.pid)
+		kind, err = "PUBCOMP", sess.Pubcomp(f.pid)
 	}
 	r.logf("%s %s: %s %d (%s) → %v", what, s.cur.name, kind, f.pid, f.m.payload(), err)
 	if err != nil {
@@ -615,20 +615,20 @@ func (r *nlRun) opWrongAck(s *nlSession) error {
 		fn   func() error
 	}
 	tries := []try{
-		{fmt.Sprintf("PUBACK %d (unknown)", unused), func() error { return sess.Ack(unused) }},
-		{fmt.Sprintf("PUBCOMP %d (unknown)", unused), func() error { return sess.Comp(unused) }},
-		{fmt.Sprintf("PUBREC %d (unknown)", unused), func() error { return sess.Rec(unused) }},
+		{fmt.Sprintf("PUBACK %d (unknown)", unused), func() error { return sess.Puback(unused) }},
+		{fmt.Sprintf("PUBCOMP %d (unknown)", unused), func() error { return sess.Pubcomp(unused) }},
+		{fmt.Sprintf("PUBREC %d (unknown)", unused), func() error { return sess.Pubrec(unused) }},
 	}
 	for _, f := range s.inflight {
 		switch {
 		case f.m.qos == 1:
-			tries = append(tries, try{fmt.Sprintf("PUBREC %d of QoS 1", f.pid), func() error { return sess.Rec(f.pid) }},
-				try{fmt.Sprintf("PUBCOMP %d of QoS 1", f.pid), func() error { return sess.Comp(f.pid) }})
+			tries = append(tries, try{fmt.Sprintf("PUBREC %d of QoS 1", f.pid), func() error { return sess.Pubrec(f.pid) }},
+				try{fmt.Sprintf("PUBCOMP %d of QoS 1", f.pid), func() error { return sess.Pubcomp(f.pid) }})
 		case !f.released:
-			tries = append(tries, try{fmt.Sprintf("PUBACK %d of QoS 2", f.pid), func() error { return sess.Ack(f.pid) }},
-				try{fmt.Sprintf("PUBCOMP %d before PUBREC", f.pid), func() error { return sess.Comp(f.pid) }})
+			tries = append(tries, try{fmt.Sprintf("PUBACK %d of QoS 2", f.pid), func() error { return sess.Puback(f.pid) }},
+				try{fmt.Sprintf("PUBCOMP %d before PUBREC", f.pid), func() error { return sess.Pubcomp(f.pid) }})
 		default:
-			tries = append(tries, try{fmt.Sprintf("PUBACK %d of QoS 2", f.pid), func() error { return sess.Ack(f.pid) }})
+			tries = append(tries, try{fmt.Sprintf("PUBACK %d of QoS 2", f.pid), func() error { return sess.Puback(f.pid) }})
 		}
 	}
 	tr := tries[r.rng.IntN(len(tries))]
@@ -647,18 +647,18 @@ func (r *nlRun) opInbound(s *nlSession) error {
 	id := uint16(1 + r.rng.IntN(3))
 	sess := s.cur.client.Session
 	if r.rng.IntN(2) == 0 {
-		first, err := sess.Received(id)
+		first, err := sess.InboundPublish(id)
 		r.logf("inbound %s: PUBLISH id %d → first %v, %v", s.cur.name, id, first, err)
 		if err != nil || first == s.inbound[id] {
-			return fmt.Errorf("Received(%d) on %s = %v, %v; want first=%v", id, s.cur.name, first, err, !s.inbound[id])
+			return fmt.Errorf("InboundPublish(%d) on %s = %v, %v; want first=%v", id, s.cur.name, first, err, !s.inbound[id])
 		}
 		s.inbound[id] = true
 		return nil
 	}
-	known, err := sess.Released(id)
+	known, err := sess.InboundPubrel(id)
 	r.logf("inbound %s: PUBREL id %d → known %v, %v", s.cur.name, id, known, err)
 	if err != nil || known != s.inbound[id] {
-		return fmt.Errorf("Released(%d) on %s = %v, %v; want known=%v", id, s.cur.name, known, err, s.inbound[id])
+		return fmt.Errorf("InboundPubrel(%d) on %s = %v, %v; want known=%v", id, s.cur.name, known, err, s.inbound[id])
 	}
 	if known {
 		r.tally["inbound QoS 2 id released"]++
@@ -675,7 +675,7 @@ func (r *nlRun) opEnd(s *nlSession, lost bool) error {
 		c.client.Drop(r.ctx, nil)
 		r.logf("lost %s", c.name)
 	} else {
-		err := c.client.Disconnect(r.ctx, mqtthooks.CodeNormalDisconnection, mqtthooks.Opt[uint32]{})
+		err := c.client.Disconnect(r.ctx, mqtthooks.CodeNormalDisconnection)
 		r.logf("disconnect %s → %v", c.name, err)
 		if err != nil {
 			return fmt.Errorf("DISCONNECT of %s: %v", c.name, err)
@@ -833,14 +833,14 @@ func (r *nlRun) opStale(s *nlSession, c *nlConn) error {
 	what := ""
 	switch r.rng.IntN(4) {
 	case 0:
-		what, aerr = "PUBACK", sess.Ack(pid)
+		what, aerr = "PUBACK", sess.Puback(pid)
 	case 1:
-		what, aerr = "PUBREC", sess.Rec(pid)
+		what, aerr = "PUBREC", sess.Pubrec(pid)
 	case 2:
-		what, aerr = "PUBCOMP", sess.Comp(pid)
+		what, aerr = "PUBCOMP", sess.Pubcomp(pid)
 	default:
 		what = "inbound PUBLISH"
-		_, aerr = sess.Received(pid)
+		_, aerr = sess.InboundPublish(pid)
 	}
 	r.logf("stale %s: Pull → %v; %s %d → %v", c.name, perr, what, pid, aerr)
 	if c.lost { // the broker reported the end: any error will do
@@ -880,10 +880,9 @@ func (r *nlRun) check() error {
 	core := r.f.core
 	st := core.Stats()
 	held := 0
-	core.Range(func(i mqtthooks.SessionInfo) bool {
+	for i := range core.Sessions() {
 		held += i.Pending + i.Inflight
-		return true
-	})
+	}
 	if st.Routed != st.Delivered+st.Dropped+st.NotStoredQoS0+st.Discarded+uint64(held) {
 		return fmt.Errorf("Stats: Routed %d ≠ Delivered %d + Dropped %d + NotStoredQoS0 %d + Discarded %d + held %d",
 			st.Routed, st.Delivered, st.Dropped, st.NotStoredQoS0, st.Discarded, held)
@@ -1105,7 +1104,7 @@ func stormPubLoop(c *mqtthookstest.Client, res *stormPubResult, seed uint64, pol
 				time.Sleep(time.Duration(rng.IntN(200)) * time.Microsecond)
 			}
 			for _, d := range buf[:n] {
-				_ = c.Session.Ack(d.PacketID) // fails once taken over: the successor gets it again
+				_ = c.Session.Puback(d.PacketID) // fails once taken over: the successor gets it again
 				if _, err := c.Session.Pull(nil); err != nil {
 					end(err)
 					return

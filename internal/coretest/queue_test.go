@@ -49,10 +49,9 @@ func checkNoLoss(t *testing.T, core *mqtthooks.Core) {
 	t.Helper()
 	st := core.Stats()
 	held := 0
-	core.Range(func(i mqtthooks.SessionInfo) bool {
+	for i := range core.Sessions() {
 		held += i.Pending + i.Inflight
-		return true
-	})
+	}
 	assert.Equal(t, st.Routed, st.Delivered+st.Dropped+st.NotStoredQoS0+st.Discarded+uint64(held),
 		"routed = delivered + dropped + not stored + discarded + held (%+v, held %d)", st, held)
 }
@@ -141,7 +140,7 @@ func TestOfflineQoS0(t *testing.T) {
 	assert.Zero(t, ds[0].PacketID)
 }
 
-// Online delivery: Notify once work waits, Pull hands out, Ack settles; the
+// Online delivery: Notify once work waits, Pull hands out, Puback settles; the
 // in-flight window bounds what is handed out.
 func TestOnlineDeliveryAndWindow(t *testing.T) {
 	f := newFixture(t, mqtthooks.Options{MaxInflightMessages: mqtthooks.Some(2)})
@@ -157,8 +156,8 @@ func TestOnlineDeliveryAndWindow(t *testing.T) {
 	within(t, c.Conn.Notified(), "a Notify") // the freed slot lets message 3 go
 	next, _ := c.PullAll()
 	assert.Equal(t, []string{"3"}, payloads(next))
-	assert.ErrorIs(t, c.Session.Ack(first[0].PacketID), mqtthooks.ErrPacketIDNotFound, "acked twice")
-	assert.ErrorIs(t, c.Session.Comp(next[0].PacketID), mqtthooks.ErrPacketIDNotFound, "wrong flow")
+	assert.ErrorIs(t, c.Session.Puback(first[0].PacketID), mqtthooks.ErrPacketIDNotFound, "acked twice")
+	assert.ErrorIs(t, c.Session.Pubcomp(next[0].PacketID), mqtthooks.ErrPacketIDNotFound, "wrong flow")
 }
 
 // A delivery too large for the client is discarded as if sent (MQTT 5
@@ -177,7 +176,7 @@ func TestDiscardTooLarge(t *testing.T) {
 	within(t, c.Conn.Notified(), "a Notify") // the freed slot lets message 2 go
 	next, _ := c.PullAll()
 	assert.Equal(t, []string{"2"}, payloads(next))
-	assert.ErrorIs(t, c.Session.Ack(first[0].PacketID), mqtthooks.ErrPacketIDNotFound, "discarded, not in flight")
+	assert.ErrorIs(t, c.Session.Puback(first[0].PacketID), mqtthooks.ErrPacketIDNotFound, "discarded, not in flight")
 	assert.ErrorIs(t, c.Session.Discard(first[0]), mqtthooks.ErrPacketIDNotFound, "discarded twice")
 	require.NoError(t, c.Settle(next[0]))
 
@@ -228,16 +227,16 @@ func TestQoS2Flow(t *testing.T) {
 	f.publish(t, sid("s"), 2, 2)
 	ds, _ := c.PullAll()
 	require.Len(t, ds, 2)
-	require.NoError(t, c.Session.Rec(ds[0].PacketID))
-	require.NoError(t, c.Session.Rec(ds[1].PacketID))
-	require.NoError(t, c.Session.Comp(ds[0].PacketID))
+	require.NoError(t, c.Session.Pubrec(ds[0].PacketID))
+	require.NoError(t, c.Session.Pubrec(ds[1].PacketID))
+	require.NoError(t, c.Session.Pubcomp(ds[0].PacketID))
 	c.Drop(t.Context(), nil)
 
 	again := f.v5("s", false, 300)
 	resent, _ := again.PullAll()
 	require.Len(t, resent, 1)
 	assert.Equal(t, mqtthooks.Delivery{PacketID: ds[1].PacketID, QoS: 2, Pubrel: true}, resent[0])
-	require.NoError(t, again.Session.Comp(ds[1].PacketID))
+	require.NoError(t, again.Session.Pubcomp(ds[1].PacketID))
 	assert.Equal(t, uint64(2), f.core.Stats().Delivered)
 	checkNoLoss(t, f.core)
 }
@@ -246,19 +245,19 @@ func TestQoS2Flow(t *testing.T) {
 func TestInboundQoS2(t *testing.T) {
 	f := newFixture(t, mqtthooks.Options{})
 	c := f.v5("s", false, 300)
-	first, err := c.Session.Received(7)
+	first, err := c.Session.InboundPublish(7)
 	require.NoError(t, err)
 	assert.True(t, first)
-	again, _ := c.Session.Received(7)
+	again, _ := c.Session.InboundPublish(7)
 	assert.False(t, again, "a DUP is not routed twice")
 	c.Drop(t.Context(), nil)
 
 	c2 := f.v5("s", false, 300)
-	dup, _ := c2.Session.Received(7)
+	dup, _ := c2.Session.InboundPublish(7)
 	assert.False(t, dup, "kept with the session")
-	known, _ := c2.Session.Released(7)
+	known, _ := c2.Session.InboundPubrel(7)
 	assert.True(t, known)
-	known, _ = c2.Session.Released(7)
+	known, _ = c2.Session.InboundPubrel(7)
 	assert.False(t, known)
 }
 
@@ -285,7 +284,7 @@ func TestTakeoverResendsInflight(t *testing.T) {
 	assert.NotEqual(t, got[0].PacketID, got[1].PacketID)
 	_, err = c1.Pull()
 	assert.ErrorIs(t, err, mqtthooks.ErrTakenOver)
-	assert.ErrorIs(t, c1.Session.Ack(ds[0].PacketID), mqtthooks.ErrTakenOver, "the old connection's acks are void")
+	assert.ErrorIs(t, c1.Session.Puback(ds[0].PacketID), mqtthooks.ErrTakenOver, "the old connection's acks are void")
 	checkNoLoss(t, f.core)
 }
 
@@ -294,7 +293,7 @@ func TestDiscardedAtSessionEnd(t *testing.T) {
 	f := newFixture(t, mqtthooks.Options{})
 	c := f.v3("s", true)
 	f.publish(t, sid("s"), 1, 3)
-	require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection, noSEI))
+	require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection))
 	st := f.core.Stats()
 	assert.Equal(t, uint64(3), st.Discarded)
 	assert.Zero(t, st.Dropped)
@@ -321,7 +320,7 @@ func TestMessageExpiry(t *testing.T) {
 		ds, _ := c.PullAll()
 
 		assert.Equal(t, []string{"100"}, payloads(ds))
-		assert.Equal(t, mqtthooks.Some[uint32](70), ds[0].MessageExpiry)
+		assert.Equal(t, uint32(70), ds[0].MessageExpiry)
 		drop, ok := f.rec.Last(sid("s"), "OnMessageDrop")
 		require.True(t, ok)
 		assert.Equal(t, mqtthooks.DropExpired, drop.Drop.Reason)

@@ -53,7 +53,7 @@ func connectCycle(b *testing.B, core *mqtthooks.Core, ci *mqtthooks.ConnInfo, re
 	if err := s.Start(); err != nil {
 		b.Fatal(err)
 	}
-	if err := s.Disconnect(ctx, mqtthooks.CodeNormalDisconnection, mqtthooks.Opt[uint32]{}); err != nil {
+	if err := s.Disconnect(ctx, mqtthooks.CodeNormalDisconnection); err != nil {
 		b.Fatal(err)
 	}
 }

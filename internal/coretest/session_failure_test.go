@@ -98,7 +98,7 @@ func (b *blockingRouter) Add(id mqtthooks.SubscriberID, gen uint64, sub mqtthook
 
 // A Lost whose context ends while it waits its turn still ends the connection.
 func TestLostWithCanceledContextStillEnds(t *testing.T) {
-	rec := mqtthookstest.NewRecorder()
+	rec := &mqtthookstest.Recorder{Accept: true}
 	router := &blockingRouter{Router: rec.Router(), entered: make(chan struct{}), release: make(chan struct{})}
 	f := newFixture(t, mqtthooks.Options{Router: router})
 	f.rec = rec
@@ -135,7 +135,7 @@ func TestSessionLimitThroughReplacements(t *testing.T) {
 		for range 300 {
 			if c := f.v3("b", true); c.Accepted() {
 				stolen.Add(1)
-				_ = c.Disconnect(context.Background(), mqtthooks.CodeNormalDisconnection, noSEI)
+				_ = c.Disconnect(context.Background(), mqtthooks.CodeNormalDisconnection)
 			}
 		}
 	})
@@ -191,7 +191,7 @@ func (panickyRouter) Add(mqtthooks.SubscriberID, uint64, mqtthooks.Subscription)
 // A panic in the broker's Router is logged and does not leave the client id
 // stuck.
 func TestPanicInRouterDoesNotWedge(t *testing.T) {
-	rec := mqtthookstest.NewRecorder()
+	rec := &mqtthookstest.Recorder{Accept: true}
 	f := newFixture(t, mqtthooks.Options{Router: panickyRouter{rec.Router()}})
 	c := f.v3("s", false)
 	assert.NotPanics(t, func() { _ = c.Subscribe(t.Context(), "t") })
@@ -220,7 +220,7 @@ func TestClientDisconnectWithServerCode(t *testing.T) {
 	c := f.connect(withWill(mqtthookstest.V5("s", "u", true, 0)))
 	f.rec.Reset()
 
-	err := c.Disconnect(t.Context(), mqtthooks.CodeSessionTakenOver, noSEI)
+	err := c.Disconnect(t.Context(), mqtthooks.CodeSessionTakenOver)
 
 	var pe *mqtthooks.ProtocolError
 	require.ErrorAs(t, err, &pe)

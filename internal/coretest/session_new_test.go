@@ -36,7 +36,7 @@ func TestTakeoverStrictOrder(t *testing.T) {
 
 	other := f.v3("t", true)
 	requireAccepted(t, other)
-	require.NoError(t, other.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection, noSEI))
+	require.NoError(t, other.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection))
 	select {
 	case <-done:
 		t.Fatal("the new connection completed while Offline of the old one ran")
@@ -56,7 +56,7 @@ func TestTakeoverStrictOrder(t *testing.T) {
 // withDelayedWill returns a v5 CONNECT with a Will delayed by delay seconds.
 func withDelayedWill(req *mqtthooks.ConnectRequest, delay uint32) *mqtthooks.ConnectRequest {
 	withWill(req)
-	req.Will.Properties.WillDelayInterval = delay
+	req.Will.DelayInterval = delay
 	return req
 }
 
@@ -146,7 +146,7 @@ func TestResumeWithSEIZero(t *testing.T) {
 	again := f.v5("s", false, 0)
 	requireAccepted(t, again)
 	assert.True(t, again.Connack().SessionPresent)
-	require.NoError(t, again.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection, noSEI))
+	require.NoError(t, again.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection))
 
 	f.rec.ExpectHooks(t, sid("s"), "AuthOnRegisterM5", "OnClientWakeup", "OnRegisterM5", "RemoveAll", "OnClientGone")
 }
@@ -166,7 +166,7 @@ func TestPanicsInLifecycleHooks(t *testing.T) {
 
 	c := f.v3("s", true)
 	requireAccepted(t, c)
-	require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection, noSEI))
+	require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection))
 
 	f.rec.ExpectHooks(t, sid("s"), "AuthOnRegister", "OnClientWakeup", "OnRegister", "OnClientGone")
 	_, ok := f.core.Lookup(sid("s"))
@@ -326,7 +326,7 @@ func TestGenerationPerLife(t *testing.T) {
 	c.Drop(t.Context(), nil)
 	c = f.v3("s", false)
 	c = f.v3("s", true) // clean: a new life
-	require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection, noSEI))
+	require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection))
 	f.v3("s", false)
 
 	var gens []uint64
@@ -523,7 +523,7 @@ func TestBlockedHookDoesNotBlockOtherIDs(t *testing.T) {
 
 	b := f.v3("b", true)
 	requireAccepted(t, b)
-	require.NoError(t, b.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection, noSEI))
+	require.NoError(t, b.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection))
 	assert.Equal(t, 1, f.rec.Count(sid("b"), "OnClientGone"))
 	close(release)
 	<-done
@@ -570,7 +570,7 @@ func TestHookCallsBackIntoCore(t *testing.T) {
 func TestShutdownLeavesNoGoroutine(t *testing.T) {
 	baseline := runtime.NumGoroutine()
 	chain := mqtthooks.NewChain(mqtthooks.ChainOptions{})
-	require.NoError(t, chain.Register("P", mqtthookstest.NewRecorder()))
+	require.NoError(t, chain.Register("P", &mqtthookstest.Recorder{Accept: true}))
 	core, err := mqtthooks.NewCore(chain, mqtthooks.Options{})
 	require.NoError(t, err)
 	for i := range 10_000 {

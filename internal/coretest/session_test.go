@@ -29,7 +29,7 @@ type fixture struct {
 
 func newFixture(t testing.TB, opts mqtthooks.Options) *fixture {
 	t.Helper()
-	f := &fixture{t: t, rec: mqtthookstest.NewRecorder(), logs: new(logBuffer)}
+	f := &fixture{t: t, rec: &mqtthookstest.Recorder{Accept: true}, logs: new(logBuffer)}
 	logger := slog.New(slog.NewTextHandler(f.logs, nil))
 	f.chain = mqtthooks.NewChain(mqtthooks.ChainOptions{Logger: logger})
 	require.NoError(t, f.chain.Register("P", f.rec))
@@ -94,7 +94,7 @@ func TestDisconnectV3Clean(t *testing.T) {
 	requireAccepted(t, c)
 	require.NoError(t, c.Subscribe(t.Context(), "t/#"))
 
-	require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection, mqtthooks.Opt[uint32]{}))
+	require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection))
 
 	f.rec.ExpectHooks(t, sid("c1"), "AuthOnRegister", "OnClientWakeup", "OnRegister", "Add", "RemoveAll", "OnClientGone")
 	gone, _ := f.rec.Last(sid("c1"), "OnClientGone")
@@ -192,14 +192,16 @@ func TestLookupRangeStats(t *testing.T) {
 	assert.False(t, info.ExpiresAt.IsZero())
 
 	seen := map[string]bool{}
-	f.core.Range(func(i mqtthooks.SessionInfo) bool {
+	for i := range f.core.Sessions() {
 		seen[i.ID.ClientID] = true
-		return true
-	})
+	}
 	assert.Equal(t, map[string]bool{"a": true, "b": true, "c": true}, seen)
 	n := 0
-	f.core.Range(func(mqtthooks.SessionInfo) bool { n++; return false })
-	assert.Equal(t, 1, n, "Range stops when fn returns false")
+	for range f.core.Sessions() {
+		n++
+		break
+	}
+	assert.Equal(t, 1, n, "the iteration stops at break")
 
 	st := f.core.Stats()
 	assert.Equal(t, int64(3), st.Sessions)
@@ -255,7 +257,7 @@ func TestLifecycleHookDeadline(t *testing.T) {
 		}
 		c := f.v3("c1", true)
 		start := time.Now()
-		require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection, noSEI))
+		require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection))
 		assert.Equal(t, start.Add(2*time.Second), deadline)
 		assert.Equal(t, 2*time.Second, time.Since(start))
 		assert.ErrorIs(t, err, context.DeadlineExceeded)

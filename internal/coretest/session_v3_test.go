@@ -223,7 +223,7 @@ func TestConnectMalformedStrings(t *testing.T) {
 		assert.Nil(t, c.Connack())
 	}
 	will := mqtthookstest.V5("c5", "u", true, 0)
-	will.Will = &mqtthooks.Will{Topic: "w\x00"}
+	will.Will = &mqtthooks.Will{Message: mqtthooks.Message{Topic: "w\x00"}}
 	c := mqtthookstest.NewClient(f.core)
 	c.Connect(t.Context(), will)
 	assert.Equal(t, mqtthooks.CodeMalformedPacket, c.Connack().ReasonCode)
@@ -358,7 +358,7 @@ func TestConnectWillVetoed(t *testing.T) {
 		return mqtthooks.Accept()
 	}
 	req := mqtthookstest.V3("c1", "u", true)
-	req.Will = &mqtthooks.Will{Topic: "w", Payload: []byte("bye")}
+	req.Will = &mqtthooks.Will{Message: mqtthooks.Message{Topic: "w", Payload: []byte("bye")}}
 	c := mqtthookstest.NewClient(f.core)
 	c.Connect(t.Context(), req)
 
@@ -368,7 +368,7 @@ func TestConnectWillVetoed(t *testing.T) {
 
 // withWill returns a v3 CONNECT with a Will on topic "w/<id>".
 func withWill(req *mqtthooks.ConnectRequest) *mqtthooks.ConnectRequest {
-	req.Will = &mqtthooks.Will{Topic: "w/" + req.ClientID, Payload: []byte("bye"), QoS: 1}
+	req.Will = &mqtthooks.Will{Message: mqtthooks.Message{Topic: "w/" + req.ClientID, Payload: []byte("bye"), QoS: 1}}
 	return req
 }
 
@@ -403,7 +403,7 @@ func TestDisconnectV3PersistentAndResume(t *testing.T) {
 	c := f.connect(withWill(mqtthookstest.V3("c1", "u", false)))
 	requireAccepted(t, c)
 	require.NoError(t, c.Subscribe(t.Context(), "t"))
-	require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection, mqtthooks.Opt[uint32]{}))
+	require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection))
 
 	f.rec.ExpectHooks(t, sid("c1"), "AuthOnRegister", "OnClientWakeup", "OnRegister", "Add", "OnClientOffline")
 	off, _ := f.rec.Last(sid("c1"), "OnClientOffline")
@@ -430,7 +430,7 @@ func TestExpiryV3(t *testing.T) {
 		requireAccepted(t, c)
 		require.NoError(t, c.Subscribe(t.Context(), "t"))
 		gen := c.Session.Generation()
-		require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection, mqtthooks.Opt[uint32]{}))
+		require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection))
 		info, _ := f.core.Lookup(sid("c1"))
 		assert.Equal(t, time.Now().Add(2*time.Second), info.ExpiresAt)
 

@@ -12,7 +12,6 @@ import (
 	"github.com/mqtthooks/mqtthooks/mqtthookstest"
 )
 
-var noSEI mqtthooks.Opt[uint32]
 
 // ACCEPTANCE 45: an accepted clean v5 CONNECT, then DISCONNECT 0x00.
 func TestConnectV5Clean(t *testing.T) {
@@ -36,7 +35,7 @@ func TestConnectV5Clean(t *testing.T) {
 	require.NotNil(t, reg.Connack)
 	assert.Equal(t, mqtthooks.ConnackProperties{}, *reg.Connack)
 
-	require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection, noSEI))
+	require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection))
 
 	f.rec.ExpectHooks(t, sid("c5"), "AuthOnRegisterM5", "OnClientWakeup", "OnRegisterM5", "Add", "RemoveAll", "OnClientGone")
 	gone, _ := f.rec.Last(sid("c5"), "OnClientGone")
@@ -102,7 +101,7 @@ func TestExpiryV5(t *testing.T) {
 		f := newFixture(t, mqtthooks.Options{})
 		c := f.v5("c5", false, 60)
 		require.NoError(t, c.Subscribe(t.Context(), "t"))
-		require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection, noSEI))
+		require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection))
 		time.Sleep(59 * time.Second)
 
 		again := f.v5("c5", false, 60)
@@ -134,7 +133,7 @@ func TestDisconnectRaisesSEI(t *testing.T) {
 	require.NoError(t, c.Subscribe(t.Context(), "t"))
 	f.rec.Reset()
 
-	err := c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection, mqtthooks.Some[uint32](30))
+	err := c.DisconnectWithExpiry(t.Context(), mqtthooks.CodeNormalDisconnection, 30)
 
 	var pe *mqtthooks.ProtocolError
 	require.ErrorAs(t, err, &pe)
@@ -152,7 +151,7 @@ func TestDisconnectLowersSEI(t *testing.T) {
 	require.NoError(t, c.Subscribe(t.Context(), "t"))
 	f.rec.Reset()
 
-	require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection, mqtthooks.Some[uint32](0)))
+	require.NoError(t, c.DisconnectWithExpiry(t.Context(), mqtthooks.CodeNormalDisconnection, 0))
 
 	f.rec.ExpectHooks(t, sid("c5"), "RemoveAll", "OnClientGone")
 	gone, _ := f.rec.Last(sid("c5"), "OnClientGone")
@@ -164,7 +163,7 @@ func TestDisconnectWithWillMessage(t *testing.T) {
 	f := newFixture(t, mqtthooks.Options{})
 	c := f.connect(withWill(mqtthookstest.V5("c5", "u", true, 60)))
 	f.rec.Reset()
-	require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeDisconnectWithWillMessage, mqtthooks.Some[uint32](120)))
+	require.NoError(t, c.DisconnectWithExpiry(t.Context(), mqtthooks.CodeDisconnectWithWillMessage, 120))
 	f.rec.ExpectHooks(t, sid("c5"), "PublishWill", "OnClientOffline")
 	off, _ := f.rec.Last(sid("c5"), "OnClientOffline")
 	assert.Equal(t, mqtthooks.CodeDisconnectWithWillMessage, off.Event.Code)
@@ -270,11 +269,11 @@ func TestConnackAdvertisesCapabilities(t *testing.T) {
 	requireAccepted(t, c)
 	assert.Equal(t, mqtthooks.ConnackProperties{
 		MaximumQoS: mqtthooks.Some[byte](1), RetainAvailable: mqtthooks.Some(false),
-		MaximumPacketSize: mqtthooks.Some[uint32](1 << 20), TopicAliasMaximum: mqtthooks.Some[uint16](10),
-		ReceiveMaximum: mqtthooks.Some[uint16](100), SubscriptionIdentifierAvailable: mqtthooks.Some(false),
+		MaximumPacketSize: 1 << 20, TopicAliasMaximum: 10,
+		ReceiveMaximum: 100, SubscriptionIdentifierAvailable: mqtthooks.Some(false),
 		SharedSubscriptionAvailable: mqtthooks.Some(false),
 	}, c.Connack().Properties)
-	assert.Equal(t, mqtthooks.Limits{MaxMessageSize: 1 << 20, MaximumQoS: 1, WildcardSubscriptionAvailable: true,
+	assert.Equal(t, mqtthooks.Limits{MaximumPacketSize: 1 << 20, MaximumQoS: 1, WildcardSubscriptionAvailable: true,
 		TopicAliasMaximum: 10, ReceiveMaximum: 100, KeepAlive: 60}, c.Session.Limits())
 }
 

@@ -14,7 +14,10 @@ import (
 )
 
 // fakeTB records what a helper reports.
-type fakeTB struct{ errors []string }
+type fakeTB struct {
+	testing.TB
+	errors []string
+}
 
 func (f *fakeTB) Helper() {}
 func (f *fakeTB) Errorf(format string, args ...any) {
