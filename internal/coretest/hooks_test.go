@@ -304,7 +304,7 @@ func TestModifiersValid(t *testing.T) {
 		AllowMultipleSessions:         mqtthooks.Some(true),
 		StoreQoS0Offline:              mqtthooks.Some(true),
 		MaxInflightMessages:           mqtthooks.Some(65535),
-		MaximumPacketSize:                mqtthooks.Some[uint32](1024),
+		MaximumPacketSize:             mqtthooks.Some[uint32](1024),
 		MaxMessageRate:                mqtthooks.Some[uint32](10),
 		UpgradeQoS:                    mqtthooks.Some(true),
 		MaximumQoS:                    mqtthooks.Some[byte](1),

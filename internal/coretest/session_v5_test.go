@@ -12,7 +12,6 @@ import (
 	"github.com/mqtthooks/mqtthooks/mqtthookstest"
 )
 
-
 // ACCEPTANCE 45: an accepted clean v5 CONNECT, then DISCONNECT 0x00.
 func TestConnectV5Clean(t *testing.T) {
 	f := newFixture(t, mqtthooks.Options{})
