@@ -139,7 +139,7 @@ func (s *codeSet) addRange(lo, hi ReasonCode) {
 
 func (s *codeSet) has(c ReasonCode) bool { return s[c>>6]&(1<<(c&63)) != 0 }
 
-// The codes a server may put in each packet (SPEC §4, after MQTT 5 §3.2.2.2,
+// The codes a server may put in each packet (MQTT 5 §3.2.2.2,
 // §3.14.2.1 and §3.15.2.1).
 var validCodes = func() (sets [PacketClientDisconnect + 1]codeSet) {
 	connack := &sets[PacketConnack]
@@ -284,7 +284,7 @@ func (e *RejectError) Error() string {
 }
 
 // ConnackReturnCode returns the MQTT 3 CONNACK return code for the outcome of a
-// CONNECT (SPEC §4): 0 for a nil err, otherwise the code of the table below.
+// CONNECT: 0 for a nil err, otherwise the code of the table below.
 // For a chain's outcome pass Decision.ReplyError. A CONNECT whose context was
 // canceled is abandoned: it gets no CONNACK at all, so its error
 // (context.Canceled) has no code of its own here.
@@ -312,7 +312,7 @@ func ConnackReturnCode(err error) ReturnCode {
 }
 
 // ConnackReasonCode returns the MQTT 5 CONNACK reason code for the outcome of a
-// CONNECT (SPEC §4), like ConnackReturnCode: CodeSuccess for a nil err, 0x84 ErrProtocolVersion, 0x85
+// CONNECT, like ConnackReturnCode: CodeSuccess for a nil err, 0x84 ErrProtocolVersion, 0x85
 // ErrClientIDRejected, 0x86 ErrInvalidCredentials, 0x88 plugin faults
 // (ErrPluginPanic, ErrHookTimeout, ErrInvalidResult, ErrInvalidModifiers) and
 // ErrRegistration, 0x97 ErrSessionLimit, 0x9B ErrWillQoS, 0x9A ErrWillRetain,
@@ -363,7 +363,8 @@ var sentinelCodes = [...]struct {
 	{ErrShutdown, CodeServerUnavailable},
 }
 
-// v3Code maps a v5 CONNACK code to the MQTT 3 return code (SPEC §4).
+// v3Code maps a v5 CONNACK code to the MQTT 3 return code: the nearest of
+// the five that MQTT 3.1.1 §3.2.2.3 has.
 func v3Code(c ReasonCode) ReturnCode {
 	switch c {
 	case CodeUnsupportedProtocolVersion:

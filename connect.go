@@ -188,7 +188,8 @@ func checkConnect(req *ConnectRequest) string {
 	return problem
 }
 
-// clientID applies the client-id rules of SPEC §6.1.
+// clientID applies the client-id rules: MQTT 3.1.1 §3.1.3.1 and MQTT 5
+// §3.1.3.1, with MaxClientIDLen and ClientIDGenerator.
 func (c *Core) clientID(ci *ConnInfo, req *ConnectRequest) (SubscriberID, error) {
 	id := SubscriberID{Mountpoint: ci.Mountpoint, ClientID: req.ClientID}
 	if req.ClientID != "" {
@@ -450,7 +451,7 @@ func (h *Handshake) connackProperties(m *Modifiers, p *plan) ConnackProperties {
 	return props
 }
 
-// register runs the registration of SPEC §6.5 as a lifecycle operation of the
+// register runs the registration as a lifecycle operation of the
 // accepted SubscriberID.
 func (h *Handshake) register(ctx context.Context, p *plan) Step {
 	h.regCtx = ctx
@@ -567,7 +568,7 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 		s.q = &queue{}
 		s.q.adopt(s, p.queue)
 		window := st.q.set.MaxInflight // the owner's client's
-		st.q.set = p.queue             // the latest attach's settings apply (OQ12)
+		st.q.set = p.queue             // the latest attach's settings apply
 		st.q.set.MaxInflight = window
 	}
 	s.joined = st.seq
@@ -588,7 +589,7 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 		snap.OnRegister(ctx, &h.reg)
 	}
 	if err := h.regCtx.Err(); err != nil {
-		// The client went away after registration: a lost connection (OQ8).
+		// The client went away after registration: a lost connection, Will and all.
 		c.endConnection(ctx, e, st, s, endCause{reason: ReasonNetworkError, will: true})
 		return h.abandon(err)
 	}

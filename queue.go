@@ -153,7 +153,7 @@ type enqueueResult uint8
 
 const (
 	enqueued        enqueueResult = iota
-	notStored                     // QoS 0 for an offline session (OQ6: not a drop)
+	notStored                     // QoS 0 for an offline session: MQTT lets the server discard it, so not a drop
 	droppedIncoming               // the queue was full (FIFO), or takes no messages
 	droppedOldest                 // the queue was full (LIFO): the oldest made room
 )

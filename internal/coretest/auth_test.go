@@ -214,7 +214,7 @@ func TestEnhancedAuthTime(t *testing.T) {
 		assert.Equal(t, time.Now().Add(30*time.Second), c.Handshake.Deadline())
 		time.Sleep(7500 * time.Millisecond)
 		assert.Nil(t, c.Connack(), "nothing happens at 1.5 × keep-alive")
-		time.Sleep(c.Handshake.Deadline().Sub(time.Now()))
+		time.Sleep(time.Until(c.Handshake.Deadline()))
 
 		step := c.Handshake.Timeout()
 

@@ -322,10 +322,9 @@ func TestGeneratedIDCollision(t *testing.T) {
 // N12: every event of one life carries its Generation; lives differ.
 func TestGenerationPerLife(t *testing.T) {
 	f := newFixture(t, mqtthooks.Options{})
-	c := f.v3("s", false)
-	c.Drop(t.Context(), nil)
-	c = f.v3("s", false)
-	c = f.v3("s", true) // clean: a new life
+	f.v3("s", false).Drop(t.Context(), nil)
+	f.v3("s", false)
+	c := f.v3("s", true) // clean: a new life
 	require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection))
 	f.v3("s", false)
 

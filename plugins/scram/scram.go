@@ -72,7 +72,10 @@ func NewCredentialWithSalt(password string, salt []byte, iterations int) (Creden
 	if err != nil {
 		return Credential{}, fmt.Errorf("scram: password: %w", err)
 	}
-	sc := client.GetStoredCredentials(scram.KeyFactors{Salt: string(salt), Iters: iterations})
+	sc, err := client.GetStoredCredentialsWithError(scram.KeyFactors{Salt: string(salt), Iters: iterations})
+	if err != nil {
+		return Credential{}, fmt.Errorf("scram: deriving the keys: %w", err)
+	}
 	return Credential{Salt: salt, Iterations: iterations, StoredKey: sc.StoredKey, ServerKey: sc.ServerKey}, nil
 }
 
