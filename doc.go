@@ -2,22 +2,53 @@
 //
 // A broker keeps its sockets, topic matching, retained messages and keep-alive
 // timers. Plugins, written against the small interfaces of this package, decide
-// who may connect and learn when sessions wake up, go offline or are gone.
+// who may connect and learn when sessions wake up, go offline or are gone. There
+// is one way in for each of the two.
 //
-// # Hooks
+// # Writing a plugin
 //
-// Every hook is a one-method interface with a func adapter, in the manner of
+// A plugin is any value that implements one or more hooks. Every hook is a
+// one-method interface with a func adapter, in the manner of
 // [net/http.Handler] and [net/http.HandlerFunc]:
 //
-//   - conditional hooks, which decide: [AuthOnRegister] (MQTT 3.1 and 3.1.1),
-//     [AuthOnRegisterM5] (MQTT 5) and [OnAuthM5] (MQTT 5 enhanced
-//     authentication);
-//   - notification hooks, which observe: [OnRegister], [OnRegisterM5],
+//   - conditional hooks decide, and answer with a result built by a
+//     constructor: [AuthOnRegister] (MQTT 3.1 and 3.1.1) and [AuthOnRegisterM5]
+//     (MQTT 5) answer [Accept], [AcceptWith] (with [Modifiers]), [Next],
+//     [Reject] or [RejectCode]; [OnAuthM5] (MQTT 5 enhanced authentication)
+//     answers [AuthSuccess], [AuthContinue], [AuthNext] or [AuthReject].
+//     [AuthOnRegisterBothFunc] decides once for both protocol versions;
+//   - notification hooks observe: [OnRegister], [OnRegisterM5],
 //     [OnClientWakeup], [OnClientOffline], [OnClientGone], [OnSessionExpired]
-//     and [OnMessageDrop].
+//     and [OnMessageDrop], each with a [SessionEvent] or [DropEvent].
 //
-// A plugin is any value that implements at least one hook. Its hooks are found
-// by type assertion once, when it is registered with a [Chain].
+// Register it with a [Chain] under a name. Test it with package
+// mqtthookstest, in the spirit of net/http/httptest: its Recorder records every
+// hook call in order, and its fake Client drives a real [Core] through a
+// CONNECT, its acknowledgements and its end, without a network.
+//
+// # Embedding the core in a broker
+//
+// A [Core] owns every MQTT session of a broker: its existence, subscriptions,
+// Will, expiry, queue and in-flight deliveries with their packet identifiers.
+// It fires the hooks at the points of the lifecycle, in an order it guarantees
+// per client id, and never holds a lock while calling out. The broker talks to
+// it through a step API and keeps these duties:
+//
+//   - hand each CONNECT to [Core.Connect] and send what the [Step] says: an
+//     AUTH (then pass the client's answer to [Handshake.Auth]), or the CONNACK,
+//     the only one the broker may send;
+//   - call [Session.Start] only once that CONNACK is written, and
+//     [Session.Lost] if writing it failed;
+//   - route each PUBLISH with [Core.Deliver], naming the Generation the
+//     [Router] was given with the subscription;
+//   - when its [Conn] is notified, call [Session.Pull] until it returns fewer
+//     deliveries than asked, write them, and report the client's [Session.Puback],
+//     [Session.Pubrec] and [Session.Pubcomp];
+//   - enforce [Session.Limits] (packet size, QoS, topic aliases, keep-alive);
+//   - report the end of every connection once: [Session.Disconnect],
+//     [Session.DisconnectWithExpiry] or [Session.Lost].
+//
+// Sessions are kept through a [SessionStore]; [MemoryStore] is the default.
 //
 // # The conditional chain
 //
@@ -28,22 +59,6 @@
 // result, or returns after its context's deadline rejects too: the chain fails
 // closed. Dispatch takes no lock and allocates nothing; plugins can be added and
 // removed while calls are in flight, each call using one immutable [Snapshot].
-//
-// # The session core
-//
-// A [Core] owns every MQTT session of a broker: its existence, subscriptions,
-// Will, expiry, queue and in-flight deliveries with their packet identifiers.
-// It fires the hooks at the points of the lifecycle, in an order it
-// guarantees per client id, and never holds a lock while calling out. The
-// broker talks to it through a small step API: [Core.Connect] returns the
-// [Step] to take (an AUTH to send, or the only CONNACK the broker may send);
-// [Session.Start] lets deliveries flow; the broker's router hands messages to
-// [Core.Deliver], and the connection pulls them with [Session.Pull] when its
-// [Conn] is notified, and reports the client's acknowledgements, DISCONNECT or
-// the connection's loss. Sessions are kept through a [SessionStore].
-//
-// Package mqtthookstest has test doubles, in the spirit of net/http/httptest:
-// a Recorder plugin and fake connections and clients.
 //
 // # Reply codes
 //

@@ -4,6 +4,10 @@ import (
 	"context"
 	"crypto/subtle"
 	"fmt"
+	"iter"
+	"maps"
+	"slices"
+	"sync"
 
 	"github.com/mqtthooks/mqtthooks"
 	"github.com/mqtthooks/mqtthooks/mqtthookstest"
@@ -196,4 +200,126 @@ func ExampleCore_Connect() {
 	// send CONNACK 0x00 (success) session present false
 	// send PUBLISH cmd/reboot id=1 qos=1
 	// offline, subscriptions kept: 1
+}
+
+// A broker's router and write loop: Deliver queues a message for a session
+// and notifies its connection, which pulls at the socket's pace until Pull
+// returns fewer deliveries than asked, and reports the client's PUBACKs.
+func ExampleCore_Deliver() {
+	chain := mqtthooks.NewChain(mqtthooks.ChainOptions{})
+	_ = chain.Register("all", mqtthooks.AuthOnRegisterBothFunc(
+		func(context.Context, *mqtthooks.RegisterRequest) mqtthooks.RegisterResult { return mqtthooks.Accept() }))
+	core, _ := mqtthooks.NewCore(chain, mqtthooks.Options{MaxInflightMessages: mqtthooks.Some(2)})
+	defer core.Shutdown(context.Background())
+	ctx := context.Background()
+
+	client := mqtthookstest.ConnectV3(ctx, core, "sensor-1", "", false) // CONNACK sent, Start called
+	session := client.Session
+	_ = session.Subscribe(ctx, mqtthooks.Subscription{Filter: "cmd/#", QoS: 1})
+
+	// Router side: for each subscription that matched, with the life it belongs to.
+	for i := range 3 {
+		msg := &mqtthooks.Message{Topic: fmt.Sprintf("cmd/%d", i), QoS: 1}
+		_ = core.Deliver(session.ID(), msg, mqtthooks.DeliverOptions{QoS: 1, Generation: session.Generation()})
+	}
+
+	// Connection side: woken by Conn.Notify.
+	buf := make([]mqtthooks.Delivery, 8)
+	for range 2 {
+		<-client.Conn.Notified()
+		for {
+			n, err := session.Pull(buf)
+			if err != nil { // an *mqtthooks.EndedError: send its DISCONNECT code and close
+				return
+			}
+			for _, d := range buf[:n] {
+				fmt.Printf("PUBLISH %s id=%d\n", d.Message.Topic, d.PacketID)
+			}
+			if n < len(buf) {
+				break // nothing more for now: wait for the next Notify
+			}
+		}
+		// The client's PUBACKs free the window (2 here); the core notifies again.
+		_ = session.Puback(1)
+		_ = session.Puback(2)
+	}
+	// Output:
+	// PUBLISH cmd/0 id=1
+	// PUBLISH cmd/1 id=2
+	// PUBLISH cmd/2 id=3
+}
+
+// mapStore is a SessionStore of its own: a map under a mutex. A store that
+// keeps records beyond a call copies them, since the core goes on changing
+// its own.
+type mapStore struct {
+	mu   sync.Mutex
+	gen  uint64
+	recs map[mqtthooks.SubscriberID]mqtthooks.SessionRecord
+}
+
+func (s *mapStore) Create(_ context.Context, rec *mqtthooks.SessionRecord) error {
+	return s.Save(context.Background(), rec)
+}
+
+func (s *mapStore) Save(_ context.Context, rec *mqtthooks.SessionRecord) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.recs == nil {
+		s.recs = map[mqtthooks.SubscriberID]mqtthooks.SessionRecord{}
+	}
+	cp := *rec
+	cp.Subscriptions = slices.Clone(rec.Subscriptions)
+	s.recs[rec.ID] = cp
+	return nil
+}
+
+func (s *mapStore) Delete(_ context.Context, id mqtthooks.SubscriberID) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.recs, id)
+	return nil
+}
+
+func (s *mapStore) Sessions(context.Context) iter.Seq2[*mqtthooks.SessionRecord, error] {
+	return func(yield func(*mqtthooks.SessionRecord, error) bool) {
+		s.mu.Lock()
+		recs := slices.Collect(maps.Values(s.recs))
+		s.mu.Unlock()
+		for _, r := range recs {
+			if !yield(&r, nil) {
+				return
+			}
+		}
+	}
+}
+
+func (s *mapStore) NextGeneration() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gen++
+	return s.gen
+}
+
+func (s *mapStore) Durable() bool { return false }
+
+// A custom SessionStore: the core hands it each new session, each change of an
+// offline session or of its subscriptions, and each end.
+func ExampleSessionStore() {
+	chain := mqtthooks.NewChain(mqtthooks.ChainOptions{})
+	_ = chain.Register("all", mqtthooks.AuthOnRegisterBothFunc(
+		func(context.Context, *mqtthooks.RegisterRequest) mqtthooks.RegisterResult { return mqtthooks.Accept() }))
+	store := new(mapStore)
+	core, _ := mqtthooks.NewCore(chain, mqtthooks.Options{Store: store})
+	defer core.Shutdown(context.Background())
+	ctx := context.Background()
+
+	c := mqtthookstest.ConnectV3(ctx, core, "sensor-1", "", false)
+	_ = c.Session.Subscribe(ctx, mqtthooks.Subscription{Filter: "cmd/#", QoS: 1})
+	c.Drop(ctx, nil) // offline: saved
+	for rec := range store.Sessions(ctx) {
+		fmt.Println(rec.ID, "generation", rec.Generation, "subscriptions", len(rec.Subscriptions), "expires", !rec.ExpiresAt.IsZero())
+	}
+	// Output:
+	// sensor-1 generation 1 subscriptions 1 expires false
 }
