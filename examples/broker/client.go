@@ -15,6 +15,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/mqtthooks/mqtthooks"
+	"github.com/mqtthooks/mqtthooks/adapters/mochi"
 )
 
 // client is one network connection. Its reader goroutine translates packets
@@ -230,7 +231,7 @@ func (c *client) serve() {
 		c.refuse(mqtthooks.CodeMalformedPacket)
 		return
 	}
-	req := connectRequest(&pk)
+	req := mochi.ConnectRequest(&pk)
 	c.peerMax = req.Properties.MaximumPacketSize
 	h, step := c.srv.core.Connect(c.ctx, &c.info, req, c)
 	for step.Kind == mqtthooks.SendAuth {
@@ -250,7 +251,7 @@ func (c *client) serve() {
 		case in.FixedHeader.Type == packets.Auth:
 			step = h.Auth(c.ctx, &mqtthooks.AuthPacket{ReasonCode: mqtthooks.ReasonCode(in.ReasonCode),
 				Method: in.Properties.AuthenticationMethod, Data: in.Properties.AuthenticationData,
-				UserProperties: userProperties(in.Properties.User)})
+				UserProperties: mochi.UserProperties(in.Properties.User)})
 		case in.FixedHeader.Type == packets.Disconnect:
 			h.Abort()
 			return
@@ -476,7 +477,7 @@ func (c *client) handle(pk *packets.Packet) (code mqtthooks.ReasonCode, ok bool)
 	case packets.Auth:
 		reply, err := s.Reauth(c.ctx, &mqtthooks.AuthPacket{ReasonCode: mqtthooks.ReasonCode(pk.ReasonCode),
 			Method: pk.Properties.AuthenticationMethod, Data: pk.Properties.AuthenticationData,
-			UserProperties: userProperties(pk.Properties.User)})
+			UserProperties: mochi.UserProperties(pk.Properties.User)})
 		if err != nil {
 			var ended *mqtthooks.EndedError
 			if errors.As(err, &ended) {
@@ -531,7 +532,7 @@ func (c *client) publish(pk *packets.Packet) (mqtthooks.ReasonCode, bool) {
 			PacketID: pk.PacketID})
 	}
 	if route {
-		c.srv.route(c.session.ID(), message(pk))
+		c.srv.route(c.session.ID(), mochi.Message(pk))
 	}
 	return 0, true
 }

@@ -7,6 +7,7 @@ require (
 	github.com/eclipse/paho.mqtt.golang v1.5.1
 	github.com/mochi-mqtt/server/v2 v2.7.9
 	github.com/mqtthooks/mqtthooks v0.0.0-00010101000000-000000000000
+	github.com/mqtthooks/mqtthooks/adapters/mochi v0.0.0-00010101000000-000000000000
 	github.com/mqtthooks/mqtthooks/plugins/passwd v0.0.0-00010101000000-000000000000
 	github.com/mqtthooks/mqtthooks/plugins/scram v0.0.0-00010101000000-000000000000
 	github.com/stretchr/testify v1.12.1
@@ -16,6 +17,7 @@ require (
 
 require (
 	github.com/gorilla/websocket v1.5.3 // indirect
+	github.com/rs/xid v1.4.0 // indirect
 	github.com/xdg-go/stringprep v1.0.4 // indirect
 	go.yaml.in/yaml/v3 v3.0.5 // indirect
 	golang.org/x/crypto v0.59.0 // indirect
@@ -28,6 +30,7 @@ require (
 replace github.com/mqtthooks/mqtthooks => ../..
 
 replace (
+	github.com/mqtthooks/mqtthooks/adapters/mochi => ../../adapters/mochi
 	github.com/mqtthooks/mqtthooks/plugins/passwd => ../../plugins/passwd
 	github.com/mqtthooks/mqtthooks/plugins/scram => ../../plugins/scram
 )

@@ -13,6 +13,8 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/mqtthooks/mqtthooks/adapters/mochi"
 )
 
 // closedWithin reports whether the server closed nc, without sending
@@ -151,7 +153,7 @@ func FuzzReadPacket(f *testing.F) {
 		pk, err := readPacket(bufio.NewReader(bytes.NewReader(data)), version%6, 1<<16)
 		if err == nil && pk.FixedHeader.Type == packets.Connect {
 			_ = pk.ConnectValidate()
-			_ = connectRequest(&pk)
+			_ = mochi.ConnectRequest(&pk)
 		}
 	})
 }

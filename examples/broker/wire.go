@@ -109,59 +109,6 @@ func decodeBody(pk *packets.Packet, body []byte) (err error) {
 	return fmt.Errorf("a client does not send packets of type %d", pk.FixedHeader.Type)
 }
 
-// connectRequest maps a decoded CONNECT to the core's.
-func connectRequest(pk *packets.Packet) *mqtthooks.ConnectRequest {
-	c := &pk.Connect
-	req := &mqtthooks.ConnectRequest{
-		ProtocolVersion: mqtthooks.ProtocolVersion(pk.ProtocolVersion),
-		ClientID:        c.ClientIdentifier,
-		CleanStart:      c.Clean,
-		KeepAlive:       c.Keepalive,
-		Username:        string(c.Username),
-		HasUsername:     c.UsernameFlag,
-		Password:        c.Password,
-		HasPassword:     c.PasswordFlag,
-	}
-	p := &pk.Properties
-	req.Properties = mqtthooks.ConnectProperties{
-		SessionExpiryInterval:      p.SessionExpiryInterval,
-		ReceiveMaximum:             p.ReceiveMaximum,
-		MaximumPacketSize:          p.MaximumPacketSize,
-		TopicAliasMaximum:          p.TopicAliasMaximum,
-		RequestResponseInformation: p.RequestResponseInfo == 1,
-		UserProperties:             userProperties(p.User),
-		AuthenticationMethod:       p.AuthenticationMethod,
-		AuthenticationData:         p.AuthenticationData,
-	}
-	if p.RequestProblemInfoFlag {
-		req.Properties.RequestProblemInformation = mqtthooks.Some(p.RequestProblemInfo == 1)
-	}
-	if c.WillFlag {
-		wp := &c.WillProperties
-		req.Will = &mqtthooks.Will{DelayInterval: wp.WillDelayInterval, Message: mqtthooks.Message{
-			Topic: c.WillTopic, Payload: c.WillPayload, QoS: c.WillQos, Retain: c.WillRetain,
-			Properties: mqtthooks.PublishProperties{PayloadFormatIndicator: wp.PayloadFormat,
-				ContentType: wp.ContentType, ResponseTopic: wp.ResponseTopic, CorrelationData: wp.CorrelationData,
-				UserProperties: userProperties(wp.User),
-			}}}
-		if wp.MessageExpiryInterval > 0 {
-			req.Will.Properties.MessageExpiryInterval = mqtthooks.Some(wp.MessageExpiryInterval)
-		}
-	}
-	return req
-}
-
-func userProperties(ps []packets.UserProperty) []mqtthooks.UserProperty {
-	if len(ps) == 0 {
-		return nil
-	}
-	out := make([]mqtthooks.UserProperty, len(ps))
-	for i, p := range ps {
-		out[i] = mqtthooks.UserProperty{Key: p.Key, Value: p.Val}
-	}
-	return out
-}
-
 func packetUserProperties(ps []mqtthooks.UserProperty) []packets.UserProperty {
 	if len(ps) == 0 {
 		return nil
@@ -234,18 +181,6 @@ func publishPacket(version byte, d *mqtthooks.Delivery) packets.Packet {
 		}
 	}
 	return pk
-}
-
-// message maps a decoded PUBLISH to the core's message.
-func message(pk *packets.Packet) *mqtthooks.Message {
-	p := &pk.Properties
-	m := &mqtthooks.Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain,
-		Properties: mqtthooks.PublishProperties{PayloadFormatIndicator: p.PayloadFormat, ContentType: p.ContentType,
-			ResponseTopic: p.ResponseTopic, CorrelationData: p.CorrelationData, UserProperties: userProperties(p.User)}}
-	if p.MessageExpiryInterval > 0 {
-		m.Properties.MessageExpiryInterval = mqtthooks.Some(p.MessageExpiryInterval)
-	}
-	return m
 }
 
 func boolByte(b bool) byte {
