@@ -46,48 +46,16 @@ func (c *Core) resumeAllowed(ctx context.Context, r *ResumeRequest) (ok bool, er
 	return ok, nil
 }
 
-// storeCreate records a new session; a failure or a panic is ErrRegistration.
-func (c *Core) storeCreate(ctx context.Context, rec *SessionRecord) error {
-	var err error
-	if perr := c.guard("SessionStore.Create", rec.ID, func() { err = c.store.Create(ctx, rec) }); perr != nil {
-		err = perr
-	}
-	if err != nil {
-		c.logger.Error("mqtthooks: session store: create failed", "session", rec.ID.String(), "err", err)
-		return fmt.Errorf("%w: %w", ErrRegistration, err)
-	}
-	return nil
-}
-
-// nextGeneration returns the store's next generation, or 0 if it panicked.
+// nextGeneration returns the number of a new life: the store's, which must
+// outlive the process, or the Core's own count without a store.
 func (c *Core) nextGeneration(id SubscriberID) (gen uint64, err error) {
+	if c.store == nil {
+		return c.gens.Add(1), nil
+	}
 	if perr := c.guard("SessionStore.NextGeneration", id, func() { gen = c.store.NextGeneration() }); perr != nil {
 		return 0, fmt.Errorf("%w: %w", ErrRegistration, perr)
 	}
 	return gen, nil
-}
-
-// save hands the session's record to the store; a failure is logged, since
-// the session lives on in memory.
-func (c *Core) save(ctx context.Context, st *sessionState) {
-	var err error
-	if perr := c.guard("SessionStore.Save", st.rec.ID, func() { err = c.store.Save(ctx, &st.rec) }); perr != nil {
-		return
-	}
-	if err != nil {
-		c.logger.Error("mqtthooks: session store: save failed", "session", st.rec.ID.String(), "err", err)
-	}
-}
-
-// storeDelete removes the session from the store; a failure is logged.
-func (c *Core) storeDelete(ctx context.Context, id SubscriberID) {
-	var err error
-	if perr := c.guard("SessionStore.Delete", id, func() { err = c.store.Delete(ctx, id) }); perr != nil {
-		return
-	}
-	if err != nil {
-		c.logger.Error("mqtthooks: session store: delete failed", "session", id.String(), "err", err)
-	}
 }
 
 // publishWill hands w to the broker.

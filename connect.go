@@ -529,7 +529,7 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 		if last != nil && last.version.IsV5() {
 			ev.Code, ev.HasCode = CodeSessionTakenOver, true
 		}
-		c.endSession(ctx, e, st, hookOnClientGone, &ev, true)
+		c.endSession(ctx, e, st, hookOnClientGone, &ev, fresh)
 	case !online:
 		c.cancelTimers(st)
 		present = true
@@ -543,7 +543,7 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 			ev.Code, ev.HasCode = CodeSessionTakenOver, true
 		}
 		if cleanup { // MQTT: such a session ends with its connection
-			c.endSession(ctx, e, st, hookOnClientGone, &ev, true)
+			c.endSession(ctx, e, st, hookOnClientGone, &ev, fresh)
 		} else {
 			c.chain.Snapshot().OnClientOffline(ctx, &ev)
 			c.cancelTimers(st)
@@ -576,7 +576,24 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 	st.multi = p.multi
 	r := &st.rec
 	r.Username, r.HasUsername, r.ConnID, r.Peer, r.ProtocolVersion = s.username, s.hasUsername, s.connID, s.peer, s.version
+	r.Expiry, r.Queue = p.expiry, st.q.set
+	var unstore StoreBatch
+	if st.stored && p.cleanup {
+		// A session resumed with cleanup on disconnect ends with this
+		// connection, and so must not outlive a crash: it leaves the store.
+		unstore = c.store.Batch()
+		unstore.DeleteSession(r.ID, r.Generation)
+		st.stored = false
+	}
+	j := st.journal()
+	j.updateRecord()
+	j.commit(nil)
 	st.mu.Unlock()
+	if unstore != nil {
+		if err := c.commitWait(ctx, unstore, r.ID); err != nil {
+			c.logger.Error("mqtthooks: session store: delete failed", "session", r.ID.String(), "err", err)
+		}
+	}
 	c.stats.connections.Add(1)
 
 	h.reg = RegisterEvent{SessionEvent: s.event(ReasonNone), SessionPresent: present, Conn: h.ci}
@@ -619,17 +636,29 @@ func (c *Core) reserveSession() bool {
 	}
 }
 
-// newLife returns the state of a new life for the SubscriberID of p, recorded
-// in the store. The Core installs it once the old life, if any, has ended.
+// newLife returns the state of a new life for the SubscriberID of p. A
+// persistent one is stored first, and the CONNECT fails with ErrRegistration
+// if the store refuses it or does not make it durable in time. The Core
+// installs it once the old life, if any, has ended; the store's new life
+// replaces the old one's there.
 func (c *Core) newLife(ctx context.Context, p *plan) (*sessionState, error) {
 	gen, err := c.nextGeneration(p.id)
 	if err != nil {
 		return nil, err
 	}
 	st := new(sessionState)
-	st.reset(&SessionRecord{ID: p.id, Generation: gen})
-	if err := c.storeCreate(ctx, &st.rec); err != nil {
-		return nil, err
+	st.reset(&SessionRecord{ID: p.id, Generation: gen, Username: p.username, HasUsername: p.hasUsername,
+		Expiry: p.expiry, Queue: p.queue})
+	if c.store == nil || p.cleanup {
+		return st, nil
+	}
+	st.stored = true
+	st.jn = journal{c: c, st: st}
+	b := c.store.Batch()
+	b.CreateSession(&st.rec)
+	if err := c.commitWait(ctx, b, p.id); err != nil {
+		c.logger.Error("mqtthooks: session store: create failed", "session", p.id.String(), "err", err)
+		return nil, fmt.Errorf("%w: %w", ErrRegistration, err)
 	}
 	return st, nil
 }

@@ -80,7 +80,9 @@ type Options struct {
 	PublishWill func(ctx context.Context, id SubscriberID, will *Will)
 	// Router is told when subscriptions start and end; nil means no router.
 	Router Router
-	// Store keeps the sessions; default a new MemoryStore.
+	// Store keeps the persistent sessions beyond the process, and NewCore
+	// restores what it holds. Nil, the default, keeps sessions in the Core
+	// only: nothing is written, and they end with the process.
 	Store SessionStore
 	// Logger receives what goes wrong in plugins and callers; default
 	// slog.Default().
@@ -203,8 +205,11 @@ type Core struct {
 	stats counters
 
 	connIDs atomic.Uint64
+	gens    atomic.Uint64 // generations, without a store
+	msgIDs  atomic.Uint64 // ids of stored messages
 	closed  atomic.Bool
 	conns   sync.WaitGroup // calls to Conn.Disconnect in flight
+	writes  sync.WaitGroup // store commits in flight
 }
 
 // NewCore returns a Core that runs chain's hooks. It fails with
@@ -255,9 +260,6 @@ func NewCore(chain *Chain, opts Options) (*Core, error) {
 			return nil, fmt.Errorf("%w: Capabilities.MaximumQoS %d is above 2", ErrInvalidArgument, c.caps.MaximumQoS)
 		}
 	}
-	if c.store == nil {
-		c.store = new(MemoryStore)
-	}
 	if c.router == nil {
 		c.router = nopRouter{}
 	}
@@ -283,6 +285,7 @@ func NewCore(chain *Chain, opts Options) (*Core, error) {
 	}
 	if err := c.restore(); err != nil {
 		c.sched.close() // the timers of what was restored
+		c.writes.Wait()
 		return nil, fmt.Errorf("mqtthooks: restoring sessions from the store: %w", err)
 	}
 	return c, nil
@@ -294,32 +297,74 @@ func (nopRouter) Add(SubscriberID, uint64, Subscription) {}
 func (nopRouter) Remove(SubscriberID, uint64, string)    {}
 func (nopRouter) RemoveAll(SubscriberID, uint64)         {}
 
-// restore takes over the sessions a durable store already holds, offline.
+// restore takes over the sessions the store holds, offline, as a restart
+// finds them: a session stored while a connection was attached lost that
+// connection at the restart, so its expiry runs from now; an expiry or a
+// delayed Will that came due while the process was down fires at once.
 func (c *Core) restore() error {
+	if c.store == nil {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.opts.HookTimeout)
 	defer cancel()
 	var err error
-	perr := c.guard("SessionStore.Range", SubscriberID{}, func() {
-		for rec, serr := range c.store.Sessions(ctx) {
-			if serr != nil {
-				err = serr
+	perr := c.guard("SessionStore.Load", SubscriberID{}, func() {
+		for ss, lerr := range c.store.Load(ctx) {
+			if lerr != nil {
+				err = lerr
 				return
 			}
-			st := new(sessionState)
-			st.reset(rec)
-			st.mu.Lock()
-			st.restoreQueue()
-			st.mu.Unlock()
-			e := c.reg.acquire(rec.ID)
-			e.mu.Lock()
-			e.state.Store(st)
-			e.mu.Unlock()
-			c.stats.sessions.Add(1)
-			c.armTimers(st)
-			c.reg.release(e)
+			c.restoreSession(ss)
 		}
 	})
 	return cmp.Or(perr, err)
+}
+
+// restoreSession installs one stored session.
+func (c *Core) restoreSession(ss *StoredSession) {
+	st := new(sessionState)
+	st.reset(&ss.Record)
+	st.stored = true
+	st.jn = journal{c: c, st: st}
+	r := &st.rec
+	r.ID, r.Username = cloneIdentity(r.ID, r.Username)
+	if r.ExpiresAt.IsZero() && r.Expiry > 0 {
+		r.ExpiresAt = time.Now().Add(r.Expiry)
+	}
+	st.q.set = r.Queue
+	for _, sub := range ss.Subscriptions {
+		st.subscribe(sub)
+	}
+	for _, le := range ss.Entries {
+		m := queued{msg: le.Message, subIDs: le.SubscriptionIdentifiers, expires: unixNano(le.ExpiresAt),
+			seq: le.Seq, msgID: le.MessageID, qos: le.QoS, retain: le.Retain}
+		st.seq = max(st.seq, le.Seq)
+		c.msgIDs.Store(max(c.msgIDs.Load(), le.MessageID))
+		if le.State == EntryPending {
+			st.q.pending.pushBack(m)
+			continue
+		}
+		f := newFlight(m)
+		f.pubrel = le.State == EntryPubrelOwed
+		st.q.inflight = append(st.q.inflight, f)
+		st.q.track(PacketIDOf(m.seq))
+	}
+	st.q.inbound = slices.Clone(ss.Inbound)
+	e := c.reg.acquire(r.ID)
+	e.mu.Lock()
+	e.state.Store(st)
+	e.mu.Unlock()
+	c.stats.sessions.Add(1)
+	st.mu.Lock()
+	j := st.journal()
+	j.updateRecord() // the expiry, now that the session is offline
+	j.commit(nil)
+	st.mu.Unlock()
+	for _, sub := range st.subs {
+		c.routerAdd(r.ID, r.Generation, sub)
+	}
+	c.armTimers(st)
+	c.reg.release(e)
 }
 
 // Stats returns the Core's counters.
@@ -423,9 +468,10 @@ func (c *Core) Disconnect(ctx context.Context, id SubscriberID, cleanup bool) er
 
 // Shutdown ends every connection with DISCONNECT 0x8B (MQTT 3: closed), fires
 // OnClientOffline or OnClientGone for the connected sessions, and stops the
-// Core's timers. Offline sessions fire nothing: they stay in a durable store,
-// and end with the process in the in-memory one, whose pending delayed Wills
-// are published now. A CONNECT still in progress is refused (3 / 0x88).
+// Core's timers. Offline sessions fire nothing: they stay in the store, or,
+// without one, end with the process, and their pending delayed Wills are
+// published now. Shutdown waits for the store's writes in flight. A CONNECT
+// still in progress is refused (3 / 0x88).
 //
 // Shutdown returns when no goroutine of the Core is left, or with ctx's error
 // when ctx ends first (a hook or a Conn that does not return holds it up; the
@@ -460,7 +506,6 @@ func (c *Core) Shutdown(ctx context.Context) error {
 func (c *Core) shutdown() {
 	c.sched.close()
 	c.sched.wait()
-	durable := c.store.Durable()
 	var wg sync.WaitGroup
 	slots := make(chan struct{}, c.opts.Workers)
 	c.reg.each(func(e *entry) bool {
@@ -471,7 +516,7 @@ func (c *Core) shutdown() {
 			defer func() { <-slots }()
 			_ = c.reg.do(context.Background(), e.id, newOp(func(ctx context.Context, e *entry) {
 				if st := e.state.Load(); st != nil {
-					c.shutdownSession(ctx, e, st, durable)
+					c.shutdownSession(ctx, e, st)
 				}
 			}))
 		}()
@@ -479,6 +524,7 @@ func (c *Core) shutdown() {
 	})
 	wg.Wait()
 	c.conns.Wait()
+	c.writes.Wait()
 }
 
 // listener returns the options and subset of a listener.

@@ -4,10 +4,7 @@ import (
 	"context"
 	"crypto/subtle"
 	"fmt"
-	"iter"
-	"maps"
-	"slices"
-	"sync"
+	"strings"
 
 	"github.com/mqtthooks/mqtthooks"
 	"github.com/mqtthooks/mqtthooks/mqtthookstest"
@@ -249,77 +246,80 @@ func ExampleCore_Deliver() {
 	// PUBLISH cmd/2 id=3
 }
 
-// mapStore is a SessionStore of its own: a map under a mutex. A store that
-// keeps records beyond a call copies them, since the core goes on changing
-// its own.
-type mapStore struct {
-	mu   sync.Mutex
-	gen  uint64
-	recs map[mqtthooks.SubscriberID]mqtthooks.SessionRecord
+// loggingStore is a SessionStore that prints the batches a Core writes, and
+// keeps them in a MemoryStore.
+type loggingStore struct{ mqtthooks.MemoryStore }
+
+func (s *loggingStore) Batch() mqtthooks.StoreBatch {
+	return &loggingBatch{StoreBatch: s.MemoryStore.Batch()}
 }
 
-func (s *mapStore) Create(_ context.Context, rec *mqtthooks.SessionRecord) error {
-	return s.Save(context.Background(), rec)
+type loggingBatch struct {
+	mqtthooks.StoreBatch
+	ops []string
 }
 
-func (s *mapStore) Save(_ context.Context, rec *mqtthooks.SessionRecord) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.recs == nil {
-		s.recs = map[mqtthooks.SubscriberID]mqtthooks.SessionRecord{}
-	}
-	cp := *rec
-	cp.Subscriptions = slices.Clone(rec.Subscriptions)
-	s.recs[rec.ID] = cp
-	return nil
+func (b *loggingBatch) CreateSession(rec *mqtthooks.SessionRecord) {
+	b.ops = append(b.ops, fmt.Sprintf("create %s gen %d", rec.ID, rec.Generation))
+	b.StoreBatch.CreateSession(rec)
 }
 
-func (s *mapStore) Delete(_ context.Context, id mqtthooks.SubscriberID) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.recs, id)
-	return nil
+func (b *loggingBatch) UpdateSession(rec *mqtthooks.SessionRecord) {
+	b.ops = append(b.ops, "update record")
+	b.StoreBatch.UpdateSession(rec)
 }
 
-func (s *mapStore) Sessions(context.Context) iter.Seq2[*mqtthooks.SessionRecord, error] {
-	return func(yield func(*mqtthooks.SessionRecord, error) bool) {
-		s.mu.Lock()
-		recs := slices.Collect(maps.Values(s.recs))
-		s.mu.Unlock()
-		for _, r := range recs {
-			if !yield(&r, nil) {
-				return
-			}
-		}
-	}
+func (b *loggingBatch) PutSubscription(id mqtthooks.SubscriberID, gen uint64, sub mqtthooks.Subscription) {
+	b.ops = append(b.ops, "subscribe "+sub.Filter)
+	b.StoreBatch.PutSubscription(id, gen, sub)
 }
 
-func (s *mapStore) NextGeneration() uint64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.gen++
-	return s.gen
+func (b *loggingBatch) PutMessage(msgID uint64, m *mqtthooks.Message) {
+	b.ops = append(b.ops, fmt.Sprintf("message %d %q", msgID, m.Payload))
+	b.StoreBatch.PutMessage(msgID, m)
 }
 
-func (s *mapStore) Durable() bool { return false }
+func (b *loggingBatch) PutEntry(id mqtthooks.SubscriberID, gen uint64, e *mqtthooks.StoredEntry) {
+	b.ops = append(b.ops, fmt.Sprintf("entry %d state %d", e.Seq, e.State))
+	b.StoreBatch.PutEntry(id, gen, e)
+}
 
-// A custom SessionStore: the core hands it each new session, each change of an
-// offline session or of its subscriptions, and each end.
+func (b *loggingBatch) DeleteEntry(id mqtthooks.SubscriberID, gen, seq, msgID uint64) {
+	b.ops = append(b.ops, fmt.Sprintf("delete entry %d", seq))
+	b.StoreBatch.DeleteEntry(id, gen, seq, msgID)
+}
+
+func (b *loggingBatch) Commit(done func(error)) {
+	fmt.Println("commit:", strings.Join(b.ops, ", "))
+	b.StoreBatch.Commit(done)
+}
+
+// A SessionStore sees the small batches of a persistent session's changes,
+// and a new Core restores what it holds.
 func ExampleSessionStore() {
 	chain := mqtthooks.NewChain(mqtthooks.ChainOptions{})
 	_ = chain.Register("all", mqtthooks.AuthOnRegisterBothFunc(
 		func(context.Context, *mqtthooks.RegisterRequest) mqtthooks.RegisterResult { return mqtthooks.Accept() }))
-	store := new(mapStore)
+	store := new(loggingStore)
 	core, _ := mqtthooks.NewCore(chain, mqtthooks.Options{Store: store})
-	defer core.Shutdown(context.Background())
 	ctx := context.Background()
 
-	c := mqtthookstest.ConnectV3(ctx, core, "sensor-1", "", false)
+	c := mqtthookstest.ConnectV3(ctx, core, "sensor-1", "", false) // persistent: stored
 	_ = c.Session.Subscribe(ctx, mqtthooks.Subscription{Filter: "cmd/#", QoS: 1})
-	c.Drop(ctx, nil) // offline: saved
-	for rec := range store.Sessions(ctx) {
-		fmt.Println(rec.ID, "generation", rec.Generation, "subscriptions", len(rec.Subscriptions), "expires", !rec.ExpiresAt.IsZero())
-	}
+	c.Drop(ctx, nil)
+	_ = core.Deliver(c.Session.ID(), &mqtthooks.Message{Topic: "cmd/1", Payload: []byte("reboot"), QoS: 1},
+		mqtthooks.DeliverOptions{QoS: 1})
+	_ = core.Shutdown(ctx)
+
+	restarted, _ := mqtthooks.NewCore(chain, mqtthooks.Options{Store: &store.MemoryStore})
+	defer restarted.Shutdown(context.Background())
+	info, _ := restarted.Lookup(c.Session.ID())
+	fmt.Println("after the restart:", len(info.Subscriptions), "subscription,", info.Pending, "message pending")
 	// Output:
-	// sensor-1 generation 1 subscriptions 1 expires false
+	// commit: create sensor-1 gen 1
+	// commit: update record
+	// commit: subscribe cmd/#
+	// commit: update record
+	// commit: message 1 "reboot", entry 1 state 0
+	// after the restart: 1 subscription, 1 message pending
 }

@@ -81,7 +81,7 @@ func (c *Core) endConnection(ctx context.Context, e *entry, st *sessionState, s 
 	*ev = s.event(cause.reason)
 	cause.apply(ev)
 	if cleanup {
-		c.endSession(ctx, e, st, hookOnClientGone, ev, false)
+		c.endSession(ctx, e, st, hookOnClientGone, ev, nil)
 		return
 	}
 	c.goOffline(ctx, e, st, ev, expiry)
@@ -108,6 +108,8 @@ func (c *Core) handOverQueue(st *sessionState, s *Session) Conn {
 		return nil
 	}
 	next := st.conns[0]
+	j := st.journal()
+	defer j.commit(nil)
 	var left queue // what s held
 	if s.q == &st.q {
 		left = st.q
@@ -115,25 +117,40 @@ func (c *Core) handOverQueue(st *sessionState, s *Session) Conn {
 		st.q.set = left.set // the session's settings, with the next client's window
 		st.q.set.MaxInflight = next.q.set.MaxInflight
 		next.q = &st.q
+		if j != nil { // a fanout copy joins the store as it becomes the session's
+			for i := range st.q.inflight {
+				j.keep(&st.q.inflight[i].queued, st.q.inflight[i].state())
+			}
+			for i := range st.q.pending.len() {
+				j.keep(st.q.pending.at(i), EntryPending)
+			}
+		}
 	} else {
 		left = *s.q
 		*s.q = queue{} // no owner: s's late acknowledgements find it ended
 	}
 	msgs, released := left.takeAll()
-	c.stats.delivered.Add(uint64(released))
+	c.stats.delivered.Add(uint64(len(released)))
+	for i := range released {
+		j.dropEntry(&released[i])
+	}
 	if st.q.set.DeliverMode == DeliverFanout {
 		kept := msgs[:0]
 		for _, m := range msgs {
 			if seqBefore(m.seq, next.joined) {
 				kept = append(kept, m)
+			} else {
+				j.dropEntry(&m)
 			}
 		}
 		c.stats.discarded.Add(uint64(len(msgs) - len(kept)))
 		for i := len(kept) - 1; i >= 0; i-- { // older than anything next has: in front
+			j.keep(&kept[i], EntryPending)
 			st.q.pending.pushFront(kept[i])
 		}
 	} else {
 		for _, m := range msgs {
+			j.keep(&m, EntryPending)
 			st.q.pending.pushBack(m)
 		}
 	}
@@ -164,6 +181,9 @@ func (c *Core) willDue(ctx context.Context, st *sessionState, s *Session, sessio
 		return -1
 	})
 	st.rec.Wills = slices.Insert(st.rec.Wills, i, DelayedWill{Will: w, At: at})
+	j := st.journal()
+	j.updateRecord()
+	j.commit(nil)
 	st.mu.Unlock()
 	c.armWill(st)
 }
@@ -201,17 +221,21 @@ func (c *Core) publishPendingWills(ctx context.Context, st *sessionState) {
 }
 
 // endSession ends the life of the session: its pending Wills are published,
-// its subscriptions are removed, the terminal hook h (OnClientGone or
-// OnSessionExpired) fires with ev, and its state is deleted. A session that is
-// replaced by a new one in the same operation keeps its MaxSessions slot, so
-// that no other CONNECT can take it in between, and its record, which the new
-// life's Create already replaced.
-func (c *Core) endSession(ctx context.Context, e *entry, st *sessionState, h hookID, ev *SessionEvent, replaced bool) {
+// it leaves the store, its subscriptions are removed, the terminal hook h
+// (OnClientGone or OnSessionExpired) fires with ev, and its state is deleted.
+// A session that replacedBy, a new life created in the same operation,
+// replaces keeps its MaxSessions slot, so that no other CONNECT can take it in
+// between; a stored new life has replaced it in the store already.
+//
+// The session leaves the store before its terminal hook fires: a crash in
+// between may cost a plugin that hook, but never brings back a session whose
+// end it was told of.
+func (c *Core) endSession(ctx context.Context, e *entry, st *sessionState, h hookID, ev *SessionEvent, replacedBy *sessionState) {
 	c.publishPendingWills(ctx, st)
 	c.sched.cancel(st.expiryItem)
 	st.expiryItem = nil
 	st.mu.Lock()
-	subscribed := len(st.rec.Subscriptions) > 0
+	subscribed := len(st.subs) > 0
 	st.clearSubscriptions()
 	st.ended = true
 	c.stats.discarded.Add(uint64(st.q.clear()))
@@ -220,7 +244,16 @@ func (c *Core) endSession(ctx context.Context, e *entry, st *sessionState, h hoo
 			c.stats.discarded.Add(uint64(s.q.clear()))
 		}
 	}
+	stored := st.stored && (replacedBy == nil || !replacedBy.stored)
+	st.stored = false
 	st.mu.Unlock()
+	if stored {
+		b := c.store.Batch()
+		b.DeleteSession(st.rec.ID, st.rec.Generation)
+		if err := c.commitWait(ctx, b, st.rec.ID); err != nil {
+			c.logger.Error("mqtthooks: session store: delete failed", "session", st.rec.ID.String(), "err", err)
+		}
+	}
 	if subscribed {
 		c.routerRemoveAll(st.rec.ID, st.rec.Generation)
 	}
@@ -229,21 +262,18 @@ func (c *Core) endSession(ctx context.Context, e *entry, st *sessionState, h hoo
 	} else {
 		c.chain.Snapshot().OnClientGone(ctx, ev)
 	}
-	if !replaced {
-		c.storeDelete(ctx, st.rec.ID)
-	}
 	e.mu.Lock()
 	if e.state.Load() == st {
 		e.state.Store(nil)
 	}
 	e.mu.Unlock()
-	if !replaced {
+	if replacedBy == nil {
 		c.stats.sessions.Add(-1)
 	}
 }
 
 // goOffline fires OnClientOffline and arms the session's expiry and delayed
-// Will.
+// Wills; the store learns when it expires.
 func (c *Core) goOffline(ctx context.Context, e *entry, st *sessionState, ev *SessionEvent, expiry time.Duration) {
 	c.chain.Snapshot().OnClientOffline(ctx, ev)
 	now := time.Now()
@@ -252,14 +282,12 @@ func (c *Core) goOffline(ctx context.Context, e *entry, st *sessionState, ev *Se
 	if expiry > 0 {
 		st.rec.ExpiresAt = now.Add(expiry)
 	}
+	st.rec.Expiry = expiry
+	j := st.journal()
+	j.updateRecord()
+	j.commit(nil)
 	st.mu.Unlock()
 	c.armTimers(st)
-	if c.store.Durable() {
-		st.mu.Lock()
-		st.snapshotQueue()
-		st.mu.Unlock()
-	}
-	c.save(ctx, st)
 }
 
 // armTimers schedules the expiry and the delayed Wills of an offline session.
@@ -299,7 +327,7 @@ func (c *Core) expire(id SubscriberID, gen uint64) {
 		st.expiryItem = nil
 		ev := st.offlineEvent(ReasonExpired)
 		c.stats.expired.Add(1)
-		c.endSession(ctx, e, st, hookOnSessionExpired, &ev, false)
+		c.endSession(ctx, e, st, hookOnSessionExpired, &ev, nil)
 	}))
 }
 
@@ -324,6 +352,11 @@ func (c *Core) delayedWill(id SubscriberID, gen uint64) {
 		if len(st.rec.Wills) == 0 {
 			st.rec.Wills = nil
 		}
+		j := st.journal()
+		if n > 0 {
+			j.updateRecord() // before publishing: a crash between the two loses a Will rather than repeat it
+		}
+		j.commit(nil)
 		st.mu.Unlock()
 		st.willItem = nil
 		for _, w := range due {
@@ -363,7 +396,7 @@ func (c *Core) adminDisconnect(ctx context.Context, e *entry, st *sessionState, 
 			ev = conns[len(conns)-1].event(ReasonAdmin)
 			ev.Code, ev.HasCode = CodeAdministrativeAction, ev.ProtocolVersion.IsV5()
 		}
-		c.endSession(ctx, e, st, hookOnClientGone, &ev, false)
+		c.endSession(ctx, e, st, hookOnClientGone, &ev, nil)
 		return
 	}
 	for _, s := range conns {
@@ -374,15 +407,15 @@ func (c *Core) adminDisconnect(ctx context.Context, e *entry, st *sessionState, 
 }
 
 // shutdownSession ends the session's connections at Shutdown. Offline
-// sessions fire nothing; with a store that is not durable their delayed Wills
-// are published, since they end with the process.
-func (c *Core) shutdownSession(ctx context.Context, e *entry, st *sessionState, durable bool) {
+// sessions fire nothing; the delayed Wills of those not stored are
+// published, since they end with the process.
+func (c *Core) shutdownSession(ctx context.Context, e *entry, st *sessionState) {
 	for _, s := range st.snapshotConns() {
 		c.kick(s, errServerShutdown)
 		c.endConnection(ctx, e, st, s, endCause{reason: ReasonShutdown, code: CodeServerShuttingDown,
 			hasCode: s.version.IsV5(), will: true})
 	}
-	if !durable && e.state.Load() == st {
+	if e.state.Load() == st && !st.stored {
 		c.publishPendingWills(ctx, st)
 	}
 }

@@ -10,35 +10,6 @@ import (
 // identifier that has no delivery in that state (v5 0x92).
 var ErrPacketIDNotFound = errors.New("mqtthooks: packet identifier not found")
 
-// QueuedMessage is a message waiting in a session's queue.
-type QueuedMessage struct {
-	Message *Message
-	// QoS is the QoS of the delivery: the broker's choice from the message's
-	// and the subscription's.
-	QoS    byte
-	Retain bool
-	seq    uint32 // the session's count of routed messages when it came, in the padding: compare with seqBefore
-	// SubscriptionIdentifiers of the subscriptions that matched (v5).
-	SubscriptionIdentifiers []uint32
-	// ExpiresAt is when the v5 Message Expiry Interval runs out; zero for
-	// never.
-	ExpiresAt time.Time
-}
-
-// seqBefore reports whether sequence number a came no later than b. The
-// numbers wrap; a queue never holds messages 2³¹ apart.
-func seqBefore(a, b uint32) bool { return int32(a-b) <= 0 }
-
-// InflightMessage is a QoS 1 or 2 delivery handed to a connection and not yet
-// acknowledged.
-type InflightMessage struct {
-	QueuedMessage
-	PacketID uint16
-	// PubrelOwed is set once the client's PUBREC arrived (QoS 2): the
-	// message is delivered, and the PUBREL waits for its PUBCOMP.
-	PubrelOwed bool
-}
-
 // QueueSettings are the queue limits in force for a session: the Core's
 // defaults, changed by the modifiers of the latest CONNECT.
 type QueueSettings struct {
@@ -54,10 +25,27 @@ type QueueSettings struct {
 	MaxInflight int
 }
 
+// queued is a message in a session's queue. Its sequence number, the
+// session's count of routed messages when it came, orders the queue and fixes
+// its packet identifier (PacketIDOf), so that the identifier survives a
+// takeover and, with a store, a restart.
+type queued struct {
+	msg     *Message
+	subIDs  []uint32
+	expires int64  // the end of the v5 Message Expiry Interval, in Unix nanoseconds; 0 for never
+	seq     uint64 // never 0
+	msgID   uint64 // the stored message; 0 when the entry is not stored
+	qos     byte
+	retain  bool
+}
+
+// expired reports whether m's Message Expiry Interval ran out by now.
+func (m *queued) expired(now int64) bool { return m.expires != 0 && now >= m.expires }
+
 // queue is the message side of a session (or, with multiple sessions, of one
-// of its connections): pending messages, in-flight deliveries with their
-// packet identifiers, and inbound QoS 2 identifiers awaiting PUBREL. It knows
-// nothing of packets or sockets. Its session's mu guards it.
+// of its connections): pending messages, in-flight deliveries, and inbound
+// QoS 2 identifiers awaiting PUBREL. It knows nothing of packets or sockets.
+// Its session's mu guards it.
 type queue struct {
 	owner    *Session // the connection that pulls from it; nil while offline
 	set      QueueSettings
@@ -66,9 +54,8 @@ type queue struct {
 	used     *idSet   // the ids in flight, while there are many of them
 	inbound  []uint16
 	// The small fields together, so that a session fits a smaller size class.
-	resends  int32  // in-flight entries marked resend, so that most Pulls skip the scan
-	nextID   uint16 // the last packet identifier given out
-	notified bool   // Notify is out and no Pull has found the queue empty since
+	resends  int32 // in-flight entries marked resend, so that most Pulls skip the scan
+	notified bool  // Notify is out and no Pull has found the queue empty since
 }
 
 // idSet is a set of packet identifiers, one bit each.
@@ -82,20 +69,36 @@ func (s *idSet) has(id uint16) bool { return s[id>>6]&(1<<(id&63)) != 0 }
 // below it, a scan of the in-flight slice is cheaper than 8 KiB.
 const manyInflight = 32
 
+// flight is a QoS 1 or 2 delivery handed out and not yet acknowledged.
 type flight struct {
-	InflightMessage
-	resend bool // offer again, with DUP (or the PUBREL), to the owner
+	queued
+	pid    uint16 // PacketIDOf(seq), kept: acknowledgements look it up
+	pubrel bool   // the client's PUBREC came: the message is delivered, the PUBREL is owed
+	resend bool   // offer again, with DUP (or the PUBREL), to the owner
+}
+
+// newFlight returns the flight of m.
+func newFlight(m queued) flight { return flight{queued: m, pid: PacketIDOf(m.seq)} }
+
+func (f *flight) packetID() uint16 { return f.pid }
+
+// state is what a store keeps of f.
+func (f *flight) state() EntryState {
+	if f.pubrel {
+		return EntryPubrelOwed
+	}
+	return EntrySent
 }
 
 // ring is a double-ended FIFO of queued messages.
 type ring struct {
-	buf        []QueuedMessage
+	buf        []queued
 	head, size int
 }
 
 func (r *ring) len() int { return r.size }
 
-func (r *ring) pushBack(m QueuedMessage) {
+func (r *ring) pushBack(m queued) {
 	if r.size == len(r.buf) {
 		r.grow()
 	}
@@ -104,7 +107,7 @@ func (r *ring) pushBack(m QueuedMessage) {
 }
 
 // pushFront puts a message back where popFront took it.
-func (r *ring) pushFront(m QueuedMessage) {
+func (r *ring) pushFront(m queued) {
 	if r.size == len(r.buf) {
 		r.grow()
 	}
@@ -113,25 +116,28 @@ func (r *ring) pushFront(m QueuedMessage) {
 	r.size++
 }
 
-func (r *ring) popFront() QueuedMessage {
+func (r *ring) popFront() queued {
 	m := r.buf[r.head]
-	r.buf[r.head] = QueuedMessage{}
+	r.buf[r.head] = queued{}
 	r.head = (r.head + 1) % len(r.buf)
 	r.size--
 	return m
 }
 
-func (r *ring) popBack() QueuedMessage {
+func (r *ring) popBack() queued {
 	i := (r.head + r.size - 1) % len(r.buf)
 	m := r.buf[i]
-	r.buf[i] = QueuedMessage{}
+	r.buf[i] = queued{}
 	r.size--
 	return m
 }
 
+// at returns the i-th message from the front.
+func (r *ring) at(i int) *queued { return &r.buf[(r.head+i)%len(r.buf)] }
+
 func (r *ring) grow() {
 	n := max(4, 2*len(r.buf))
-	buf := make([]QueuedMessage, n)
+	buf := make([]queued, n)
 	for i := range r.size {
 		buf[i] = r.buf[(r.head+i)%len(r.buf)]
 	}
@@ -139,8 +145,8 @@ func (r *ring) grow() {
 }
 
 // drain empties the ring and returns what it held, oldest first.
-func (r *ring) drain() []QueuedMessage {
-	out := make([]QueuedMessage, 0, r.size)
+func (r *ring) drain() []queued {
+	out := make([]queued, 0, r.size)
 	for r.size > 0 {
 		out = append(out, r.popFront())
 	}
@@ -160,10 +166,10 @@ const (
 
 // enqueue adds m under the queue's limits. For droppedOldest, old is the
 // message that made room.
-func (q *queue) enqueue(m QueuedMessage) (res enqueueResult, old QueuedMessage) {
+func (q *queue) enqueue(m queued) (res enqueueResult, old queued) {
 	limit := q.set.MaxOnlineMessages
 	if q.owner == nil {
-		if m.QoS == 0 && !q.set.StoreQoS0Offline {
+		if m.qos == 0 && !q.set.StoreQoS0Offline {
 			return notStored, old
 		}
 		limit = q.set.MaxOfflineMessages
@@ -197,11 +203,11 @@ func (q *queue) hasWork() bool {
 	if q.pending.len() == 0 {
 		return false
 	}
-	next := q.pending.head // the message pull takes first
+	next := q.pending.at(0) // the message pull takes first
 	if q.set.QueueType == QueueLIFO {
-		next = (q.pending.head + q.pending.size - 1) % len(q.pending.buf)
+		next = q.pending.at(q.pending.len() - 1)
 	}
-	return q.pending.buf[next].QoS == 0 || q.windowOpen()
+	return next.qos == 0 || (q.windowOpen() && !q.inUse(PacketIDOf(next.seq)))
 }
 
 // window is how many QoS 1 and 2 deliveries may be unacknowledged: the
@@ -223,11 +229,23 @@ func (q *queue) outstanding() int { return len(q.inflight) - int(q.resends) }
 // first.
 func (q *queue) windowOpen() bool { return len(q.inflight) < q.window() }
 
+// inUse reports whether an in-flight delivery holds packet identifier id.
+func (q *queue) inUse(id uint16) bool {
+	if q.used != nil {
+		return q.used.has(id)
+	}
+	return slices.ContainsFunc(q.inflight, func(f flight) bool { return f.packetID() == id })
+}
+
 // pull fills buf: first what is to be resent, then pending messages, as far
 // as the in-flight window allows; a connection that resumed with a smaller
-// Receive Maximum gets its resends a window at a time [MQTT-3.3.4-9].
-// Expired messages are taken out and returned in expired.
-func (q *queue) pull(buf []Delivery, now func() time.Time) (n int, delivered int, expired []QueuedMessage) {
+// Receive Maximum gets its resends a window at a time [MQTT-3.3.4-9]. A
+// pending message whose packet identifier an older delivery still holds (one
+// 65535 messages older, left unacknowledged) waits for it. Expired messages
+// are taken out and returned in expired. j records what changed for the
+// session's store.
+func (q *queue) pull(buf []Delivery, clock func() int64, j *journal) (n int, delivered int, expired []queued) {
+	var now int64 // read once, when a message with an expiry first needs it: the clock costs more than a pull
 	if q.resends > 0 {
 		limit, out := q.window(), q.outstanding()
 		for i := 0; q.resends > 0 && i < len(q.inflight) && out < limit; i++ {
@@ -241,23 +259,32 @@ func (q *queue) pull(buf []Delivery, now func() time.Time) (n int, delivered int
 			f.resend = false
 			q.resends--
 			out++
+			if f.expires != 0 && now == 0 {
+				now = clock()
+			}
 			buf[n] = f.delivery(true, now)
 			n++
 		}
 	}
 	lifo := q.set.QueueType == QueueLIFO
 	for n < len(buf) && q.pending.len() > 0 {
-		var m QueuedMessage
+		var m queued
 		if lifo {
 			m = q.pending.popBack()
 		} else {
 			m = q.pending.popFront()
 		}
-		if !m.ExpiresAt.IsZero() && !now().Before(m.ExpiresAt) {
+		if m.expires != 0 && now == 0 {
+			now = clock()
+		}
+		if m.expired(now) {
+			if j != nil {
+				j.dropEntry(&m)
+			}
 			expired = append(expired, m)
 			continue
 		}
-		if m.QoS > 0 && !q.windowOpen() {
+		if m.qos > 0 && (!q.windowOpen() || q.inUse(PacketIDOf(m.seq))) {
 			if lifo {
 				q.pending.pushBack(m)
 			} else {
@@ -265,10 +292,13 @@ func (q *queue) pull(buf []Delivery, now func() time.Time) (n int, delivered int
 			}
 			break
 		}
-		f := flight{InflightMessage: InflightMessage{QueuedMessage: m}}
-		if m.QoS > 0 {
-			f.PacketID = q.allocID()
+		f := newFlight(m)
+		if m.qos > 0 {
+			q.track(f.pid)
 			q.inflight = append(q.inflight, f)
+			if j != nil {
+				j.putEntry(&m, EntrySent)
+			}
 		} else {
 			delivered++
 		}
@@ -282,45 +312,32 @@ func (q *queue) pull(buf []Delivery, now func() time.Time) (n int, delivered int
 }
 
 // delivery returns the Delivery of f.
-func (f *flight) delivery(again bool, now func() time.Time) Delivery {
-	if f.PubrelOwed {
-		return Delivery{PacketID: f.PacketID, QoS: 2, Pubrel: true}
+func (f *flight) delivery(again bool, now int64) Delivery {
+	if f.pubrel {
+		return Delivery{PacketID: f.packetID(), QoS: 2, Pubrel: true}
 	}
-	d := Delivery{PacketID: f.PacketID, QoS: f.QoS, Dup: again && f.QoS > 0, Retain: f.Retain,
-		SubscriptionIdentifiers: f.SubscriptionIdentifiers, Message: f.Message}
-	if !f.ExpiresAt.IsZero() {
-		left := f.ExpiresAt.Sub(now())
+	d := Delivery{QoS: f.qos, Dup: again && f.qos > 0, Retain: f.retain,
+		SubscriptionIdentifiers: f.subIDs, Message: f.msg}
+	if f.qos > 0 {
+		d.PacketID = f.packetID()
+	}
+	if f.expires != 0 {
+		left := time.Duration(f.expires - now)
 		d.MessageExpiry = uint32(max(1, (left+time.Second-1)/time.Second))
 	}
 	return d
 }
 
-// allocID returns a packet identifier no in-flight delivery uses, and
-// records it as used.
-func (q *queue) allocID() uint16 {
+// track records id as held by a delivery about to go in flight.
+func (q *queue) track(id uint16) {
 	if q.used == nil && len(q.inflight) >= manyInflight {
 		q.used = new(idSet)
 		for _, f := range q.inflight {
-			q.used.add(f.PacketID)
+			q.used.add(f.packetID())
 		}
 	}
-	for {
-		q.nextID++
-		if q.nextID == 0 {
-			q.nextID = 1
-		}
-		var inUse bool
-		if q.used != nil {
-			inUse = q.used.has(q.nextID)
-		} else {
-			inUse = slices.ContainsFunc(q.inflight, func(f flight) bool { return f.PacketID == q.nextID })
-		}
-		if !inUse {
-			if q.used != nil {
-				q.used.add(q.nextID)
-			}
-			return q.nextID
-		}
+	if q.used != nil {
+		q.used.add(id)
 	}
 }
 
@@ -328,7 +345,7 @@ func (q *queue) allocID() uint16 {
 // in order, so taking the first is O(1).
 func (q *queue) remove(i int) {
 	if q.used != nil {
-		q.used.remove(q.inflight[i].PacketID)
+		q.used.remove(q.inflight[i].packetID())
 	}
 	if q.inflight[i].resend {
 		q.resends-- // acknowledged before it was offered again
@@ -344,43 +361,50 @@ func (q *queue) remove(i int) {
 	}
 }
 
-// ack finishes the QoS 1 delivery id (PUBACK), or with released the QoS 2
+// ack finishes the QoS 1 delivery id (PUBACK), or with pubrel the QoS 2
 // delivery id after its PUBREL (PUBCOMP).
-func (q *queue) ack(id uint16, qos byte, released bool) error {
-	i := q.find(id, qos, released)
+func (q *queue) ack(id uint16, qos byte, pubrel bool, j *journal) error {
+	i := q.find(id, qos, pubrel)
 	if i < 0 {
 		return ErrPacketIDNotFound
+	}
+	if j != nil {
+		j.dropEntry(&q.inflight[i].queued)
 	}
 	q.remove(i)
 	return nil
 }
 
 // take removes the in-flight PUBLISH id and returns its message.
-func (q *queue) take(id uint16, qos byte) (QueuedMessage, error) {
+func (q *queue) take(id uint16, qos byte, j *journal) (queued, error) {
 	i := q.find(id, qos, false)
 	if i < 0 {
-		return QueuedMessage{}, ErrPacketIDNotFound
+		return queued{}, ErrPacketIDNotFound
 	}
-	m := q.inflight[i].QueuedMessage
+	m := q.inflight[i].queued
+	j.dropEntry(&m)
 	q.remove(i)
 	return m, nil
 }
 
 // find returns the index of the in-flight delivery id, or -1.
-func (q *queue) find(id uint16, qos byte, released bool) int {
+func (q *queue) find(id uint16, qos byte, pubrel bool) int {
 	return slices.IndexFunc(q.inflight, func(f flight) bool {
-		return f.PacketID == id && f.QoS == qos && f.PubrelOwed == released
+		return f.packetID() == id && f.qos == qos && f.pubrel == pubrel
 	})
 }
 
 // rec records the PUBREC of the QoS 2 delivery id.
-func (q *queue) rec(id uint16) error {
-	i := slices.IndexFunc(q.inflight, func(f flight) bool { return f.PacketID == id && f.QoS == 2 })
+func (q *queue) rec(id uint16, j *journal) error {
+	i := slices.IndexFunc(q.inflight, func(f flight) bool { return f.packetID() == id && f.qos == 2 })
 	if i < 0 {
 		return ErrPacketIDNotFound
 	}
-	q.inflight[i].PubrelOwed = true
-	q.inflight[i].Message = nil // the message is delivered; only the PUBREL remains
+	f := &q.inflight[i]
+	if !f.pubrel {
+		f.pubrel = true
+		j.putEntry(&f.queued, EntryPubrelOwed)
+	}
 	return nil
 }
 
@@ -408,14 +432,14 @@ func (q *queue) clear() int {
 }
 
 // takeAll empties the queue into messages for another queue: in-flight
-// deliveries become pending again, without their ids, except those past
-// PUBREC, whose message has reached the client; released counts them.
-func (q *queue) takeAll() (msgs []QueuedMessage, released int) {
+// deliveries become pending again, except those past PUBREC, whose message
+// has reached the client; released returns them.
+func (q *queue) takeAll() (msgs []queued, released []queued) {
 	for _, f := range q.inflight {
-		if f.PubrelOwed {
-			released++
+		if f.pubrel {
+			released = append(released, f.queued)
 		} else {
-			msgs = append(msgs, f.QueuedMessage)
+			msgs = append(msgs, f.queued)
 		}
 	}
 	msgs = append(msgs, q.pending.drain()...)
@@ -423,32 +447,5 @@ func (q *queue) takeAll() (msgs []QueuedMessage, released int) {
 	return msgs, released
 }
 
-// snapshotQueue copies the session's queue into its record, for a durable
-// store. st.mu is held.
-func (st *sessionState) snapshotQueue() {
-	q := &st.q
-	st.rec.Pending = st.rec.Pending[:0]
-	for i := range q.pending.size {
-		st.rec.Pending = append(st.rec.Pending, q.pending.buf[(q.pending.head+i)%len(q.pending.buf)])
-	}
-	st.rec.Inflight = st.rec.Inflight[:0]
-	for _, f := range q.inflight {
-		st.rec.Inflight = append(st.rec.Inflight, f.InflightMessage)
-	}
-	st.rec.InboundQoS2 = slices.Clone(q.inbound)
-}
-
-// restoreQueue rebuilds the session's queue from its record, which keeps no
-// copy. st.mu is held.
-func (st *sessionState) restoreQueue() {
-	q := &st.q
-	for _, m := range st.rec.Pending {
-		q.pending.pushBack(m)
-	}
-	for _, m := range st.rec.Inflight {
-		q.inflight = append(q.inflight, flight{InflightMessage: m})
-		q.nextID = max(q.nextID, m.PacketID)
-	}
-	q.inbound = st.rec.InboundQoS2
-	st.rec.Pending, st.rec.Inflight, st.rec.InboundQoS2 = nil, nil, nil
-}
+// seqBefore reports whether the sequence number a came no later than b.
+func seqBefore(a, b uint64) bool { return a <= b }

@@ -2,18 +2,90 @@ package mqtthooks
 
 import (
 	"context"
-	"hash/maphash"
+	"errors"
 	"iter"
-	"maps"
 	"net/netip"
-	"slices"
-	"sync"
-	"sync/atomic"
 	"time"
 )
 
-// SessionRecord is what survives a session's connections: the part of a
-// session a SessionStore keeps.
+// A SessionStore keeps the persistent sessions of a Core beyond the process:
+// their records, subscriptions, queued messages and inbound QoS 2 packet
+// identifiers. The Core keeps every session in memory and writes each change
+// through to its store as it happens, in small batches; a new Core loads the
+// store when it starts. Without a store (Options.Store nil, the default),
+// sessions end with the process and nothing is written anywhere.
+//
+// Only persistent sessions are stored: a session whose first connection has
+// cleanup on disconnect (MQTT 3 Clean Session, MQTT 5 Session Expiry
+// Interval 0) never is. Only QoS 1 and 2 messages are stored.
+//
+// Every write names the session's life, its Generation. A store refuses, with
+// ErrStaleGeneration, a batch that names a life older than the one it holds
+// for that SubscriberID, or one that has ended: a writer that lost a race (a
+// slow goroutine, a node that was taken over) can never resurrect or corrupt
+// a session.
+//
+// mqtthookstest.TestSessionStore checks an implementation against this
+// contract.
+type SessionStore interface {
+	// Load yields every stored session, each with its subscriptions,
+	// queue and inbound identifiers, for a Core to restore when it starts. A
+	// failure is yielded once, as a nil session with the error, and ends the
+	// iteration. The Core commits batches while the iteration is under way.
+	Load(ctx context.Context) iter.Seq2[*StoredSession, error]
+	// Batch starts a batch of changes, which Commit applies atomically.
+	Batch() StoreBatch
+	// NextGeneration returns a number greater than any it returned before,
+	// also across restarts, and greater than every Generation it holds.
+	NextGeneration() uint64
+}
+
+// A StoreBatch collects changes to a SessionStore; Commit applies them
+// atomically, in order. The Core builds each batch on one goroutine and
+// commits the batches that change one SubscriberID in the order of the
+// changes.
+type StoreBatch interface {
+	// CreateSession stores rec as a new life of its SubscriberID, which
+	// replaces the stored one, if any, with everything in it. A
+	// rec.Generation not newer than the stored life's is stale.
+	CreateSession(rec *SessionRecord)
+	// UpdateSession stores rec as the new record of the current life. The
+	// store keeps its own copies of what it is handed.
+	UpdateSession(rec *SessionRecord)
+	// DeleteSession drops the life gen of id and everything in it.
+	DeleteSession(id SubscriberID, gen uint64)
+	// PutSubscription stores sub, replacing the subscription with the same
+	// filter; DeleteSubscription drops the one with filter.
+	PutSubscription(id SubscriberID, gen uint64, sub Subscription)
+	DeleteSubscription(id SubscriberID, gen uint64, filter string)
+	// PutMessage stores a message under msgID. Entries of any session refer
+	// to it; the store drops it once the last entry that refers to it is
+	// deleted, so a message routed to many sessions is stored once.
+	PutMessage(msgID uint64, m *Message)
+	// PutEntry adds an entry to the session's queue or, for a Seq it holds,
+	// replaces it (a state change). DeleteEntry drops the entry seq, which
+	// refers to msgID.
+	PutEntry(id SubscriberID, gen uint64, e *StoredEntry)
+	DeleteEntry(id SubscriberID, gen uint64, seq uint64, msgID uint64)
+	// PutInbound and DeleteInbound add and drop the packet identifier of a
+	// QoS 2 PUBLISH the client sent and has not yet released.
+	PutInbound(id SubscriberID, gen uint64, packetID uint16)
+	DeleteInbound(id SubscriberID, gen uint64, packetID uint16)
+	// Commit applies the batch and calls done, if not nil, once it is
+	// durable as the store's policy says, with nil, or with the error that
+	// refused it (ErrStaleGeneration) or failed it. Commit must not wait for
+	// I/O: the Core calls it on its delivery path, sometimes with a session's
+	// lock held, so a durable store hands the work to its own goroutines.
+	// done may run on any goroutine and must not block.
+	Commit(done func(error))
+}
+
+// ErrStaleGeneration is the error of a store write that names a session
+// life that is not the stored one: an older life, or one that has ended.
+var ErrStaleGeneration = errors.New("mqtthooks: write for a session life that is not the current one")
+
+// SessionRecord is what a store keeps of a session apart from its
+// subscriptions and messages.
 type SessionRecord struct {
 	ID SubscriberID
 	// Generation is the session's life; a new life gets a new number.
@@ -27,24 +99,19 @@ type SessionRecord struct {
 	Peer            netip.AddrPort
 	ProtocolVersion ProtocolVersion
 
-	// Subscriptions of the session, one per filter, in no particular order.
-	Subscriptions []Subscription
-
+	// Expiry is how long the session lives offline; 0 means never.
+	Expiry time.Duration
+	// ExpiresAt is when the offline session expires; zero while a
+	// connection is attached, or when Expiry is 0. A session stored while a
+	// connection was attached (the process stopped or crashed with it
+	// online) is restored offline, expiring Expiry after the restart.
+	ExpiresAt time.Time
 	// Wills are the Wills waiting for their Will Delay Interval to pass,
 	// earliest first: at most one, except in a multiple session, where each
 	// connection that ended may leave one.
 	Wills []DelayedWill
-	// ExpiresAt is when an offline session expires; zero means never, or
-	// that the session is online.
-	ExpiresAt time.Time
-
-	// The session's messages, filled for a durable store when the session is
-	// saved offline (the in-memory store needs no copy: the Core holds them):
-	// pending messages in queue order, deliveries in flight in the order they
-	// were sent, and inbound QoS 2 identifiers awaiting PUBREL.
-	Pending     []QueuedMessage
-	Inflight    []InflightMessage
-	InboundQoS2 []uint16
+	// Queue holds the queue limits in force.
+	Queue QueueSettings
 }
 
 // DelayedWill is a Will waiting for its delay: it is published at At, or when
@@ -66,115 +133,56 @@ type Subscription struct {
 	Identifier uint32
 }
 
-// SessionStore keeps the sessions of a Core while they exist. It is shaped
-// around whole sessions, so that a durable or distributed store can replace the
-// in-memory default without changing the Core's API.
-//
-// The Core calls a store for one SubscriberID at a time, never concurrently
-// for the same one, and never while holding a lock. A store that keeps
-// records beyond the call must copy them: the Core goes on changing its own.
-type SessionStore interface {
-	// Create records a new session. An error refuses it: the CONNECT is
-	// rejected with ErrRegistration and nothing is left behind. When a
-	// CONNECT replaces a session (a clean start, or a takeover of a session
-	// with cleanup on disconnect), Create is called for the new life while
-	// the old one's record still exists, and replaces it: the old life is
-	// ended only once Create succeeded, and is not Deleted.
-	Create(ctx context.Context, rec *SessionRecord) error
-	// Save records the current state of an existing session. The Core calls
-	// it when the session goes offline and when its subscriptions change.
-	Save(ctx context.Context, rec *SessionRecord) error
-	// Delete removes the session; deleting a missing one is not an error.
-	Delete(ctx context.Context, id SubscriberID) error
-	// Sessions returns an iterator over the stored sessions, which NewCore
-	// uses to take over the offline sessions of a durable store. A failure
-	// is yielded once, as a nil record with the error, and ends the
-	// iteration.
-	Sessions(ctx context.Context) iter.Seq2[*SessionRecord, error]
-	// NextGeneration returns a number greater than any it returned before,
-	// also across restarts for a durable store.
-	NextGeneration() uint64
-	// Durable reports whether sessions outlive the process. A Core with a
-	// store that is not durable publishes pending delayed Wills at Shutdown,
-	// since those sessions end with the process.
-	Durable() bool
+// EntryState is where a stored queue entry is in its delivery.
+type EntryState uint8
+
+// The states of a stored entry.
+const (
+	// EntryPending: queued, not yet handed to a connection.
+	EntryPending EntryState = iota
+	// EntrySent: handed out at least once, not acknowledged; after a
+	// restart it is offered again first, with DUP set.
+	EntrySent
+	// EntryPubrelOwed: a QoS 2 delivery the client acknowledged with PUBREC;
+	// the PUBREL is owed, and sent again first after a restart.
+	EntryPubrelOwed
+)
+
+// StoredEntry is one message in a stored session's queue.
+type StoredEntry struct {
+	// Seq orders the session's queue; it also fixes the entry's packet
+	// identifier (PacketIDOf), so that a delivery sent before a restart is
+	// sent again with the same one [MQTT-4.4.0-1].
+	Seq uint64
+	// MessageID names the stored message (StoreBatch.PutMessage).
+	MessageID               uint64
+	QoS                     byte
+	Retain                  bool
+	SubscriptionIdentifiers []uint32
+	// ExpiresAt is when the v5 Message Expiry Interval runs out; zero for
+	// never.
+	ExpiresAt time.Time
+	State     EntryState
 }
 
-// MemoryStore is the default SessionStore: sessions live in the Core's memory
-// and end with the process. Its zero value is ready to use.
-//
-// Unlike other stores, it keeps the pointers it is given: the records are the
-// Core's own, so sessions are not held twice. Its map is sharded, so that
-// CONNECTs of different clients do not wait for one lock.
-type MemoryStore struct {
-	generation atomic.Uint64
-	once       sync.Once
-	seed       maphash.Seed
-	shards     [memoryShards]memoryShard
+// PacketIDOf returns the packet identifier of the queue entry seq: the
+// sequence numbers 1, 2, … 65535, 65536 … map to 1, 2, … 65535, 1 …
+func PacketIDOf(seq uint64) uint16 { return uint16((seq-1)%65535) + 1 }
+
+// StoredSession is one session as a store loads it.
+type StoredSession struct {
+	Record        SessionRecord
+	Subscriptions []Subscription
+	// Entries in Seq order, each with its message. A store leaves out the
+	// entries whose message it does not have (a crash between the two
+	// writes), which no publisher saw acknowledged.
+	Entries []LoadedEntry
+	// Inbound are the QoS 2 packet identifiers the client has not released.
+	Inbound []uint16
 }
 
-const memoryShards = 64
-
-type memoryShard struct {
-	mu sync.Mutex
-	m  map[SubscriberID]*SessionRecord
+// LoadedEntry is a stored entry with its message.
+type LoadedEntry struct {
+	StoredEntry
+	Message *Message
 }
-
-func (m *MemoryStore) shard(id SubscriberID) *memoryShard {
-	m.once.Do(func() { m.seed = maphash.MakeSeed() })
-	return &m.shards[hashID(m.seed, id)%memoryShards]
-}
-
-func (m *MemoryStore) put(rec *SessionRecord) {
-	s := m.shard(rec.ID)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.m == nil {
-		s.m = make(map[SubscriberID]*SessionRecord)
-	}
-	s.m[rec.ID] = rec
-}
-
-// Create records rec.
-func (m *MemoryStore) Create(_ context.Context, rec *SessionRecord) error {
-	m.put(rec)
-	return nil
-}
-
-// Save records rec.
-func (m *MemoryStore) Save(_ context.Context, rec *SessionRecord) error {
-	m.put(rec)
-	return nil
-}
-
-// Delete forgets the session id.
-func (m *MemoryStore) Delete(_ context.Context, id SubscriberID) error {
-	s := m.shard(id)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.m, id)
-	return nil
-}
-
-// Sessions returns an iterator over the sessions; it never fails.
-func (m *MemoryStore) Sessions(context.Context) iter.Seq2[*SessionRecord, error] {
-	return func(yield func(*SessionRecord, error) bool) {
-		for i := range m.shards {
-			s := &m.shards[i]
-			s.mu.Lock()
-			recs := slices.Collect(maps.Values(s.m))
-			s.mu.Unlock()
-			for _, r := range recs {
-				if !yield(r, nil) {
-					return
-				}
-			}
-		}
-	}
-}
-
-// NextGeneration returns 1, 2, 3, …
-func (m *MemoryStore) NextGeneration() uint64 { return m.generation.Add(1) }
-
-// Durable returns false.
-func (m *MemoryStore) Durable() bool { return false }

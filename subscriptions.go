@@ -1,7 +1,7 @@
 package mqtthooks
 
-// A session's subscriptions live in its record, one per filter, so that a
-// store sees them as they are. A session with many of them also keeps an
+// A session's subscriptions live in its state, one per filter; a store gets
+// each as a change of its own. A session with many of them also keeps an
 // index from filter to position, so that Subscribe and Unsubscribe cost the
 // same per filter at 10 subscriptions and at 100,000; most sessions have a
 // few, and a short scan is cheaper than a map for them.
@@ -19,8 +19,8 @@ func (st *sessionState) findSubscription(filter string) int {
 		}
 		return -1
 	}
-	for i := range st.rec.Subscriptions {
-		if st.rec.Subscriptions[i].Filter == filter {
+	for i := range st.subs {
+		if st.subs[i].Filter == filter {
 			return i
 		}
 	}
@@ -31,16 +31,16 @@ func (st *sessionState) findSubscription(filter string) int {
 // st.mu is held.
 func (st *sessionState) subscribe(sub Subscription) {
 	if i := st.findSubscription(sub.Filter); i >= 0 {
-		st.rec.Subscriptions[i] = sub
+		st.subs[i] = sub
 		return
 	}
-	st.rec.Subscriptions = append(st.rec.Subscriptions, sub)
-	switch n := len(st.rec.Subscriptions); {
+	st.subs = append(st.subs, sub)
+	switch n := len(st.subs); {
 	case st.subIndex != nil:
 		st.subIndex[sub.Filter] = n - 1
 	case n >= subIndexFrom:
 		st.subIndex = make(map[string]int, n)
-		for i, s := range st.rec.Subscriptions {
+		for i, s := range st.subs {
 			st.subIndex[s.Filter] = i
 		}
 	}
@@ -53,7 +53,7 @@ func (st *sessionState) unsubscribe(filter string) bool {
 	if i < 0 {
 		return false
 	}
-	subs := st.rec.Subscriptions
+	subs := st.subs
 	last := len(subs) - 1
 	if st.subIndex != nil {
 		delete(st.subIndex, filter)
@@ -63,9 +63,9 @@ func (st *sessionState) unsubscribe(filter string) bool {
 	}
 	subs[i] = subs[last]
 	subs[last] = Subscription{}
-	st.rec.Subscriptions = subs[:last]
+	st.subs = subs[:last]
 	if last == 0 {
-		st.rec.Subscriptions = nil
+		st.subs = nil
 	}
 	if st.subIndex != nil && last < subIndexFrom/2 {
 		st.subIndex = nil // few are left: scanning is cheaper again
@@ -75,6 +75,6 @@ func (st *sessionState) unsubscribe(filter string) bool {
 
 // clearSubscriptions drops every subscription. st.mu is held.
 func (st *sessionState) clearSubscriptions() {
-	st.rec.Subscriptions = nil
+	st.subs = nil
 	st.subIndex = nil
 }

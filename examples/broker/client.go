@@ -441,7 +441,7 @@ func (c *client) handle(pk *packets.Packet) (code mqtthooks.ReasonCode, ok bool)
 	case packets.Pubcomp:
 		_ = s.Pubcomp(pk.PacketID)
 	case packets.Pubrel:
-		known, err := s.InboundPubrel(pk.PacketID)
+		known, err := s.InboundPubrel(pk.PacketID, nil)
 		if err != nil {
 			return 0, false // the connection has ended
 		}
@@ -523,7 +523,7 @@ func (c *client) publish(pk *packets.Packet) (mqtthooks.ReasonCode, bool) {
 			PacketID: pk.PacketID})
 	case 2:
 		var err error
-		if route, err = c.session.InboundPublish(pk.PacketID); err != nil {
+		if route, err = c.session.InboundPublish(pk.PacketID, nil); err != nil {
 			// The connection has ended (taken over, say): no PUBREC for a message
 			// it did not route; the client sends it again on its next connection.
 			return 0, false

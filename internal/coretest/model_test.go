@@ -393,6 +393,15 @@ type modelConnect struct {
 	createFails, policyPanics bool
 }
 
+// persistent reports whether the CONNECT's session outlives its connection,
+// and so is stored.
+func (a modelConnect) persistent() bool {
+	if a.v5 {
+		return a.sei != 0
+	}
+	return !a.clean
+}
+
 func (a modelConnect) String() string {
 	s := fmt.Sprintf("connect %s v3 clean=%v", a.id, a.clean)
 	if a.v5 {
@@ -499,7 +508,7 @@ func (m *modelRun) opConnect(a modelConnect) (string, error) {
 	case s == nil && m.maxSessions > 0 && len(m.sessions) >= m.maxSessions: // OQ15: only new sessions count
 		m.tally["CONNACK session limit"]++
 		return desc + " → session limit", modelRejected(step, a.v5, mqtthooks.RefusedServerUnavailable, mqtthooks.CodeQuotaExceeded)
-	case newLife && a.createFails: // §6: a failed registration touches nothing, not even on a clean start
+	case newLife && a.createFails && a.persistent(): // §6: a failed registration touches nothing, not even on a clean start
 		m.tally["CONNACK store failed"]++
 		return desc + " → store failed", modelRejected(step, a.v5, mqtthooks.RefusedServerUnavailable, mqtthooks.CodeServerUnavailable)
 	}

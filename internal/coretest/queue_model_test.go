@@ -647,7 +647,7 @@ func (r *nlRun) opInbound(s *nlSession) error {
 	id := uint16(1 + r.rng.IntN(3))
 	sess := s.cur.client.Session
 	if r.rng.IntN(2) == 0 {
-		first, err := sess.InboundPublish(id)
+		first, err := sess.InboundPublish(id, nil)
 		r.logf("inbound %s: PUBLISH id %d → first %v, %v", s.cur.name, id, first, err)
 		if err != nil || first == s.inbound[id] {
 			return fmt.Errorf("InboundPublish(%d) on %s = %v, %v; want first=%v", id, s.cur.name, first, err, !s.inbound[id])
@@ -655,7 +655,7 @@ func (r *nlRun) opInbound(s *nlSession) error {
 		s.inbound[id] = true
 		return nil
 	}
-	known, err := sess.InboundPubrel(id)
+	known, err := sess.InboundPubrel(id, nil)
 	r.logf("inbound %s: PUBREL id %d → known %v, %v", s.cur.name, id, known, err)
 	if err != nil || known != s.inbound[id] {
 		return fmt.Errorf("InboundPubrel(%d) on %s = %v, %v; want known=%v", id, s.cur.name, known, err, s.inbound[id])
@@ -840,7 +840,7 @@ func (r *nlRun) opStale(s *nlSession, c *nlConn) error {
 		what, aerr = "PUBCOMP", sess.Pubcomp(pid)
 	default:
 		what = "inbound PUBLISH"
-		_, aerr = sess.InboundPublish(pid)
+		_, aerr = sess.InboundPublish(pid, nil)
 	}
 	r.logf("stale %s: Pull → %v; %s %d → %v", c.name, perr, what, pid, aerr)
 	if c.lost { // the broker reported the end: any error will do

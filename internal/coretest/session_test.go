@@ -264,33 +264,30 @@ func TestLifecycleHookDeadline(t *testing.T) {
 	})
 }
 
-// durableStore is a store whose sessions survive the process.
-type durableStore struct {
-	mqtthooks.MemoryStore
-}
-
-func (*durableStore) Durable() bool { return true }
-
-// A durable store's sessions are taken over offline at NewCore, with their
-// expiry armed; at Shutdown their delayed Wills stay pending.
-func TestRestoreFromDurableStore(t *testing.T) {
+// A store's sessions are taken over offline at NewCore, their subscriptions
+// handed to the Router and their expiry armed; at Shutdown their delayed
+// Wills stay pending.
+func TestRestoreFromStore(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		store := new(durableStore)
-		require.NoError(t, store.Create(t.Context(), &mqtthooks.SessionRecord{ID: sid("old"), Generation: store.NextGeneration(),
-			Username: "u", HasUsername: true, Subscriptions: []mqtthooks.Subscription{{Filter: "t"}},
-			ExpiresAt: time.Now().Add(time.Minute)}))
+		store := new(mqtthooks.MemoryStore)
+		storeSession(t, store, mqtthooks.SessionRecord{ID: sid("old"), Username: "u", HasUsername: true,
+			Expiry: time.Minute, ExpiresAt: time.Now().Add(time.Minute)})
+		b := store.Batch()
+		b.PutSubscription(sid("old"), 1, mqtthooks.Subscription{Filter: "t"})
+		b.Commit(nil)
 		f := newFixture(t, mqtthooks.Options{Store: store})
 		info, ok := f.core.Lookup(sid("old"))
 		require.True(t, ok)
 		assert.Zero(t, info.Connections)
+		assert.Len(t, info.Subscriptions, 1)
 
 		time.Sleep(time.Minute)
 		synctest.Wait()
-		f.rec.ExpectHooks(t, sid("old"), "RemoveAll", "OnSessionExpired")
+		f.rec.ExpectHooks(t, sid("old"), "Add", "RemoveAll", "OnSessionExpired")
 
 		c := f.connect(withDelayedWill(mqtthookstest.V5("w", "u", false, 300), 60))
 		c.Drop(t.Context(), nil)
 		require.NoError(t, f.core.Shutdown(t.Context()))
-		assert.Zero(t, f.rec.Count(sid("w"), "PublishWill"), "a durable store keeps the Will pending")
+		assert.Zero(t, f.rec.Count(sid("w"), "PublishWill"), "a stored session keeps the Will pending")
 	})
 }

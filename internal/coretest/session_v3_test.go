@@ -328,18 +328,12 @@ func TestConnectV3PersistentModifier(t *testing.T) {
 		"AuthOnRegister", "OnClientWakeup", "OnRegister")
 }
 
-// failingStore refuses to create sessions.
-type failingStore struct{ mqtthooks.MemoryStore }
-
-func (*failingStore) Create(context.Context, *mqtthooks.SessionRecord) error {
-	return errors.New("disk full")
-}
-
-// ACCEPTANCE 28: the store refuses the session: 3 / 0x88, no Wakeup, nothing
-// left behind.
+// ACCEPTANCE 28: the store refuses the (persistent) session: 3 / 0x88, no
+// Wakeup, nothing left behind.
 func TestConnectStoreFailure(t *testing.T) {
-	f := newFixture(t, mqtthooks.Options{Store: new(failingStore), MaxSessions: 1})
-	c := f.v3("c1", true)
+	store := &faultStore{create: func(mqtthooks.SubscriberID) error { return errors.New("disk full") }}
+	f := newFixture(t, mqtthooks.Options{Store: store, MaxSessions: 1})
+	c := f.v3("c1", false)
 
 	expectRejected(t, f, c, sid("c1"), 3, 0x88)
 	assert.ErrorIs(t, c.Step.Err, mqtthooks.ErrRegistration)
