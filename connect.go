@@ -576,7 +576,7 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 	st.multi = p.multi
 	r := &st.rec
 	r.Username, r.HasUsername, r.ConnID, r.Peer, r.ProtocolVersion = s.username, s.hasUsername, s.connID, s.peer, s.version
-	r.Expiry, r.Queue = p.expiry, st.q.set
+	r.Expiry, r.Queue, r.Connected = p.expiry, st.q.set, true
 	var unstore StoreBatch
 	if st.stored && p.cleanup {
 		// A session resumed with cleanup on disconnect ends with this

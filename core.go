@@ -165,20 +165,21 @@ type Stats struct {
 	// WillsPublished counts Wills handed to PublishWill.
 	WillsPublished uint64
 
-	// Messages: every Deliver that reached a session is Routed, and ends up
+	// Messages: every Deliver that reached a session is Routed, and every
+	// message a Core found in its store at start Restored; each ends up
 	// Delivered (QoS 0 handed out, QoS 1 PUBACK, QoS 2 PUBCOMP), Dropped
 	// (queue full, expired; OnMessageDrop fired), NotStoredQoS0 (QoS 0 for an
 	// offline session), Discarded (its session ended), or is still pending or
-	// in flight (SessionInfo). Nothing is lost: Routed = Delivered + Dropped
-	// + NotStoredQoS0 + Discarded + pending + in flight.
-	Routed, Delivered, Dropped, NotStoredQoS0, Discarded uint64
+	// in flight (SessionInfo). Nothing is lost: Routed + Restored = Delivered
+	// + Dropped + NotStoredQoS0 + Discarded + pending + in flight.
+	Routed, Restored, Delivered, Dropped, NotStoredQoS0, Discarded uint64
 }
 
 type counters struct {
-	sessions, connections                                atomic.Int64
-	accepted, rejected, abandoned                        atomic.Uint64
-	created, resumed, takeovers, expired, willsPublished atomic.Uint64
-	routed, delivered, dropped, notStoredQoS0, discarded atomic.Uint64
+	sessions, connections                                          atomic.Int64
+	accepted, rejected, abandoned                                  atomic.Uint64
+	created, resumed, takeovers, expired, willsPublished           atomic.Uint64
+	routed, restored, delivered, dropped, notStoredQoS0, discarded atomic.Uint64
 }
 
 // Core owns the MQTT sessions of a broker and fires the hooks of a Chain at
@@ -299,8 +300,9 @@ func (nopRouter) RemoveAll(SubscriberID, uint64)         {}
 
 // restore takes over the sessions the store holds, offline, as a restart
 // finds them: a session stored while a connection was attached lost that
-// connection at the restart, so its expiry runs from now; an expiry or a
-// delayed Will that came due while the process was down fires at once.
+// connection when the process stopped, so OnClientOffline (ReasonRestart)
+// fires for it and its expiry runs from now; an expiry or a delayed Will that
+// came due while the process was down fires at once.
 func (c *Core) restore() error {
 	if c.store == nil {
 		return nil
@@ -328,7 +330,9 @@ func (c *Core) restoreSession(ss *StoredSession) {
 	st.jn = journal{c: c, st: st}
 	r := &st.rec
 	r.ID, r.Username = cloneIdentity(r.ID, r.Username)
-	if r.ExpiresAt.IsZero() && r.Expiry > 0 {
+	lost := r.Connected // the process stopped under an attached connection
+	r.Connected = false
+	if (lost || r.ExpiresAt.IsZero()) && r.Expiry > 0 {
 		r.ExpiresAt = time.Now().Add(r.Expiry)
 	}
 	st.q.set = r.Queue
@@ -345,11 +349,17 @@ func (c *Core) restoreSession(ss *StoredSession) {
 			continue
 		}
 		f := newFlight(m)
-		f.pubrel = le.State == EntryPubrelOwed
+		f.pubrel, f.sent = le.State == EntryPubrelOwed, le.Sent
 		st.q.inflight = append(st.q.inflight, f)
 		st.q.track(PacketIDOf(m.seq))
 	}
+	// Sent again in the order they first went out [MQTT-4.6.0-1].
+	slices.SortStableFunc(st.q.inflight, func(a, b flight) int { return int(int32(a.sent - b.sent)) })
+	if n := len(st.q.inflight); n > 0 {
+		st.q.sent = st.q.inflight[n-1].sent
+	}
 	st.q.inbound = slices.Clone(ss.Inbound)
+	c.stats.restored.Add(uint64(len(ss.Entries)))
 	e := c.reg.acquire(r.ID)
 	e.mu.Lock()
 	e.state.Store(st)
@@ -363,6 +373,12 @@ func (c *Core) restoreSession(ss *StoredSession) {
 	for _, sub := range st.subs {
 		c.routerAdd(r.ID, r.Generation, sub)
 	}
+	if lost {
+		ev := st.offlineEvent(ReasonRestart)
+		ctx, cancel := context.WithTimeout(context.Background(), c.opts.HookTimeout)
+		c.chain.Snapshot().OnClientOffline(ctx, &ev)
+		cancel()
+	}
 	c.armTimers(st)
 	c.reg.release(e)
 }
@@ -375,7 +391,7 @@ func (c *Core) Stats() Stats {
 		ConnectsAccepted: s.accepted.Load(), ConnectsRejected: s.rejected.Load(), ConnectsAbandoned: s.abandoned.Load(),
 		SessionsCreated: s.created.Load(), SessionsResumed: s.resumed.Load(), Takeovers: s.takeovers.Load(),
 		SessionsExpired: s.expired.Load(), WillsPublished: s.willsPublished.Load(),
-		Routed: s.routed.Load(), Delivered: s.delivered.Load(), Dropped: s.dropped.Load(),
+		Routed: s.routed.Load(), Restored: s.restored.Load(), Delivered: s.delivered.Load(), Dropped: s.dropped.Load(),
 		NotStoredQoS0: s.notStoredQoS0.Load(), Discarded: s.discarded.Load(),
 	}
 }

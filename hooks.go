@@ -114,6 +114,10 @@ const (
 	ReasonExpired
 	// ReasonAuthFailed: a re-authentication was rejected.
 	ReasonAuthFailed
+	// ReasonRestart: the process stopped, without a Shutdown, while the
+	// connection was attached; the Core that restored the session from its
+	// store reports the connection's end when it starts.
+	ReasonRestart
 )
 
 var reasonNames = [...]string{
@@ -128,6 +132,7 @@ var reasonNames = [...]string{
 	ReasonCleanStart:       "clean-start",
 	ReasonExpired:          "expired",
 	ReasonAuthFailed:       "auth-failed",
+	ReasonRestart:          "restart",
 }
 
 // String returns the reason's name, such as "taken-over".

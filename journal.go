@@ -36,13 +36,18 @@ func (j *journal) batch() StoreBatch {
 	return j.b
 }
 
-// putEntry records m, a stored entry, in state.
-func (j *journal) putEntry(m *queued, state EntryState) {
+// putEntry records m, a stored entry, pending.
+func (j *journal) putEntry(m *queued, state EntryState) { j.put(m, state, 0) }
+
+// putFlight records f, a stored entry in flight.
+func (j *journal) putFlight(f *flight) { j.put(&f.queued, f.state(), f.sent) }
+
+func (j *journal) put(m *queued, state EntryState, sent uint32) {
 	if j == nil || m.msgID == 0 {
 		return
 	}
 	j.batch().PutEntry(j.st.rec.ID, j.st.rec.Generation, &StoredEntry{Seq: m.seq, MessageID: m.msgID, QoS: m.qos,
-		Retain: m.retain, SubscriptionIdentifiers: m.subIDs, ExpiresAt: unixTime(m.expires), State: state})
+		Retain: m.retain, SubscriptionIdentifiers: m.subIDs, ExpiresAt: unixTime(m.expires), State: state, Sent: sent})
 }
 
 // keep records m, now in the session's own queue, in state: a copy that was
@@ -55,7 +60,18 @@ func (j *journal) keep(m *queued, state EntryState) {
 	if m.msgID == 0 {
 		m.msgID = j.putMessage(m.msg, nil)
 	}
-	j.putEntry(m, state)
+	j.put(m, state, 0)
+}
+
+// keepFlight is keep for a delivery in flight.
+func (j *journal) keepFlight(f *flight) {
+	if j == nil {
+		return
+	}
+	if f.msgID == 0 {
+		f.msgID = j.putMessage(f.msg, nil)
+	}
+	j.putFlight(f)
 }
 
 // dropEntry records that m left the queue.

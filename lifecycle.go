@@ -119,7 +119,7 @@ func (c *Core) handOverQueue(st *sessionState, s *Session) Conn {
 		next.q = &st.q
 		if j != nil { // a fanout copy joins the store as it becomes the session's
 			for i := range st.q.inflight {
-				j.keep(&st.q.inflight[i].queued, st.q.inflight[i].state())
+				j.keepFlight(&st.q.inflight[i])
 			}
 			for i := range st.q.pending.len() {
 				j.keep(st.q.pending.at(i), EntryPending)
@@ -282,7 +282,7 @@ func (c *Core) goOffline(ctx context.Context, e *entry, st *sessionState, ev *Se
 	if expiry > 0 {
 		st.rec.ExpiresAt = now.Add(expiry)
 	}
-	st.rec.Expiry = expiry
+	st.rec.Expiry, st.rec.Connected = expiry, false
 	j := st.journal()
 	j.updateRecord()
 	j.commit(nil)

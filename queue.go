@@ -54,8 +54,9 @@ type queue struct {
 	used     *idSet   // the ids in flight, while there are many of them
 	inbound  []uint16
 	// The small fields together, so that a session fits a smaller size class.
-	resends  int32 // in-flight entries marked resend, so that most Pulls skip the scan
-	notified bool  // Notify is out and no Pull has found the queue empty since
+	resends  int32  // in-flight entries marked resend, so that most Pulls skip the scan
+	sent     uint32 // deliveries sent, numbering them (wrapping)
+	notified bool   // Notify is out and no Pull has found the queue empty since
 }
 
 // idSet is a set of packet identifiers, one bit each.
@@ -72,6 +73,7 @@ const manyInflight = 32
 // flight is a QoS 1 or 2 delivery handed out and not yet acknowledged.
 type flight struct {
 	queued
+	sent   uint32 // the queue's count of sends when it first went out
 	pid    uint16 // PacketIDOf(seq), kept: acknowledgements look it up
 	pubrel bool   // the client's PUBREC came: the message is delivered, the PUBREL is owed
 	resend bool   // offer again, with DUP (or the PUBREL), to the owner
@@ -295,9 +297,11 @@ func (q *queue) pull(buf []Delivery, clock func() int64, j *journal) (n int, del
 		f := newFlight(m)
 		if m.qos > 0 {
 			q.track(f.pid)
+			q.sent++
+			f.sent = q.sent
 			q.inflight = append(q.inflight, f)
 			if j != nil {
-				j.putEntry(&m, EntrySent)
+				j.putFlight(&f)
 			}
 		} else {
 			delivered++
@@ -403,7 +407,9 @@ func (q *queue) rec(id uint16, j *journal) error {
 	f := &q.inflight[i]
 	if !f.pubrel {
 		f.pubrel = true
-		j.putEntry(&f.queued, EntryPubrelOwed)
+		if j != nil {
+			j.putFlight(f)
+		}
 	}
 	return nil
 }

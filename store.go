@@ -99,6 +99,10 @@ type SessionRecord struct {
 	Peer            netip.AddrPort
 	ProtocolVersion ProtocolVersion
 
+	// Connected is set while a connection is attached. A session stored
+	// with it set lost that connection when the process stopped: the Core
+	// that restores it fires OnClientOffline (ReasonRestart) at start.
+	Connected bool
 	// Expiry is how long the session lives offline; 0 means never.
 	Expiry time.Duration
 	// ExpiresAt is when the offline session expires; zero while a
@@ -163,6 +167,10 @@ type StoredEntry struct {
 	// never.
 	ExpiresAt time.Time
 	State     EntryState
+	// Sent orders the entries that were sent, in the order they first
+	// went out, so that they are sent again in that order after a restart
+	// [MQTT-4.6.0-1]; it counts up from 1 and wraps. 0 for a pending entry.
+	Sent uint32
 }
 
 // PacketIDOf returns the packet identifier of the queue entry seq: the

@@ -6,6 +6,7 @@ package mqtthooks_test
 import (
 	"context"
 	"errors"
+	"iter"
 	"maps"
 	"runtime"
 	"strconv"
@@ -22,15 +23,31 @@ import (
 	"github.com/mqtthooks/mqtthooks/mqtthookstest"
 )
 
-// faultStore is a MemoryStore whose CreateSession can fail or panic on
-// demand, when its batch is committed.
+// faultStore is an mqtthookstest.Store whose CreateSession can fail or panic
+// on demand, when its batch is committed.
 type faultStore struct {
-	mqtthooks.MemoryStore
-	create func(id mqtthooks.SubscriberID) error // nil: the MemoryStore's answer
+	store  *mqtthookstest.Store                  // nil: a new one
+	create func(id mqtthooks.SubscriberID) error // nil: the store's answer
+	once   sync.Once
 }
 
+func (s *faultStore) inner() *mqtthookstest.Store {
+	s.once.Do(func() {
+		if s.store == nil {
+			s.store = new(mqtthookstest.Store)
+		}
+	})
+	return s.store
+}
+
+func (s *faultStore) Load(ctx context.Context) iter.Seq2[*mqtthooks.StoredSession, error] {
+	return s.inner().Load(ctx)
+}
+
+func (s *faultStore) NextGeneration() uint64 { return s.inner().NextGeneration() }
+
 func (s *faultStore) Batch() mqtthooks.StoreBatch {
-	return &faultBatch{StoreBatch: s.MemoryStore.Batch(), s: s}
+	return &faultBatch{StoreBatch: s.inner().Batch(), s: s}
 }
 
 type faultBatch struct {

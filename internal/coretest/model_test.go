@@ -153,6 +153,12 @@ type modelSession struct {
 	multi      bool // the latest attach allowed multiple sessions
 	subscribed bool
 	expiresAt  time.Time // offline only; zero means never
+	// stored: the life began persistent and no connection with cleanup on
+	// disconnect resumed it since, so the store keeps it.
+	stored bool
+	// expiry is the latest attach's offline lifetime: what the store keeps,
+	// for a session lost online by a crash.
+	expiry time.Duration
 }
 
 func (s *modelSession) online() bool { return len(s.conns) > 0 }
@@ -218,7 +224,9 @@ type modelRun struct {
 	tally   map[string]int
 	// stall, when set, is taken by the next OnSessionExpired hook, which
 	// then waits until the channel is closed.
-	stall atomic.Pointer[chan struct{}]
+	stall   atomic.Pointer[chan struct{}]
+	store   *mqtthookstest.Store            // what the Core's store holds
+	carried map[string][]mqtthookstest.Call // tracked calls of the Cores before the last crash
 	// Faults of the broker's callbacks for the current step: the store's
 	// Create fails, the ResumePolicy panics, the Router panics (after the
 	// Recorder saw the call, so that the model's expectations stand).
@@ -263,10 +271,18 @@ func newModelRun(t *testing.T, seed uint64) *modelRun {
 		m.maxSessions = 2
 	}
 	m.options = fmt.Sprintf("Options{PersistentExpiry: %v, MaxSessions: %d, Workers: 1}", modelPersistentExpiry, m.maxSessions)
-	// One worker, so that a slow terminal hook holds back the other timed
-	// work, as a busy pool does in production (see opSleepBusyPool).
+	m.newCore(new(mqtthookstest.Store))
+	return m
+}
+
+// newCore starts the Core under test on store. One worker, so that a slow
+// terminal hook holds back the other timed work, as a busy pool does in
+// production (see opSleepBusyPool).
+func (m *modelRun) newCore(inner *mqtthookstest.Store) {
+	t := m.t
 	router := &modelRouter{m: m}
-	store := &faultStore{create: func(mqtthooks.SubscriberID) error {
+	m.store = inner
+	store := &faultStore{store: inner, create: func(mqtthooks.SubscriberID) error {
 		if m.createFails.Load() {
 			m.faults[0].Add(1)
 			return errors.New("model: store fault")
@@ -303,7 +319,67 @@ func newModelRun(t *testing.T, seed uint64) *modelRun {
 		return mqtthooks.Accept()
 	}
 	m.f.rec.AuthOnRegisterFunc, m.f.rec.AuthOnRegisterM5Func = auth, auth
-	return m
+}
+
+// opCrash kills the Core, as a crashed process, and starts a new one on what
+// its store kept. The persistent sessions come back offline, in the same life,
+// with no hook fired; a session lost online expires its interval after the
+// restart. The others are gone without a trace. The old Core is then shut
+// down: its connections see 0x8B, its hooks go nowhere.
+func (m *modelRun) opCrash() (string, error) {
+	if err := m.check(); err != nil { // what the old Core did, before its Shutdown's hooks
+		return "crash", err
+	}
+	// Each id's history goes on in the new Core's Recorder: the grammar holds
+	// across the crash.
+	carried := map[string][]mqtthookstest.Call{}
+	for _, id := range modelIDs {
+		carried[id] = slices.Clone(m.carried[id])
+	}
+	for _, c := range m.f.rec.Calls() {
+		if modelTracked[c.Hook] {
+			carried[c.ID.ClientID] = append(carried[c.ID.ClientID], c)
+		}
+	}
+	m.carried = carried
+	after := m.store.Crash(m.t)
+	if err := m.f.core.Shutdown(context.Background()); err != nil {
+		return "crash", fmt.Errorf("Shutdown of the crashed Core: %w", err)
+	}
+	m.newCore(after)
+	var kept []string
+	for _, id := range modelIDs {
+		s := m.sessions[id]
+		if s == nil {
+			continue
+		}
+		for _, c := range s.conns {
+			m.kick(c, mqtthooks.ErrServerShutdown, mqtthooks.CodeServerShuttingDown)
+		}
+		if !s.stored { // its life ends with the process, without a hook
+			for _, c := range s.conns {
+				c.ended = true
+			}
+			delete(m.sessions, id)
+			m.seen[id] -= len(m.carried[id])
+			m.carried[id] = nil
+			continue
+		}
+		if s.online() { // the new Core reports the end of the connection the crash took
+			if s.expiry > 0 {
+				s.expiresAt = time.Now().Add(s.expiry)
+			}
+			for _, c := range s.conns {
+				c.ended = true
+			}
+			m.expect(id, modelWant{hook: "OnClientOffline", reason: mqtthooks.ReasonRestart, code: modelCode{check: true},
+				gen: s.gen, user: s.user})
+		}
+		s.conns, s.multi = nil, false
+		kept = append(kept, id)
+	}
+	m.tally["crash and restart"]++
+	return fmt.Sprintf("crash: the Core restarts on its store, which kept %v", kept), nil
 }
 
 func (m *modelRun) history() string {
@@ -341,8 +417,10 @@ func (m *modelRun) randomOp() (string, error) {
 		}
 	case r < 75:
 		return m.opAdmin(modelIDs[m.rng.IntN(len(modelIDs))], m.rng.IntN(2) == 0)
-	case r < 88:
+	case r < 87:
 		return m.opSleep()
+	case r < 89:
+		return m.opCrash()
 	default:
 		if c, ok := m.randomEnded(); ok {
 			return m.opStale(c)
@@ -553,12 +631,16 @@ func (m *modelRun) opConnect(a modelConnect) (string, error) {
 
 	gen := step.Session.Generation()
 	if s == nil {
-		s = &modelSession{gen: gen}
+		s = &modelSession{gen: gen, stored: a.persistent()}
 		m.sessions[a.id] = s
 	} else if gen != s.gen {
 		return desc, fmt.Errorf("resumed session has Generation %d, want %d (the same life)", gen, s.gen)
 	}
 	s.user, s.multi, s.expiresAt = a.user, a.multi, time.Time{}
+	if !a.persistent() {
+		s.stored = false // resumed with cleanup on disconnect: it leaves the store
+	}
+	s.expiry = conn.expiry()
 	s.conns = append(s.conns, conn)
 	m.conns = append(m.conns, conn)
 	register := "OnRegister"
@@ -851,7 +933,7 @@ func (m *modelRun) check() error {
 	}
 	lifeOf := map[uint64]string{}
 	for _, id := range modelIDs {
-		calls := byID[id]
+		calls := append(slices.Clone(m.carried[id]), byID[id]...)
 		if err := modelCheckDelta(calls[m.seen[id]:], m.want[id]); err != nil {
 			return fmt.Errorf("%s: %w", id, err)
 		}

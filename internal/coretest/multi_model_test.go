@@ -220,7 +220,7 @@ func (r *multiRun) check() error {
 	st := r.f.core.Stats()
 	info, _ := r.f.core.Lookup(sid("m"))
 	held := uint64(info.Pending + info.Inflight)
-	if st.Routed != st.Delivered+st.Dropped+st.NotStoredQoS0+st.Discarded+held {
+	if st.Routed+st.Restored != st.Delivered+st.Dropped+st.NotStoredQoS0+st.Discarded+held {
 		return fmt.Errorf("Stats: routed %d ≠ delivered %d + dropped %d + not stored %d + discarded %d + held %d",
 			st.Routed, st.Delivered, st.Dropped, st.NotStoredQoS0, st.Discarded, held)
 	}

@@ -189,9 +189,10 @@ type nlRun struct {
 	hookRan bool
 	hookErr error
 
-	sessions                              []*nlSession
-	msgs                                  []*nlMsg
-	routed, delivered, dropped, notStored uint64
+	sessions                                        []*nlSession
+	msgs                                            []*nlMsg
+	routed, delivered, dropped, notStored, restored uint64
+	store                                           *mqtthookstest.Store
 }
 
 func newNLRun(t *testing.T, seed uint64, tally map[string]int) *nlRun {
@@ -200,11 +201,8 @@ func newNLRun(t *testing.T, seed uint64, tally map[string]int) *nlRun {
 	r.maxInflight = []int{1, 2, 3, 5}[rng.IntN(4)]
 	r.maxOnline = []int{-1, 3, 6}[rng.IntN(3)]
 	r.maxOffline = []int{-1, 0, 2, 4, 4}[rng.IntN(5)]
-	r.f = newFixture(t, mqtthooks.Options{
-		MaxInflightMessages: mqtthooks.Some(r.maxInflight),
-		MaxOnlineMessages:   mqtthooks.Some(r.maxOnline),
-		MaxOfflineMessages:  mqtthooks.Some(r.maxOffline),
-	})
+	r.store = new(mqtthookstest.Store)
+	r.newCore(r.store)
 	r.sessions = []*nlSession{{name: "a"}, {name: "b", v5: true}}
 	if rng.IntN(2) == 0 {
 		r.sessions = append(r.sessions, &nlSession{name: "c", lifo: true})
@@ -213,6 +211,19 @@ func newNLRun(t *testing.T, seed uint64, tally map[string]int) *nlRun {
 		s.id = sid(s.name)
 		s.inbound = map[uint16]bool{}
 	}
+	r.logf("options: MaxInflight %d, MaxOnline %d, MaxOffline %d, sessions %d",
+		r.maxInflight, r.maxOnline, r.maxOffline, len(r.sessions))
+	return r
+}
+
+// newCore starts the Core under test on store.
+func (r *nlRun) newCore(store mqtthooks.SessionStore) {
+	r.f = newFixture(r.t, mqtthooks.Options{
+		MaxInflightMessages: mqtthooks.Some(r.maxInflight),
+		MaxOnlineMessages:   mqtthooks.Some(r.maxOnline),
+		MaxOfflineMessages:  mqtthooks.Some(r.maxOffline),
+		Store:               store,
+	})
 	lifo := mqtthooks.AcceptWith(&mqtthooks.Modifiers{QueueType: mqtthooks.Some(mqtthooks.QueueLIFO)})
 	r.f.rec.Lifecycle = func(_ context.Context, call mqtthookstest.Call) {
 		if (call.Hook == "OnRegister" || call.Hook == "OnRegisterM5") && r.hookMsg != nil {
@@ -227,9 +238,46 @@ func newNLRun(t *testing.T, seed uint64, tally map[string]int) *nlRun {
 		}
 		return mqtthooks.Accept()
 	}
-	r.logf("options: MaxInflight %d, MaxOnline %d, MaxOffline %d, sessions %d",
-		r.maxInflight, r.maxOnline, r.maxOffline, len(r.sessions))
-	return r
+}
+
+// opRestart stops the Core, by Shutdown or by a crash, and starts a new one
+// on what its store kept: every session comes back offline with its QoS 1 and
+// 2 messages, pending and in flight (their ids, their PUBRELs), and its
+// inbound QoS 2 identifiers; QoS 0 messages are not stored. The new Core's
+// counters start over, with the stored messages Restored.
+func (r *nlRun) opRestart(crash bool) error {
+	if err := r.check(); err != nil { // the old Core's counters and drops, one last time
+		return err
+	}
+	store := r.store
+	if crash {
+		store = r.store.Crash(r.t)
+	}
+	if err := r.f.core.Shutdown(r.ctx); err != nil {
+		return fmt.Errorf("Shutdown: %v", err)
+	}
+	r.store = store
+	r.newCore(store)
+	r.routed, r.delivered, r.dropped, r.notStored, r.restored = 0, 0, 0, 0, 0
+	for _, s := range r.sessions {
+		s.cur, s.old, s.drops = nil, nil, nil
+		for _, f := range s.inflight {
+			f.resend, f.seen = true, false
+		}
+		kept := s.pending[:0]
+		for _, m := range s.pending {
+			if m.qos == 0 {
+				m.state = nlNotStored // at most once: a restart loses it
+				continue
+			}
+			kept = append(kept, m)
+		}
+		s.pending = kept
+		r.restored += uint64(len(s.pending) + len(s.inflight))
+	}
+	r.logf("%s: the Core restarts on its store", map[bool]string{true: "crash", false: "shutdown"}[crash])
+	r.tally[map[bool]string{true: "crash and restart", false: "shutdown and restart"}[crash]]++
+	return nil
 }
 
 func (r *nlRun) logf(format string, args ...any) {
@@ -289,10 +337,12 @@ func (r *nlRun) randomOp() error {
 			if s.cur == nil {
 				return r.opConnect(s, "reconnect")
 			}
-		case k < 97:
+		case k < 96:
 			if len(s.old) > 0 {
 				return r.opStale(s, s.old[r.rng.IntN(len(s.old))])
 			}
+		case k < 98:
+			return r.opRestart(r.rng.IntN(2) == 0)
 		default:
 			return r.opSleep()
 		}
@@ -883,15 +933,15 @@ func (r *nlRun) check() error {
 	for i := range core.Sessions() {
 		held += i.Pending + i.Inflight
 	}
-	if st.Routed != st.Delivered+st.Dropped+st.NotStoredQoS0+st.Discarded+uint64(held) {
+	if st.Routed+st.Restored != st.Delivered+st.Dropped+st.NotStoredQoS0+st.Discarded+uint64(held) {
 		return fmt.Errorf("Stats: Routed %d ≠ Delivered %d + Dropped %d + NotStoredQoS0 %d + Discarded %d + held %d",
 			st.Routed, st.Delivered, st.Dropped, st.NotStoredQoS0, st.Discarded, held)
 	}
 	if st.Routed != r.routed || st.Delivered != r.delivered || st.Dropped != r.dropped ||
-		st.NotStoredQoS0 != r.notStored || st.Discarded != 0 {
-		return fmt.Errorf("Stats: Routed %d, Delivered %d, Dropped %d, NotStoredQoS0 %d, Discarded %d; "+
-			"the model has %d, %d, %d, %d, 0", st.Routed, st.Delivered, st.Dropped, st.NotStoredQoS0, st.Discarded,
-			r.routed, r.delivered, r.dropped, r.notStored)
+		st.NotStoredQoS0 != r.notStored || st.Discarded != 0 || st.Restored != r.restored {
+		return fmt.Errorf("Stats: Routed %d, Delivered %d, Dropped %d, NotStoredQoS0 %d, Discarded %d, Restored %d; "+
+			"the model has %d, %d, %d, %d, 0, %d", st.Routed, st.Delivered, st.Dropped, st.NotStoredQoS0, st.Discarded,
+			st.Restored, r.routed, r.delivered, r.dropped, r.notStored, r.restored)
 	}
 	drops := map[string][]string{}
 	for _, c := range r.f.rec.Calls() {

@@ -52,7 +52,7 @@ func checkNoLoss(t *testing.T, core *mqtthooks.Core) {
 	for i := range core.Sessions() {
 		held += i.Pending + i.Inflight
 	}
-	assert.Equal(t, st.Routed, st.Delivered+st.Dropped+st.NotStoredQoS0+st.Discarded+uint64(held),
+	assert.Equal(t, st.Routed+st.Restored, st.Delivered+st.Dropped+st.NotStoredQoS0+st.Discarded+uint64(held),
 		"routed = delivered + dropped + not stored + discarded + held (%+v, held %d)", st, held)
 }
 
