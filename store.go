@@ -59,8 +59,10 @@ type StoreBatch interface {
 	PutSubscription(id SubscriberID, gen uint64, sub Subscription)
 	DeleteSubscription(id SubscriberID, gen uint64, filter string)
 	// PutMessage stores a message under msgID. Entries of any session refer
-	// to it; the store drops it once the last entry that refers to it is
-	// deleted, so a message routed to many sessions is stored once.
+	// to it, the first in the same batch; the store drops it once the last
+	// entry that refers to it is deleted, so a message routed to many
+	// sessions is stored once. A message no entry refers to may be dropped
+	// at a restart.
 	PutMessage(msgID uint64, m *Message)
 	// PutEntry adds an entry to the session's queue or, for a Seq it holds,
 	// replaces it (a state change). DeleteEntry drops the entry seq, which
