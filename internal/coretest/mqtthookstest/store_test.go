@@ -22,9 +22,13 @@ func TestMemoryStoreContract(t *testing.T) {
 // The Store double passes it too, its Crash keeping what was committed.
 func TestStoreDoubleContract(t *testing.T) {
 	mqtthookstest.TestSessionStore(t, mqtthookstest.StoreHarness{
-		Open:   func(*testing.T) mqtthooks.SessionStore { return new(mqtthookstest.Store) },
-		Reopen: func(t *testing.T, s mqtthooks.SessionStore) mqtthooks.SessionStore { return s.(*mqtthookstest.Store).Crash(t) },
-		Crash:  func(t *testing.T, s mqtthooks.SessionStore) mqtthooks.SessionStore { return s.(*mqtthookstest.Store).Crash(t) },
+		Open: func(*testing.T) mqtthooks.SessionStore { return new(mqtthookstest.Store) },
+		Reopen: func(t *testing.T, s mqtthooks.SessionStore) mqtthooks.SessionStore {
+			return s.(*mqtthookstest.Store).Crash(t)
+		},
+		Crash: func(t *testing.T, s mqtthooks.SessionStore) mqtthooks.SessionStore {
+			return s.(*mqtthookstest.Store).Crash(t)
+		},
 		Synced: true,
 	})
 }
