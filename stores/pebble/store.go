@@ -1,0 +1,716 @@
+// Package pebble is an mqtthooks.SessionStore on Pebble
+// (github.com/cockroachdb/pebble), the LSM key-value store of CockroachDB: a
+// write-ahead log with group commit, so that the small writes of many
+// sessions share their fsyncs.
+//
+//	store, err := pebble.Open("/var/lib/broker", pebble.Options{}) // Always: fsync before acknowledging
+//	if err != nil { … }
+//	defer store.Close()
+//	core, err := mqtthooks.NewCore(chain, mqtthooks.Options{Store: store})
+//
+// Each session's record, subscriptions, queue and inbound QoS 2 identifiers
+// lie under one key prefix, the queue in Seq order; messages lie apart, once
+// each, however many sessions refer to them.
+//
+// What a crash keeps depends on the Sync policy. Always (the default) makes a
+// commit durable before it reports it done: after a crash or a power loss
+// nothing reported is missing. Interval(d) reports a commit as soon as it is
+// written and syncs every d: a power loss may cost the last d of commits, a
+// crash of the process alone costs less. None leaves syncing to the operating
+// system. In every case a batch survives whole or not at all, and in commit
+// order.
+package pebble
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"iter"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/mqtthooks/mqtthooks"
+)
+
+// ErrClosed is the error of a commit after Close.
+var ErrClosed = errors.New("pebble store: closed")
+
+// SyncPolicy says when a commit is reported durable.
+type SyncPolicy struct {
+	every time.Duration
+	none  bool
+}
+
+// Always syncs every commit before reporting it; concurrent commits share an
+// fsync. It is the zero SyncPolicy.
+var Always = SyncPolicy{}
+
+// None never syncs: the operating system writes back when it will.
+var None = SyncPolicy{none: true}
+
+// Interval reports commits once written, and syncs every d.
+func Interval(d time.Duration) SyncPolicy { return SyncPolicy{every: d} }
+
+// String returns "always", "none" or "interval(d)".
+func (p SyncPolicy) String() string {
+	switch {
+	case p.none:
+		return "none"
+	case p.every > 0:
+		return fmt.Sprintf("interval(%v)", p.every)
+	}
+	return "always"
+}
+
+// Options configure a Store.
+type Options struct {
+	// Sync is the sync policy; the zero value is Always.
+	Sync SyncPolicy
+	// Pebble, if not nil, tunes the database (cache, memtable, file system);
+	// the store copies it and sets what it needs.
+	Pebble *pebble.Options
+}
+
+// Store is a SessionStore on a Pebble database in a directory. Open it with
+// Open and Close it after the Core's Shutdown. It is safe for concurrent use.
+type Store struct {
+	db     *pebble.DB
+	policy SyncPolicy
+	fs     *countingFS
+
+	mu       sync.Mutex // orders commits and guards what follows
+	closed   bool
+	gens     map[mqtthooks.SubscriberID]uint64 // the stored life of each session
+	refs     map[uint64]int64                  // how many entries refer to each message
+	gen      uint64                            // the last generation handed out
+	reserved uint64                            // generations up to this one are reserved on disk
+
+	syncq     chan pending // Always: commits waiting for their fsync, in commit order
+	stop      chan struct{}
+	bg        sync.WaitGroup
+	commits   atomic.Uint64
+	syncWaits atomic.Uint64
+}
+
+type pending struct {
+	b    *pebble.Batch
+	done func(error)
+}
+
+// Stats are a Store's counters.
+type Stats struct {
+	// Commits counts committed batches; Syncs the fsyncs of the write-ahead
+	// log, which Always shares among the commits made at once.
+	Commits, Syncs uint64
+	// WALBytes is what the write-ahead log has written.
+	WALBytes uint64
+}
+
+// Open opens the store in dir, creating it if needed.
+func Open(dir string, opts Options) (*Store, error) {
+	po := &pebble.Options{}
+	if opts.Pebble != nil {
+		cp := *opts.Pebble
+		po = &cp
+	}
+	if po.FS == nil {
+		po.FS = vfs.Default
+	}
+	fs := &countingFS{FS: po.FS}
+	po.FS = fs
+	po.Logger = quietLogger{}
+	db, err := pebble.Open(dir, po)
+	if err != nil {
+		return nil, fmt.Errorf("pebble store: opening %s: %w", dir, err)
+	}
+	s := &Store{db: db, policy: opts.Sync, fs: fs, gens: map[mqtthooks.SubscriberID]uint64{},
+		refs: map[uint64]int64{}, syncq: make(chan pending, 4096), stop: make(chan struct{})}
+	if v, closer, err := db.Get([]byte{kindGen}); err == nil {
+		if len(v) == 8 {
+			s.gen = binary.BigEndian.Uint64(v)
+			s.reserved = s.gen
+		}
+		_ = closer.Close()
+	} else if !errors.Is(err, pebble.ErrNotFound) {
+		_ = db.Close()
+		return nil, fmt.Errorf("pebble store: %w", err)
+	}
+	s.bg.Add(1)
+	go s.syncLoop()
+	if opts.Sync.every > 0 {
+		s.bg.Add(1)
+		go s.intervalLoop(opts.Sync.every)
+	}
+	return s, nil
+}
+
+// Close waits for the commits in flight and closes the database.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	s.closed = true
+	close(s.syncq)
+	close(s.stop)
+	s.mu.Unlock()
+	s.bg.Wait()
+	return s.db.Close()
+}
+
+// Stats returns the store's counters.
+func (s *Store) Stats() Stats {
+	return Stats{Commits: s.commits.Load(), Syncs: s.fs.syncs.Load(), WALBytes: s.db.Metrics().WAL.BytesWritten}
+}
+
+// syncLoop reports the commits of Always once their fsync returned. Syncs
+// complete in commit order, so waiting for each in turn costs nothing extra.
+func (s *Store) syncLoop() {
+	defer s.bg.Done()
+	for p := range s.syncq {
+		err := p.b.SyncWait()
+		_ = p.b.Close()
+		s.syncWaits.Add(1)
+		if p.done != nil {
+			p.done(err)
+		}
+	}
+}
+
+// intervalLoop syncs the write-ahead log every d.
+func (s *Store) intervalLoop(d time.Duration) {
+	defer s.bg.Done()
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			s.mu.Lock()
+			if !s.closed {
+				_ = s.db.LogData(nil, pebble.Sync)
+			}
+			s.mu.Unlock()
+		}
+	}
+}
+
+// NextGeneration returns a generation above every one handed out before,
+// also across restarts: it reserves them on disk in blocks.
+func (s *Store) NextGeneration() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gen++
+	if s.gen > s.reserved && !s.closed {
+		s.reserved = s.gen + 4095
+		_ = s.db.Set([]byte{kindGen}, binary.BigEndian.AppendUint64(nil, s.reserved), pebble.Sync)
+	}
+	return s.gen
+}
+
+// Load yields the stored sessions in key order, each with its
+// subscriptions, queue (Seq order) and inbound identifiers. When the
+// iteration completes, messages no entry refers to are dropped.
+func (s *Store) Load(ctx context.Context) iter.Seq2[*mqtthooks.StoredSession, error] {
+	return func(yield func(*mqtthooks.StoredSession, error) bool) {
+		msgs := map[uint64]*mqtthooks.Message{}
+		complete, err := s.load(ctx, msgs, yield)
+		if err != nil {
+			yield(nil, err)
+			return
+		}
+		if complete {
+			if err := s.collect(); err != nil {
+				yield(nil, err)
+			}
+		}
+	}
+}
+
+func (s *Store) load(ctx context.Context, msgs map[uint64]*mqtthooks.Message,
+	yield func(*mqtthooks.StoredSession, error) bool) (complete bool, err error) {
+	recs, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kindRecord}, UpperBound: []byte{kindRecord + 1}})
+	if err != nil {
+		return false, err
+	}
+	defer recs.Close()
+	parts := [3]*pebble.Iterator{}
+	for i, kind := range []byte{kindSub, kindEntry, kindIn} {
+		if parts[i], err = s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kind}, UpperBound: []byte{kind + 1}}); err != nil {
+			return false, err
+		}
+		defer parts[i].Close()
+	}
+	for valid := recs.First(); valid; valid = recs.Next() {
+		if err := ctx.Err(); err != nil {
+			return false, err
+		}
+		id, _, err := parseID(recs.Key())
+		if err != nil {
+			return false, err
+		}
+		rec, err := decodeRecord(cloneID(id), recs.Value())
+		if err != nil {
+			return false, fmt.Errorf("record of %s: %w", id, err)
+		}
+		ss := &mqtthooks.StoredSession{Record: rec}
+		if err := s.loadParts(parts, ss, msgs); err != nil {
+			return false, fmt.Errorf("session %s: %w", id, err)
+		}
+		s.mu.Lock()
+		s.gens[rec.ID] = rec.Generation
+		s.gen = max(s.gen, rec.Generation)
+		for _, e := range ss.Entries {
+			s.refs[e.MessageID]++
+		}
+		s.mu.Unlock()
+		if !yield(ss, nil) {
+			return false, nil
+		}
+	}
+	return true, recs.Error()
+}
+
+// loadParts reads the subscriptions, entries and inbound identifiers of ss.
+func (s *Store) loadParts(parts [3]*pebble.Iterator, ss *mqtthooks.StoredSession, msgs map[uint64]*mqtthooks.Message) error {
+	id := ss.Record.ID
+	for i, kind := range []byte{kindSub, kindEntry, kindIn} {
+		it := parts[i]
+		prefix := sessionKey(kind, id)
+		for valid := it.SeekGE(prefix); valid && hasPrefix(it.Key(), prefix); valid = it.Next() {
+			rest := it.Key()[len(prefix):]
+			switch kind {
+			case kindSub:
+				sub, err := decodeSub(string(rest), it.Value())
+				if err != nil {
+					return err
+				}
+				ss.Subscriptions = append(ss.Subscriptions, sub)
+			case kindEntry:
+				if len(rest) != 8 {
+					return errCorrupt
+				}
+				e, err := decodeEntry(binary.BigEndian.Uint64(rest), it.Value())
+				if err != nil {
+					return err
+				}
+				m, err := s.message(e.MessageID, msgs)
+				if err != nil {
+					return err
+				}
+				if m != nil { // a message lost with a crash before its entry's batch: never acknowledged
+					ss.Entries = append(ss.Entries, mqtthooks.LoadedEntry{StoredEntry: e, Message: m})
+				}
+			case kindIn:
+				if len(rest) != 2 {
+					return errCorrupt
+				}
+				ss.Inbound = append(ss.Inbound, binary.BigEndian.Uint16(rest))
+			}
+		}
+		if err := it.Error(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// message returns the stored message msgID, decoded once for all the entries
+// that refer to it; nil if it is not stored.
+func (s *Store) message(msgID uint64, msgs map[uint64]*mqtthooks.Message) (*mqtthooks.Message, error) {
+	if m, ok := msgs[msgID]; ok {
+		return m, nil
+	}
+	v, closer, err := s.db.Get(msgKey(msgID))
+	if errors.Is(err, pebble.ErrNotFound) {
+		msgs[msgID] = nil
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	m, err := decodeMessage(v)
+	_ = closer.Close()
+	if err != nil {
+		return nil, fmt.Errorf("message %d: %w", msgID, err)
+	}
+	msgs[msgID] = m
+	return m, nil
+}
+
+// collect drops the messages no loaded entry refers to.
+func (s *Store) collect() error {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kindMsg}, UpperBound: []byte{kindMsg + 1}})
+	if err != nil {
+		return err
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	s.mu.Lock()
+	for valid := it.First(); valid; valid = it.Next() {
+		if id := binary.BigEndian.Uint64(it.Key()[1:]); s.refs[id] == 0 {
+			_ = b.Delete(it.Key(), nil)
+		}
+	}
+	s.mu.Unlock()
+	if err := it.Close(); err != nil {
+		return err
+	}
+	return s.db.Apply(b, pebble.NoSync)
+}
+
+func hasPrefix(b, p []byte) bool { return len(b) >= len(p) && string(b[:len(p)]) == string(p) }
+
+func cloneID(id mqtthooks.SubscriberID) mqtthooks.SubscriberID {
+	return mqtthooks.SubscriberID{Mountpoint: id.Mountpoint, ClientID: id.ClientID}
+}
+
+// Batch starts a batch.
+func (s *Store) Batch() mqtthooks.StoreBatch { return &batch{s: s} }
+
+// op is one change of a batch, checked and encoded at Commit.
+type op struct {
+	kind    byte // 'c' create, 'r' update, 'd' delete session, and the key kinds
+	del     bool
+	id      mqtthooks.SubscriberID
+	gen     uint64
+	rec     *mqtthooks.SessionRecord
+	sub     mqtthooks.Subscription
+	filter  string
+	entry   mqtthooks.StoredEntry
+	seq     uint64
+	msgID   uint64
+	msg     *mqtthooks.Message
+	inbound uint16
+}
+
+type batch struct {
+	s   *Store
+	ops []op
+}
+
+func (b *batch) CreateSession(rec *mqtthooks.SessionRecord) {
+	r := *rec
+	r.Wills = append([]mqtthooks.DelayedWill(nil), rec.Wills...)
+	b.ops = append(b.ops, op{kind: 'c', id: rec.ID, gen: rec.Generation, rec: &r})
+}
+
+func (b *batch) UpdateSession(rec *mqtthooks.SessionRecord) {
+	r := *rec
+	r.Wills = append([]mqtthooks.DelayedWill(nil), rec.Wills...)
+	b.ops = append(b.ops, op{kind: 'r', id: rec.ID, gen: rec.Generation, rec: &r})
+}
+
+func (b *batch) DeleteSession(id mqtthooks.SubscriberID, gen uint64) {
+	b.ops = append(b.ops, op{kind: 'd', id: id, gen: gen})
+}
+
+func (b *batch) PutSubscription(id mqtthooks.SubscriberID, gen uint64, sub mqtthooks.Subscription) {
+	b.ops = append(b.ops, op{kind: kindSub, id: id, gen: gen, sub: sub, filter: sub.Filter})
+}
+
+func (b *batch) DeleteSubscription(id mqtthooks.SubscriberID, gen uint64, filter string) {
+	b.ops = append(b.ops, op{kind: kindSub, del: true, id: id, gen: gen, filter: filter})
+}
+
+func (b *batch) PutMessage(msgID uint64, m *mqtthooks.Message) {
+	b.ops = append(b.ops, op{kind: kindMsg, msgID: msgID, msg: m})
+}
+
+func (b *batch) PutEntry(id mqtthooks.SubscriberID, gen uint64, e *mqtthooks.StoredEntry) {
+	b.ops = append(b.ops, op{kind: kindEntry, id: id, gen: gen, entry: *e, seq: e.Seq, msgID: e.MessageID})
+}
+
+func (b *batch) DeleteEntry(id mqtthooks.SubscriberID, gen uint64, seq uint64, msgID uint64) {
+	b.ops = append(b.ops, op{kind: kindEntry, del: true, id: id, gen: gen, seq: seq, msgID: msgID})
+}
+
+func (b *batch) PutInbound(id mqtthooks.SubscriberID, gen uint64, packetID uint16) {
+	b.ops = append(b.ops, op{kind: kindIn, id: id, gen: gen, inbound: packetID})
+}
+
+func (b *batch) DeleteInbound(id mqtthooks.SubscriberID, gen uint64, packetID uint16) {
+	b.ops = append(b.ops, op{kind: kindIn, del: true, id: id, gen: gen, inbound: packetID})
+}
+
+// Commit checks the batch's generations, applies it whole, and reports it
+// done as the policy says.
+func (b *batch) Commit(done func(error)) {
+	s := b.s
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		if done != nil {
+			done(ErrClosed)
+		}
+		return
+	}
+	pb, gens, refs, err := s.prepare(b.ops)
+	if err != nil {
+		s.mu.Unlock()
+		if pb != nil {
+			_ = pb.Close()
+		}
+		if done != nil {
+			done(err)
+		}
+		return
+	}
+	if s.policy.none || s.policy.every > 0 {
+		err = s.db.Apply(pb, pebble.NoSync)
+	} else {
+		err = s.db.ApplyNoSyncWait(pb, pebble.Sync)
+	}
+	if err == nil {
+		for id, g := range gens {
+			if g == 0 {
+				delete(s.gens, id)
+			} else {
+				s.gens[id] = g
+			}
+		}
+		for id, n := range refs {
+			if n <= 0 {
+				delete(s.refs, id)
+			} else {
+				s.refs[id] = n
+			}
+		}
+		s.commits.Add(1)
+	}
+	if err != nil || s.policy.none || s.policy.every > 0 {
+		s.mu.Unlock()
+		_ = pb.Close()
+		if done != nil {
+			done(err)
+		}
+		return
+	}
+	s.syncq <- pending{pb, done} // under mu: in commit order, and never after Close
+	s.mu.Unlock()
+}
+
+// prepare checks ops against the stored generations and encodes them into a
+// Pebble batch. It returns the generations and reference counts the batch
+// leaves, to install once it is applied. s.mu is held.
+func (s *Store) prepare(ops []op) (*pebble.Batch, map[mqtthooks.SubscriberID]uint64, map[uint64]int64, error) {
+	gens := map[mqtthooks.SubscriberID]uint64{} // 0: deleted by the batch
+	genOf := func(id mqtthooks.SubscriberID) uint64 {
+		if g, ok := gens[id]; ok {
+			return g
+		}
+		return s.storedGen(id)
+	}
+	refs := map[uint64]int64{}
+	ref := func(msgID uint64, d int64) {
+		if _, ok := refs[msgID]; !ok {
+			refs[msgID] = s.refs[msgID]
+		}
+		refs[msgID] += d
+	}
+	entries := map[string]uint64{} // entries this batch wrote (msgID) or deleted (0)
+	pb := s.db.NewBatch()
+	for i := range ops {
+		o := &ops[i]
+		switch o.kind {
+		case 'c':
+			if cur := genOf(o.id); cur != 0 && cur >= o.gen {
+				return pb, nil, nil, mqtthooks.ErrStaleGeneration
+			} else if cur != 0 {
+				if err := s.dropSession(pb, o.id, ref, entries); err != nil {
+					return pb, nil, nil, err
+				}
+			}
+			gens[o.id] = o.gen
+			_ = pb.Set(sessionKey(kindRecord, o.id), encodeRecord(o.rec), nil)
+			continue
+		case kindMsg:
+			if _, ok := refs[o.msgID]; !ok {
+				refs[o.msgID] = s.refs[o.msgID]
+			}
+			_ = pb.Set(msgKey(o.msgID), encodeMessage(o.msg), nil)
+			continue
+		}
+		if g := genOf(o.id); g == 0 || g != o.gen {
+			return pb, nil, nil, mqtthooks.ErrStaleGeneration
+		}
+		switch o.kind {
+		case 'r':
+			_ = pb.Set(sessionKey(kindRecord, o.id), encodeRecord(o.rec), nil)
+		case 'd':
+			if err := s.dropSession(pb, o.id, ref, entries); err != nil {
+				return pb, nil, nil, err
+			}
+			gens[o.id] = 0
+		case kindSub:
+			if o.del {
+				_ = pb.Delete(subKey(o.id, o.filter), nil)
+			} else {
+				_ = pb.Set(subKey(o.id, o.filter), encodeSub(o.sub), nil)
+			}
+		case kindIn:
+			if o.del {
+				_ = pb.Delete(inboundKey(o.id, o.inbound), nil)
+			} else {
+				_ = pb.Set(inboundKey(o.id, o.inbound), []byte{version}, nil)
+			}
+		case kindEntry:
+			key := entryKey(o.id, o.seq)
+			old, err := s.entryMessage(key, entries)
+			if err != nil {
+				return pb, nil, nil, err
+			}
+			if o.del {
+				if old != 0 {
+					ref(old, -1)
+					_ = pb.Delete(key, nil)
+					entries[string(key)] = 0
+				}
+				continue
+			}
+			if old != o.msgID {
+				if old != 0 {
+					ref(old, -1)
+				}
+				ref(o.msgID, +1)
+			}
+			_ = pb.Set(key, encodeEntry(&o.entry), nil)
+			entries[string(key)] = o.msgID
+		}
+	}
+	for msgID, n := range refs {
+		if n <= 0 && s.refs[msgID] > 0 { // the batch dropped the last reference
+			_ = pb.Delete(msgKey(msgID), nil)
+		}
+	}
+	return pb, gens, refs, nil
+}
+
+// storedGen returns the generation of the stored life of id, or 0; it reads
+// the record when Load has not (a store written before Load, or a session
+// Load did not reach). s.mu is held.
+func (s *Store) storedGen(id mqtthooks.SubscriberID) uint64 {
+	if g, ok := s.gens[id]; ok {
+		return g
+	}
+	v, closer, err := s.db.Get(sessionKey(kindRecord, id))
+	if err != nil {
+		return 0
+	}
+	defer closer.Close()
+	d := decoder{b: v}
+	d.version()
+	if g := d.u(); d.err == nil {
+		s.gens[cloneID(id)] = g
+		return g
+	}
+	return 0
+}
+
+// entryMessage returns the message id of the stored entry at key, as the
+// batch so far leaves it; 0 for none.
+func (s *Store) entryMessage(key []byte, entries map[string]uint64) (uint64, error) {
+	if id, ok := entries[string(key)]; ok {
+		return id, nil
+	}
+	v, closer, err := s.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer closer.Close()
+	return entryMessageID(v)
+}
+
+// dropSession deletes everything of id, dropping its entries' references.
+func (s *Store) dropSession(pb *pebble.Batch, id mqtthooks.SubscriberID, ref func(uint64, int64), entries map[string]uint64) error {
+	prefix := sessionKey(kindEntry, id)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return err
+	}
+	for valid := it.First(); valid; valid = it.Next() {
+		if _, seen := entries[string(it.Key())]; seen {
+			continue
+		}
+		msgID, err := entryMessageID(it.Value())
+		if err != nil {
+			_ = it.Close()
+			return err
+		}
+		ref(msgID, -1)
+	}
+	if err := it.Close(); err != nil {
+		return err
+	}
+	for k, msgID := range entries { // entries this batch wrote for the session
+		if msgID != 0 && hasPrefix([]byte(k), prefix) {
+			ref(msgID, -1)
+			entries[k] = 0
+		}
+	}
+	for _, kind := range []byte{kindRecord, kindSub, kindEntry, kindIn} {
+		p := sessionKey(kind, id)
+		if kind == kindRecord {
+			_ = pb.Delete(p, nil)
+			continue
+		}
+		_ = pb.DeleteRange(p, prefixEnd(p), nil)
+	}
+	return nil
+}
+
+// quietLogger drops Pebble's informational logs; errors come back as errors.
+type quietLogger struct{}
+
+func (quietLogger) Infof(string, ...any)  {}
+func (quietLogger) Errorf(string, ...any) {}
+func (quietLogger) Fatalf(format string, args ...any) {
+	panic(fmt.Sprintf("pebble: "+format, args...))
+}
+
+// countingFS counts the fsyncs of the files Pebble writes.
+type countingFS struct {
+	vfs.FS
+	syncs atomic.Uint64
+}
+
+func (fs *countingFS) Create(name string, category vfs.DiskWriteCategory) (vfs.File, error) {
+	f, err := fs.FS.Create(name, category)
+	if err != nil {
+		return nil, err
+	}
+	return &countingFile{File: f, fs: fs}, nil
+}
+
+func (fs *countingFS) ReuseForWrite(oldname, newname string, category vfs.DiskWriteCategory) (vfs.File, error) {
+	f, err := fs.FS.ReuseForWrite(oldname, newname, category)
+	if err != nil {
+		return nil, err
+	}
+	return &countingFile{File: f, fs: fs}, nil
+}
+
+type countingFile struct {
+	vfs.File
+	fs *countingFS
+}
+
+func (f *countingFile) Sync() error {
+	f.fs.syncs.Add(1)
+	return f.File.Sync()
+}
+
+func (f *countingFile) SyncData() error {
+	f.fs.syncs.Add(1)
+	return f.File.SyncData()
+}
