@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -30,11 +31,13 @@ type client struct {
 	ctx    context.Context // canceled when the connection closes
 	cancel context.CancelFunc
 
-	wmu    sync.Mutex // serialises writes
-	w      *bufio.Writer
-	enc    bytes.Buffer // scratch for encoding, under wmu
-	closed bool         // under wmu: nothing more goes out
-	once   sync.Once
+	wmu     sync.Mutex // serialises writes
+	w       *bufio.Writer
+	enc     bytes.Buffer    // scratch for encoding, under wmu
+	closed  bool            // under wmu: nothing more goes out
+	replies []*pendingReply // under wmu: replies waiting for an earlier one to be durable, in order
+	acks    chan struct{}   // an acknowledgement became durable: the writer sends what is ready
+	once    sync.Once
 
 	version byte
 	session *mqtthooks.Session
@@ -50,7 +53,7 @@ type client struct {
 
 func newClient(srv *server, nc net.Conn, listener string, connID uint64) *client {
 	c := &client{srv: srv, nc: nc, r: bufio.NewReader(nc), w: bufio.NewWriter(nc),
-		notify: make(chan struct{}, 1), maxSize: srv.cfg.maxPacketSize}
+		notify: make(chan struct{}, 1), acks: make(chan struct{}, 1), maxSize: srv.cfg.maxPacketSize}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.info = mqtthooks.ConnInfo{Listener: listener, Transport: "tcp", ConnID: connID,
 		Local: addrPort(nc.LocalAddr()), Peer: addrPort(nc.RemoteAddr())}
@@ -121,8 +124,109 @@ func (c *client) write(pk packets.Packet) error { return c.send(pk, true) }
 
 // reply buffers pk, an answer to what the reader just read; readLoop flushes
 // before it waits for more, so that a burst of PUBLISHes gets its PUBACKs in
-// one write.
-func (c *client) reply(pk packets.Packet) error { return c.send(pk, false) }
+// one write. Behind an acknowledgement that waits for the store, it waits too:
+// replies go out in the order of what they answer [MQTT-4.6.0-2].
+func (c *client) reply(pk packets.Packet) error {
+	c.wmu.Lock()
+	if len(c.replies) > 0 {
+		r := &pendingReply{pk: pk}
+		r.state.Store(replyReady)
+		c.replies = append(c.replies, r)
+		c.wmu.Unlock()
+		return nil
+	}
+	c.wmu.Unlock()
+	return c.send(pk, false)
+}
+
+// pendingReply is a reply waiting its turn.
+type pendingReply struct {
+	pk       packets.Packet
+	state    atomic.Int32
+	withdraw atomic.Bool // never to be sent: what it answers was not taken
+}
+
+const (
+	replyWaiting int32 = iota
+	replyReady
+	replyFailed
+)
+
+// replyWhenStored queues pk, an acknowledgement, until the Receipt it
+// returns reports the writes it acknowledges durable. Reading goes on
+// meanwhile, so a window of PUBLISHes shares the store's fsyncs; the
+// acknowledgements go out in order.
+func (c *client) replyWhenStored(pk packets.Packet) (*pendingReply, *mqtthooks.Receipt) {
+	r := &pendingReply{pk: pk}
+	c.wmu.Lock()
+	c.replies = append(c.replies, r)
+	c.wmu.Unlock()
+	return r, mqtthooks.NewReceipt(func(err error) {
+		if err != nil || r.withdraw.Load() {
+			r.state.Store(replyFailed)
+		} else {
+			r.state.Store(replyReady)
+		}
+		select { // the writer sends it: a store's goroutine must not wait for a socket
+		case c.acks <- struct{}{}:
+		default:
+		}
+	})
+}
+
+// sendReadyLocked writes the replies at the head of the queue that are
+// ready. A reply whose writes failed ends the connection unanswered: the
+// client sends the PUBLISH again on its next one. c.wmu is held.
+func (c *client) sendReadyLocked() (failed bool) {
+	for len(c.replies) > 0 && !c.closed {
+		r := c.replies[0]
+		switch r.state.Load() {
+		case replyWaiting:
+			return false
+		case replyFailed:
+			return true
+		}
+		c.replies[0] = nil
+		c.replies = c.replies[1:]
+		c.enc.Reset()
+		if err := encodeInto(&c.enc, &r.pk); err != nil {
+			return true
+		}
+		if _, err := c.w.Write(c.enc.Bytes()); err != nil {
+			return true
+		}
+	}
+	if len(c.replies) == 0 {
+		c.replies = nil
+	}
+	return false
+}
+
+// flushReplies writes the ready replies and flushes.
+func (c *client) flushReplies() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.closed {
+		return net.ErrClosed
+	}
+	if c.sendReadyLocked() {
+		return errReplyFailed
+	}
+	return c.flushLocked()
+}
+
+var errReplyFailed = errors.New("an acknowledgement's writes failed")
+
+// sendReady writes the ready replies and flushes; a failure closes.
+func (c *client) sendReady() {
+	c.wmu.Lock()
+	failed := c.sendReadyLocked()
+	err := c.flushLocked()
+	c.wmu.Unlock()
+	if failed || err != nil {
+		c.close()
+	}
+}
 
 func (c *client) send(pk packets.Packet, flush bool) error {
 	_, err := c.sendLimited(pk, flush, 0)
@@ -316,6 +420,9 @@ func (c *client) writeLoop() {
 		select {
 		case <-c.ctx.Done():
 			return
+		case <-c.acks:
+			c.sendReady()
+			continue
 		case <-c.notify:
 		}
 		for {
@@ -370,7 +477,7 @@ func (c *client) tooLarge(d *mqtthooks.Delivery) {
 // readLoop handles the client's packets until the connection ends.
 func (c *client) readLoop() {
 	for {
-		if c.r.Buffered() == 0 && c.flush() != nil { // replies out before waiting for input
+		if c.r.Buffered() == 0 && c.flushReplies() != nil { // replies out before waiting for input
 			c.lost(net.ErrClosed)
 			return
 		}
@@ -441,16 +548,27 @@ func (c *client) handle(pk *packets.Packet) (code mqtthooks.ReasonCode, ok bool)
 	case packets.Pubcomp:
 		_ = s.Pubcomp(pk.PacketID)
 	case packets.Pubrel:
-		known, err := s.InboundPubrel(pk.PacketID, nil)
+		reply := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubcomp}, ProtocolVersion: c.version,
+			PacketID: pk.PacketID}
+		var r *mqtthooks.Receipt
+		var rep *packets.Packet = &reply
+		if c.srv.stored() {
+			_, r = c.replyWhenStored(reply) // the release must be durable before the PUBCOMP
+			rep = nil
+		}
+		known, err := s.InboundPubrel(pk.PacketID, r)
+		if r != nil {
+			r.Close()
+		}
 		if err != nil {
 			return 0, false // the connection has ended
 		}
-		reply := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubcomp}, ProtocolVersion: c.version,
-			PacketID: pk.PacketID}
-		if !known && c.version == 5 {
-			reply.ReasonCode = byte(mqtthooks.CodePacketIdentifierNotFound)
+		if !known && c.version == 5 && rep != nil {
+			rep.ReasonCode = byte(mqtthooks.CodePacketIdentifierNotFound)
 		}
-		_ = c.reply(reply)
+		if rep != nil {
+			_ = c.reply(*rep)
+		}
 	case packets.Subscribe:
 		return c.subscribe(pk)
 	case packets.Unsubscribe:
@@ -516,23 +634,38 @@ func (c *client) publish(pk *packets.Packet) (mqtthooks.ReasonCode, bool) {
 	case !c.withinRate():
 		return mqtthooks.CodeMessageRateTooHigh, false
 	}
-	route := true
-	switch pk.FixedHeader.Qos {
-	case 1:
-		defer c.reply(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, ProtocolVersion: c.version,
-			PacketID: pk.PacketID})
-	case 2:
+	route, taken := true, true
+	var r *mqtthooks.Receipt // with a store: the acknowledgement waits for the copies to be durable
+	if qos := pk.FixedHeader.Qos; qos > 0 {
+		ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, ProtocolVersion: c.version,
+			PacketID: pk.PacketID}
+		if qos == 2 {
+			ack.FixedHeader.Type = packets.Pubrec
+		}
+		if c.srv.stored() {
+			var rep *pendingReply
+			rep, r = c.replyWhenStored(ack)
+			defer r.Close()
+			defer func() {
+				if !taken {
+					rep.withdraw.Store(true)
+				}
+			}()
+		} else {
+			defer c.reply(ack)
+		}
+	}
+	if pk.FixedHeader.Qos == 2 {
 		var err error
-		if route, err = c.session.InboundPublish(pk.PacketID, nil); err != nil {
+		if route, err = c.session.InboundPublish(pk.PacketID, r); err != nil {
 			// The connection has ended (taken over, say): no PUBREC for a message
 			// it did not route; the client sends it again on its next connection.
+			taken = false
 			return 0, false
 		}
-		defer c.reply(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, ProtocolVersion: c.version,
-			PacketID: pk.PacketID})
 	}
 	if route {
-		c.srv.route(c.session.ID(), mochi.Message(pk))
+		c.srv.route(c.session.ID(), mochi.Message(pk), r)
 	}
 	return 0, true
 }

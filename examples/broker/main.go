@@ -43,6 +43,7 @@ import (
 	"github.com/mqtthooks/mqtthooks"
 	"github.com/mqtthooks/mqtthooks/plugins/passwd"
 	"github.com/mqtthooks/mqtthooks/plugins/scram"
+	"github.com/mqtthooks/mqtthooks/stores/pebble"
 )
 
 func main() {
@@ -64,6 +65,7 @@ type flags struct {
 	maxQueued                                      int
 	debugAddr                                      string
 	verbose                                        bool
+	dataDir, sync                                  string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
@@ -80,6 +82,11 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 		"accept clients without a username when no plugin decides (default: on only without auth plugins on a loopback address)")
 	fs.UintVar(&f.maxPacketSize, "max-packet-size", 1<<20, "largest packet accepted from a client, in bytes (0: no limit)")
 	fs.IntVar(&f.maxQueued, "max-queued", 1000, "messages a session may have waiting, online or offline (-1: no limit)")
+	fs.StringVar(&f.dataDir, "data-dir", "", "keep persistent sessions and their messages in this directory (Pebble), "+
+		"across restarts and crashes; default: in memory, lost when the broker stops")
+	fs.StringVar(&f.sync, "sync", "always", "with -data-dir: when a write is durable: always (fsync before each "+
+		"acknowledgement, shared by concurrent ones), a duration such as 100ms (sync that often; a power loss may cost "+
+		"that much), or none")
 	fs.StringVar(&f.debugAddr, "debug-addr", "", "serve the core's counters as JSON at http://ADDR/stats, and pprof at /debug/pprof/")
 	fs.BoolVar(&f.verbose, "v", false, "log every hook call")
 	if err := fs.Parse(args); err != nil {
@@ -207,7 +214,19 @@ func build(f *flags, logger *slog.Logger) (*broker, error) {
 		auth = true
 	}
 	cfg := config{addr: f.addr, maxPacketSize: uint32(f.maxPacketSize), connectTimeout: 10 * time.Second,
-		allowAnonymous: f.allowAnonymous, maxQueued: f.maxQueued}
+		allowAnonymous: f.allowAnonymous, maxQueued: f.maxQueued, dataDir: f.dataDir}
+	switch f.sync {
+	case "always", "":
+		cfg.sync = pebble.Always
+	case "none":
+		cfg.sync = pebble.None
+	default:
+		d, err := time.ParseDuration(f.sync)
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf("-sync %q: want always, none or a duration", f.sync)
+		}
+		cfg.sync = pebble.Interval(d)
+	}
 	if !f.allowAnonymousSet {
 		switch {
 		case !auth && loopback(f.addr):

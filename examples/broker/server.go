@@ -11,11 +11,14 @@ import (
 	"time"
 
 	"github.com/mqtthooks/mqtthooks"
+	"github.com/mqtthooks/mqtthooks/stores/pebble"
 )
 
 // config is the broker's configuration, from the flags.
 type config struct {
 	addr           string
+	dataDir        string            // where sessions are stored; "" keeps them in memory
+	sync           pebble.SyncPolicy // the store's
 	tls            *tls.Config
 	maxPacketSize  uint32
 	connectTimeout time.Duration
@@ -28,6 +31,7 @@ type config struct {
 type server struct {
 	cfg    config
 	core   *mqtthooks.Core
+	store  *pebble.Store // nil without -data-dir
 	router *router
 	logger *slog.Logger
 
@@ -45,6 +49,14 @@ const listenerName = "mqtt"
 // newServer builds the core for chain and the server around it.
 func newServer(cfg config, chain *mqtthooks.Chain, logger *slog.Logger) (*server, error) {
 	s := &server{cfg: cfg, router: newRouter(), logger: logger, clients: map[*client]struct{}{}}
+	var store mqtthooks.SessionStore
+	if cfg.dataDir != "" {
+		ps, err := pebble.Open(cfg.dataDir, pebble.Options{Sync: cfg.sync})
+		if err != nil {
+			return nil, err
+		}
+		s.store, store = ps, ps
+	}
 	caps := mqtthooks.DefaultCapabilities()
 	caps.SharedSubscriptionAvailable = false // not implemented here
 	caps.MaximumPacketSize = cfg.maxPacketSize
@@ -56,8 +68,12 @@ func newServer(cfg config, chain *mqtthooks.Chain, logger *slog.Logger) (*server
 		Router:             s.router,
 		PublishWill:        s.publishWill,
 		Logger:             logger,
+		Store:              store,
 	})
 	if err != nil {
+		if s.store != nil {
+			_ = s.store.Close()
+		}
 		return nil, err
 	}
 	s.core = core
@@ -132,17 +148,25 @@ func (s *server) shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+	if s.store != nil {
+		err = errors.Join(err, s.store.Close())
+	}
 	return err
 }
 
-// route hands a message published by from to every matching session.
-func (s *server) route(from mqtthooks.SubscriberID, msg *mqtthooks.Message) {
+// stored reports whether sessions are kept in a store, so that
+// acknowledgements wait for their writes.
+func (s *server) stored() bool { return s.store != nil }
+
+// route hands a message published by from to every matching session; r, if
+// not nil, follows the writes of its copies.
+func (s *server) route(from mqtthooks.SubscriberID, msg *mqtthooks.Message, r *mqtthooks.Receipt) {
 	if msg.Retain {
 		s.router.retain(from.Mountpoint, msg)
 	}
 	for _, m := range s.router.matches(from.Mountpoint, msg.Topic, from) {
 		err := s.core.Deliver(m.id, msg, mqtthooks.DeliverOptions{QoS: min(msg.QoS, m.qos), Retain: m.rap && msg.Retain,
-			SubscriptionIdentifiers: m.identity, Generation: m.gen})
+			SubscriptionIdentifiers: m.identity, Generation: m.gen, Receipt: r})
 		if err != nil && !errors.Is(err, mqtthooks.ErrSessionNotFound) {
 			s.logger.Warn("deliver", "session", m.id.String(), "err", err)
 		}
@@ -151,5 +175,5 @@ func (s *server) route(from mqtthooks.SubscriberID, msg *mqtthooks.Message) {
 
 // publishWill publishes a Will for the core.
 func (s *server) publishWill(_ context.Context, id mqtthooks.SubscriberID, w *mqtthooks.Will) {
-	s.route(id, &w.Message)
+	s.route(id, &w.Message, nil)
 }
