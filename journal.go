@@ -15,9 +15,10 @@ import (
 // methods do nothing on a nil *journal, which keeps the path without a store
 // as cheap as it was.
 type journal struct {
-	c  *Core
-	st *sessionState
-	b  StoreBatch // nil until the first change
+	c     *Core
+	st    *sessionState
+	b     StoreBatch // nil until the first change
+	holds []uint64   // messages this batch stored without a Receipt: released at its end
 }
 
 // journal returns the session's journal, or nil when it is not stored.
@@ -83,7 +84,9 @@ func (j *journal) dropEntry(m *queued) {
 }
 
 // putMessage records msg under a new message id, or under r's if r already
-// has one, and returns the id.
+// has one, and returns the id. The store holds the message until it is
+// released: by r's Close, for the copies of one routing, or at the end of
+// this batch, which writes the entry that refers to it.
 func (j *journal) putMessage(msg *Message, r *Receipt) uint64 {
 	if r != nil {
 		if id := r.msgID; id != 0 {
@@ -93,7 +96,9 @@ func (j *journal) putMessage(msg *Message, r *Receipt) uint64 {
 	id := j.c.msgIDs.Add(1)
 	j.batch().PutMessage(id, msg)
 	if r != nil {
-		r.msgID = id
+		r.msgID, r.core = id, j.c
+	} else {
+		j.holds = append(j.holds, id)
 	}
 	return id
 }
@@ -117,7 +122,10 @@ func (j *journal) commit(done func(error)) {
 		return
 	}
 	b := j.b
-	j.b = nil
+	for _, id := range j.holds {
+		b.ReleaseMessage(id)
+	}
+	j.b, j.holds = nil, j.holds[:0]
 	j.c.commit(b, j.st.rec.ID, done)
 }
 
@@ -192,6 +200,7 @@ type Receipt struct {
 	mu      sync.Mutex
 	err     error
 	msgID   uint64 // the stored message of the copies; written by the routing goroutine only
+	core    *Core  // that stored it, and releases it at Close
 }
 
 // NewReceipt returns a Receipt whose done is called once, after Close, when
@@ -207,8 +216,18 @@ func NewReceipt(done func(error)) *Receipt {
 	return r
 }
 
-// Close says that every write of the PUBLISH has been started.
-func (r *Receipt) Close() { r.finish(nil) }
+// Close says that every write of the PUBLISH has been started. The stored
+// message stays until Close, so that a copy acknowledged early cannot take it
+// from the copies routed after it: a Receipt that is never closed keeps its
+// message stored until the next restart.
+func (r *Receipt) Close() {
+	if c := r.core; c != nil {
+		b := c.store.Batch()
+		b.ReleaseMessage(r.msgID)
+		c.commit(b, SubscriberID{}, nil)
+	}
+	r.finish(nil)
+}
 
 // join counts one more write and returns its completion.
 func (r *Receipt) join() func(error) {

@@ -33,7 +33,7 @@ type memSession struct {
 
 type memMessage struct {
 	m    *Message
-	refs int
+	refs int // entries, and holds of PutMessage not yet released
 }
 
 // Load yields the stored sessions, in no particular order.
@@ -201,9 +201,18 @@ func (b *memBatch) DeleteSubscription(id SubscriberID, gen uint64, filter string
 
 func (b *memBatch) PutMessage(msgID uint64, m *Message) {
 	b.add(func(tx *memTx) error {
-		if tx.message(msgID) == nil {
-			tx.messages[msgID] = &memMessage{m: m}
+		if held := tx.message(msgID); held != nil {
+			held.refs++
+		} else {
+			tx.messages[msgID] = &memMessage{m: m, refs: 1}
 		}
+		return nil
+	})
+}
+
+func (b *memBatch) ReleaseMessage(msgID uint64) {
+	b.add(func(tx *memTx) error {
+		tx.unref(msgID)
 		return nil
 	})
 }

@@ -272,9 +272,13 @@ func (s *Session) Puback(id uint16) error { return s.settle(id, 1, false) }
 
 // Pubrec reports the client's PUBREC of the QoS 2 delivery id: the broker
 // sends PUBREL, and a resumed session offers that PUBREL again until
-// Pubcomp.
-func (s *Session) Pubrec(id uint16) error {
-	return s.withQueue(func(q *queue, j *journal) error { return q.rec(id, j) })
+// Pubcomp. With a store, r, if not nil, learns when the PUBREC is durable:
+// the broker sends its PUBREL only then. A client forgets the packet
+// identifier at PUBREL [MQTT-4.3.3-13], so a PUBREL sent before a crash that
+// loses the PUBREC would have the restarted broker send the PUBLISH again,
+// and the client deliver it twice.
+func (s *Session) Pubrec(id uint16, r *Receipt) error {
+	return s.withQueueDone(func(q *queue, j *journal) error { return q.rec(id, j) }, r.completion())
 }
 
 // Pubcomp reports the client's PUBCOMP of the QoS 2 delivery id.

@@ -58,12 +58,19 @@ type StoreBatch interface {
 	// filter; DeleteSubscription drops the one with filter.
 	PutSubscription(id SubscriberID, gen uint64, sub Subscription)
 	DeleteSubscription(id SubscriberID, gen uint64, filter string)
-	// PutMessage stores a message under msgID. Entries of any session refer
-	// to it, the first in the same batch; the store drops it once the last
-	// entry that refers to it is deleted, so a message routed to many
-	// sessions is stored once. A message no entry refers to may be dropped
-	// at a restart.
+	// PutMessage stores a message under msgID, and holds it: the store
+	// keeps it until ReleaseMessage, whatever happens to the entries that
+	// refer to it. Entries of any session refer to it, in this batch or in
+	// later ones; once released, it is dropped with the last entry that
+	// refers to it, so a message routed to many sessions is stored once. The
+	// hold keeps the message while the Core is still routing it: an entry
+	// acknowledged and deleted before the next session's entry is written
+	// must not take the message with it. Holds need not survive a restart: a
+	// store may drop, when it loads, every message no entry refers to.
 	PutMessage(msgID uint64, m *Message)
+	// ReleaseMessage ends the hold of PutMessage on msgID; the message goes
+	// now if no entry refers to it.
+	ReleaseMessage(msgID uint64)
 	// PutEntry adds an entry to the session's queue or, for a Seq it holds,
 	// replaces it (a state change). DeleteEntry drops the entry seq, which
 	// refers to msgID.
@@ -78,7 +85,8 @@ type StoreBatch interface {
 	// refused it (ErrStaleGeneration) or failed it. Commit must not wait for
 	// I/O: the Core calls it on its delivery path, sometimes with a session's
 	// lock held, so a durable store hands the work to its own goroutines.
-	// done may run on any goroutine and must not block.
+	// done may run on any goroutine and must not block. Batches apply in
+	// the order of their Commit calls.
 	Commit(done func(error))
 }
 

@@ -235,7 +235,7 @@ func (c *Client) Settle(d mqtthooks.Delivery) error {
 	case d.QoS == 1:
 		return c.Session.Puback(d.PacketID)
 	case d.QoS == 2:
-		if err := c.Session.Pubrec(d.PacketID); err != nil {
+		if err := c.Session.Pubrec(d.PacketID, nil); err != nil {
 			return err
 		}
 		return c.Session.Pubcomp(d.PacketID)

@@ -118,6 +118,7 @@ func (s *Store) Crash(t testing.TB) *Store {
 		for _, e := range ss.Entries {
 			b.PutMessage(e.MessageID, e.Message)
 			b.PutEntry(r.ID, r.Generation, &e.StoredEntry)
+			b.ReleaseMessage(e.MessageID) // the hold, not the entry's reference
 		}
 		for _, id := range ss.Inbound {
 			b.PutInbound(r.ID, r.Generation, id)

@@ -37,9 +37,9 @@ type StoreHarness struct {
 // of mqtthooks.SessionStore, in the manner of testing/fstest.TestFS: what a
 // store keeps and loads, atomic batches, fencing by Generation (a write for an
 // older or ended life is refused and changes nothing), entries in Seq order,
-// messages stored once for many sessions and dropped with their last entry,
-// generations that grow across restarts, concurrent commits, and, with
-// h.Crash, what survives a crash.
+// messages stored once for many sessions, held until released and then
+// dropped with their last entry, generations that grow across restarts,
+// concurrent commits, and, with h.Crash, what survives a crash.
 func TestSessionStore(t *testing.T, h StoreHarness) {
 	t.Helper()
 	if h.Open == nil || h.Reopen == nil {
@@ -53,6 +53,7 @@ func TestSessionStore(t *testing.T, h StoreHarness) {
 	t.Run("Fencing", st.fencing)
 	t.Run("BatchIsAtomic", st.atomic)
 	t.Run("MessagesStoredOnce", st.messagesOnce)
+	t.Run("MessageHeldUntilReleased", st.held)
 	t.Run("Generations", st.generations)
 	t.Run("ConcurrentCommits", st.concurrent)
 	if h.Crash != nil {
@@ -441,6 +442,7 @@ func (st *storeTest) messagesOnce(t *testing.T) {
 		b.CreateSession(r)
 		b.PutEntry(r.ID, r.Generation, storeEntry(1, 7, mqtthooks.EntryPending))
 	}
+	b.ReleaseMessage(7)
 	mustCommit(t, b)
 	b = s.Batch()
 	b.DeleteEntry(recs[0].ID, recs[0].Generation, 1, 7)
@@ -461,6 +463,55 @@ func (st *storeTest) messagesOnce(t *testing.T) {
 	s = st.h.Reopen(t, s)
 	if es := load(t, s)[recs[2].ID.String()].Entries; len(es) != 0 {
 		t.Errorf("an entry whose message was dropped came back: %+v", es)
+	}
+}
+
+// held: a message stays from PutMessage to ReleaseMessage, even when every
+// entry written so far is deleted in between (a copy acknowledged while the
+// message is still being routed to other sessions); once released, it goes
+// with its last entry, or at once if it has none.
+func (st *storeTest) held(t *testing.T) {
+	s := st.h.Open(t)
+	msgs := map[uint64]*mqtthooks.Message{1: storeMessage("routed"), 2: storeMessage("nobody's")}
+	a, b := storeRecord("a", s.NextGeneration()), storeRecord("b", s.NextGeneration())
+	batch := s.Batch()
+	batch.CreateSession(a)
+	batch.CreateSession(b)
+	batch.PutMessage(1, msgs[1])
+	batch.PutEntry(a.ID, a.Generation, storeEntry(1, 1, mqtthooks.EntryPending))
+	batch.PutMessage(2, msgs[2])
+	mustCommit(t, batch)
+	batch = s.Batch()
+	batch.DeleteEntry(a.ID, a.Generation, 1, 1) // a acknowledged it
+	mustCommit(t, batch)
+	batch = s.Batch()
+	batch.PutEntry(b.ID, b.Generation, storeEntry(1, 1, mqtthooks.EntryPending)) // b's copy, routed after
+	mustCommit(t, batch)
+	batch = s.Batch()
+	batch.ReleaseMessage(1)
+	batch.ReleaseMessage(2)
+	mustCommit(t, batch)
+	want := []*mqtthooks.StoredEntry{storeEntry(1, 1, mqtthooks.EntryPending)}
+	checkEntries(t, "b", load(t, s)[b.ID.String()].Entries, want, msgs)
+	s = st.h.Reopen(t, s)
+	checkEntries(t, "b after a restart", load(t, s)[b.ID.String()].Entries, want, msgs)
+
+	// Released, the messages go with their last entry: entries that name them
+	// afterwards, without writing them, find nothing.
+	batch = s.Batch()
+	batch.DeleteEntry(b.ID, b.Generation, 1, 1)
+	mustCommit(t, batch)
+	batch = s.Batch()
+	batch.PutEntry(a.ID, a.Generation, storeEntry(2, 1, mqtthooks.EntryPending))
+	batch.PutEntry(a.ID, a.Generation, storeEntry(3, 2, mqtthooks.EntryPending))
+	mustCommit(t, batch)
+	for _, restart := range []bool{false, true} {
+		if restart {
+			s = st.h.Reopen(t, s)
+		}
+		if es := load(t, s)[a.ID.String()].Entries; len(es) != 0 {
+			t.Errorf("restart %v: entries whose messages were released and dropped came back: %+v", restart, es)
+		}
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -143,13 +144,15 @@ func (c *client) reply(pk packets.Packet) error {
 type pendingReply struct {
 	pk       packets.Packet
 	state    atomic.Int32
-	withdraw atomic.Bool // never to be sent: what it answers was not taken
+	withdraw atomic.Bool // never to be sent: what it answers was not taken; the connection ends
+	skip     atomic.Bool // never to be sent, and nothing is wrong
 }
 
 const (
 	replyWaiting int32 = iota
 	replyReady
 	replyFailed
+	replySkipped
 )
 
 // replyWhenStored queues pk, an acknowledgement, until the Receipt it
@@ -162,9 +165,12 @@ func (c *client) replyWhenStored(pk packets.Packet) (*pendingReply, *mqtthooks.R
 	c.replies = append(c.replies, r)
 	c.wmu.Unlock()
 	return r, mqtthooks.NewReceipt(func(err error) {
-		if err != nil || r.withdraw.Load() {
+		switch {
+		case err != nil || r.withdraw.Load():
 			r.state.Store(replyFailed)
-		} else {
+		case r.skip.Load():
+			r.state.Store(replySkipped)
+		default:
 			r.state.Store(replyReady)
 		}
 		select { // the writer sends it: a store's goroutine must not wait for a socket
@@ -188,6 +194,9 @@ func (c *client) sendReadyLocked() (failed bool) {
 		}
 		c.replies[0] = nil
 		c.replies = c.replies[1:]
+		if r.state.Load() == replySkipped {
+			continue
+		}
 		c.enc.Reset()
 		if err := encodeInto(&c.enc, &r.pk); err != nil {
 			return true
@@ -491,7 +500,7 @@ func (c *client) readLoop() {
 		}
 		if code, ok := c.handle(&pk); !ok {
 			if code != 0 {
-				c.protocolError(code)
+				c.protocolError(code, fmt.Errorf("packet type %d", pk.FixedHeader.Type))
 			}
 			return
 		}
@@ -507,9 +516,9 @@ func (c *client) lost(err error) {
 		c.closeWith(mqtthooks.CodeKeepAliveTimeout)
 		c.session.Lost(context.Background(), mqtthooks.ErrKeepAlive)
 	case errors.Is(err, errTooLarge):
-		c.protocolError(mqtthooks.CodePacketTooLarge)
+		c.protocolError(mqtthooks.CodePacketTooLarge, err)
 	case errors.Is(err, errMalformed):
-		c.protocolError(mqtthooks.CodeMalformedPacket)
+		c.protocolError(mqtthooks.CodeMalformedPacket, err)
 	default:
 		c.close()
 		c.session.Lost(context.Background(), err)
@@ -518,7 +527,8 @@ func (c *client) lost(err error) {
 
 // protocolError sends an MQTT 5 DISCONNECT with code, closes, and ends the
 // session.
-func (c *client) protocolError(code mqtthooks.ReasonCode) {
+func (c *client) protocolError(code mqtthooks.ReasonCode, why error) {
+	c.srv.logger.Debug("protocol error", "client", c.session.ID().String(), "code", code.String(), "err", why)
 	c.closeWith(code)
 	c.session.Lost(context.Background(), &mqtthooks.ProtocolError{Code: code, Msg: "client broke the protocol"})
 }
@@ -533,41 +543,58 @@ func (c *client) handle(pk *packets.Packet) (code mqtthooks.ReasonCode, ok bool)
 	case packets.Puback:
 		_ = s.Puback(pk.PacketID)
 	case packets.Pubrec:
-		err := s.Pubrec(pk.PacketID)
-		switch {
-		case err == nil && c.version == 5 && pk.ReasonCode >= 0x80: // the client refused it: the flow ends here
-			_ = s.Pubcomp(pk.PacketID)
-		case err == nil || c.version == 5:
-			rel := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1},
-				ProtocolVersion: c.version, PacketID: pk.PacketID}
+		if c.version == 5 && pk.ReasonCode >= 0x80 { // the client refused it: the flow ends here
+			if s.Pubrec(pk.PacketID, nil) == nil {
+				_ = s.Pubcomp(pk.PacketID)
+			}
+			break
+		}
+		rel := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1},
+			ProtocolVersion: c.version, PacketID: pk.PacketID}
+		if !c.srv.stored() {
+			err := s.Pubrec(pk.PacketID, nil)
 			if err != nil {
+				if c.version != 5 {
+					break // MQTT 3 has no code for an unknown identifier
+				}
 				rel.ReasonCode = byte(mqtthooks.CodePacketIdentifierNotFound)
 			}
 			_ = c.reply(rel)
+			break
 		}
+		rep, r := c.replyWhenStored(rel) // the PUBREC must be durable before the PUBREL
+		if err := s.Pubrec(pk.PacketID, r); err != nil {
+			if c.version == 5 {
+				rep.pk.ReasonCode = byte(mqtthooks.CodePacketIdentifierNotFound)
+			} else {
+				rep.skip.Store(true)
+			}
+		}
+		r.Close()
 	case packets.Pubcomp:
 		_ = s.Pubcomp(pk.PacketID)
 	case packets.Pubrel:
 		reply := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubcomp}, ProtocolVersion: c.version,
 			PacketID: pk.PacketID}
-		var r *mqtthooks.Receipt
-		var rep *packets.Packet = &reply
-		if c.srv.stored() {
-			_, r = c.replyWhenStored(reply) // the release must be durable before the PUBCOMP
-			rep = nil
+		if !c.srv.stored() {
+			known, err := s.InboundPubrel(pk.PacketID, nil)
+			if err != nil {
+				return 0, false // the connection has ended
+			}
+			if !known && c.version == 5 {
+				reply.ReasonCode = byte(mqtthooks.CodePacketIdentifierNotFound)
+			}
+			_ = c.reply(reply)
+			break
 		}
+		rep, r := c.replyWhenStored(reply) // the release must be durable before the PUBCOMP
 		known, err := s.InboundPubrel(pk.PacketID, r)
-		if r != nil {
-			r.Close()
+		if err == nil && !known && c.version == 5 {
+			rep.pk.ReasonCode = byte(mqtthooks.CodePacketIdentifierNotFound) // before Close: the writer reads it after
 		}
+		r.Close()
 		if err != nil {
 			return 0, false // the connection has ended
-		}
-		if !known && c.version == 5 && rep != nil {
-			rep.ReasonCode = byte(mqtthooks.CodePacketIdentifierNotFound)
-		}
-		if rep != nil {
-			_ = c.reply(*rep)
 		}
 	case packets.Subscribe:
 		return c.subscribe(pk)

@@ -355,7 +355,7 @@ func TestMultipleSessionsLeaveWhileAcking(t *testing.T) {
 			wg.Go(func() { leave.Drop(context.Background(), nil) })
 			wg.Go(func() {
 				for _, d := range ds {
-					_ = stay.Session.Pubrec(d.PacketID)
+					_ = stay.Session.Pubrec(d.PacketID, nil)
 					_ = stay.Session.Pubcomp(d.PacketID)
 					_, _ = stay.Session.InboundPublish(d.PacketID, nil)
 					_, _ = stay.Session.InboundPubrel(d.PacketID, nil)
@@ -420,7 +420,7 @@ func TestBalanceLeaverWithOwedPubrel(t *testing.T) {
 		require.NoError(t, err)
 		require.NotEmpty(t, ds)
 		for _, d := range ds {
-			require.NoError(t, leaver.Session.Pubrec(d.PacketID)) // PUBREC; PUBCOMP never comes
+			require.NoError(t, leaver.Session.Pubrec(d.PacketID, nil)) // PUBREC; PUBCOMP never comes
 		}
 		leaver.Drop(t.Context(), nil)
 		_, err = stayer.Receive()

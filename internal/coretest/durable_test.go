@@ -120,7 +120,7 @@ func TestD4InflightAcrossCrash(t *testing.T) {
 	ds, err := c.PullAll()
 	require.NoError(t, err)
 	require.Len(t, ds, 2)
-	require.NoError(t, c.Session.Pubrec(ds[1].PacketID))
+	require.NoError(t, c.Session.Pubrec(ds[1].PacketID, nil))
 	first, err := c.Session.InboundPublish(42, nil)
 	require.NoError(t, err)
 	require.True(t, first)
@@ -317,4 +317,80 @@ func (b *countingBatch) PutMessage(id uint64, m *mqtthooks.Message) {
 	b.s.n++
 	b.s.mu.Unlock()
 	b.StoreBatch.PutMessage(id, m)
+}
+
+// A message routed with one Receipt stays stored while the Receipt is open,
+// even when every copy written so far is acknowledged: the crash test found
+// a copy for an offline session pointing at a message an online one had
+// already acknowledged, and deleted, and the offline session lost it at the
+// restart.
+func TestReceiptHoldsMessageWhileRouting(t *testing.T) {
+	store := new(mqtthookstest.Store)
+	f := newFixture(t, mqtthooks.Options{Store: store})
+	online := f.v3("online", false)
+	requireAccepted(t, online)
+	f.offline(t, "offline")
+
+	r := mqtthooks.NewReceipt(nil)
+	msg := &mqtthooks.Message{Topic: "t", Payload: []byte("x"), QoS: 1}
+	require.NoError(t, f.core.Deliver(sid("online"), msg, mqtthooks.DeliverOptions{QoS: 1, Receipt: r}))
+	got, err := online.Receive() // PUBLISH, PUBACK: the online copy is gone
+	require.NoError(t, err)
+	require.Equal(t, []string{"x"}, payloads(got))
+	require.NoError(t, f.core.Deliver(sid("offline"), msg, mqtthooks.DeliverOptions{QoS: 1, Receipt: r}))
+	r.Close()
+
+	g := f.restart(t, store, mqtthooks.Options{})
+	again, err := g.v3("offline", false).Receive()
+	require.NoError(t, err)
+	assert.Equal(t, []string{"x"}, payloads(again))
+}
+
+// Pubrec takes a Receipt, and it reports only once the PUBREC is durable: the
+// crash test found a broker that sent PUBREL at once, a crash that lost the
+// PUBREC, and the restarted broker offering the PUBLISH again to a client
+// that had forgotten the packet identifier at PUBREL, which delivered it
+// twice.
+func TestPubrecReceiptWaitsForStore(t *testing.T) {
+	store := new(mqtthookstest.Store)
+	f := newFixture(t, mqtthooks.Options{Store: store})
+	f.offline(t, "s")
+	f.publish(t, sid("s"), 2, 1)
+	c := f.v3("s", false)
+	ds, err := c.PullAll()
+	require.NoError(t, err)
+	require.Len(t, ds, 1)
+
+	store.Hold()
+	durable := make(chan error, 1)
+	r := mqtthooks.NewReceipt(func(err error) { durable <- err })
+	require.NoError(t, c.Session.Pubrec(ds[0].PacketID, r))
+	r.Close()
+	select {
+	case <-durable:
+		t.Fatal("the Receipt reported before the PUBREC was durable")
+	default:
+	}
+	after := f.crash(t, store) // the PUBREL was never sent: the PUBLISH comes again, as it must
+	require.ErrorIs(t, <-durable, mqtthookstest.ErrCrashed)
+
+	g := newFixture(t, mqtthooks.Options{Store: after})
+	c2 := g.v3("s", false)
+	got, err := c2.PullAll()
+	require.NoError(t, err)
+	require.Len(t, got, 1)
+	assert.False(t, got[0].Pubrel)
+	assert.True(t, got[0].Dup)
+	assert.Equal(t, ds[0].PacketID, got[0].PacketID)
+
+	// Once the Receipt reports, a crash leaves the PUBREL owed.
+	r = mqtthooks.NewReceipt(func(err error) { durable <- err })
+	require.NoError(t, c2.Session.Pubrec(got[0].PacketID, r))
+	r.Close()
+	require.NoError(t, <-durable)
+	again := g.crash(t, after)
+	h := newFixture(t, mqtthooks.Options{Store: again})
+	owed, err := h.v3("s", false).PullAll()
+	require.NoError(t, err)
+	assert.Equal(t, []mqtthooks.Delivery{{PacketID: ds[0].PacketID, QoS: 2, Pubrel: true}}, owed)
 }

@@ -197,7 +197,7 @@ func (r *multiRun) settle(c *multiConn) error {
 	case d.qos == 1:
 		err = c.client.Session.Puback(id)
 	case !d.released:
-		err = c.client.Session.Pubrec(id)
+		err = c.client.Session.Pubrec(id, nil)
 		d.released = true
 		r.logf("%s PUBREC %d", c.name, id)
 		if err != nil {

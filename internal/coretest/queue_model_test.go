@@ -631,7 +631,7 @@ func (r *nlRun) opSettle(s *nlSession, f *nlFlight, what string) error {
 	case f.m.qos == 1:
 		kind, err = "PUBACK", sess.Puback(f.pid)
 	case !f.released:
-		kind, err = "PUBREC", sess.Pubrec(f.pid)
+		kind, err = "PUBREC", sess.Pubrec(f.pid, nil)
 	default:
 		kind, err = "PUBCOMP", sess.Pubcomp(f.pid)
 	}
@@ -667,12 +667,12 @@ func (r *nlRun) opWrongAck(s *nlSession) error {
 	tries := []try{
 		{fmt.Sprintf("PUBACK %d (unknown)", unused), func() error { return sess.Puback(unused) }},
 		{fmt.Sprintf("PUBCOMP %d (unknown)", unused), func() error { return sess.Pubcomp(unused) }},
-		{fmt.Sprintf("PUBREC %d (unknown)", unused), func() error { return sess.Pubrec(unused) }},
+		{fmt.Sprintf("PUBREC %d (unknown)", unused), func() error { return sess.Pubrec(unused, nil) }},
 	}
 	for _, f := range s.inflight {
 		switch {
 		case f.m.qos == 1:
-			tries = append(tries, try{fmt.Sprintf("PUBREC %d of QoS 1", f.pid), func() error { return sess.Pubrec(f.pid) }},
+			tries = append(tries, try{fmt.Sprintf("PUBREC %d of QoS 1", f.pid), func() error { return sess.Pubrec(f.pid, nil) }},
 				try{fmt.Sprintf("PUBCOMP %d of QoS 1", f.pid), func() error { return sess.Pubcomp(f.pid) }})
 		case !f.released:
 			tries = append(tries, try{fmt.Sprintf("PUBACK %d of QoS 2", f.pid), func() error { return sess.Puback(f.pid) }},
@@ -885,7 +885,7 @@ func (r *nlRun) opStale(s *nlSession, c *nlConn) error {
 	case 0:
 		what, aerr = "PUBACK", sess.Puback(pid)
 	case 1:
-		what, aerr = "PUBREC", sess.Pubrec(pid)
+		what, aerr = "PUBREC", sess.Pubrec(pid, nil)
 	case 2:
 		what, aerr = "PUBCOMP", sess.Pubcomp(pid)
 	default:

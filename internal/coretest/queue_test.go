@@ -227,8 +227,8 @@ func TestQoS2Flow(t *testing.T) {
 	f.publish(t, sid("s"), 2, 2)
 	ds, _ := c.PullAll()
 	require.Len(t, ds, 2)
-	require.NoError(t, c.Session.Pubrec(ds[0].PacketID))
-	require.NoError(t, c.Session.Pubrec(ds[1].PacketID))
+	require.NoError(t, c.Session.Pubrec(ds[0].PacketID, nil))
+	require.NoError(t, c.Session.Pubrec(ds[1].PacketID, nil))
 	require.NoError(t, c.Session.Pubcomp(ds[0].PacketID))
 	c.Drop(t.Context(), nil)
 

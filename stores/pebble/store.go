@@ -86,7 +86,7 @@ type Store struct {
 	mu       sync.Mutex // orders commits and guards what follows
 	closed   bool
 	gens     map[mqtthooks.SubscriberID]uint64 // the stored life of each session
-	refs     map[uint64]int64                  // how many entries refer to each message
+	refs     map[uint64]int64                  // entries that refer to each message, and holds not yet released
 	gen      uint64                            // the last generation handed out
 	reserved uint64                            // generations up to this one are reserved on disk
 
@@ -424,6 +424,10 @@ func (b *batch) PutMessage(msgID uint64, m *mqtthooks.Message) {
 	b.ops = append(b.ops, op{kind: kindMsg, msgID: msgID, msg: m})
 }
 
+func (b *batch) ReleaseMessage(msgID uint64) {
+	b.ops = append(b.ops, op{kind: kindMsg, del: true, msgID: msgID})
+}
+
 func (b *batch) PutEntry(id mqtthooks.SubscriberID, gen uint64, e *mqtthooks.StoredEntry) {
 	b.ops = append(b.ops, op{kind: kindEntry, id: id, gen: gen, entry: *e, seq: e.Seq, msgID: e.MessageID})
 }
@@ -532,9 +536,11 @@ func (s *Store) prepare(ops []op) (*pebble.Batch, map[mqtthooks.SubscriberID]uin
 			_ = pb.Set(sessionKey(kindRecord, o.id), encodeRecord(o.rec), nil)
 			continue
 		case kindMsg:
-			if _, ok := refs[o.msgID]; !ok {
-				refs[o.msgID] = s.refs[o.msgID]
+			if o.del { // the hold of PutMessage ends
+				ref(o.msgID, -1)
+				continue
 			}
+			ref(o.msgID, +1)
 			_ = pb.Set(msgKey(o.msgID), encodeMessage(o.msg), nil)
 			continue
 		}
@@ -586,7 +592,7 @@ func (s *Store) prepare(ops []op) (*pebble.Batch, map[mqtthooks.SubscriberID]uin
 		}
 	}
 	for msgID, n := range refs {
-		if n <= 0 && s.refs[msgID] > 0 { // the batch dropped the last reference
+		if n <= 0 { // the batch dropped the last reference, or the hold of a message no entry took
 			_ = pb.Delete(msgKey(msgID), nil)
 		}
 	}
