@@ -84,6 +84,9 @@ type Options struct {
 	// restores what it holds. Nil, the default, keeps sessions in the Core
 	// only: nothing is written, and they end with the process.
 	Store SessionStore
+	// StoreLoadTimeout bounds NewCore's Load of the Store; 0, the default,
+	// sets no bound (a million sessions take seconds to load).
+	StoreLoadTimeout time.Duration
 	// Logger receives what goes wrong in plugins and callers; default
 	// slog.Default().
 	Logger *slog.Logger
@@ -228,7 +231,8 @@ func NewCore(chain *Chain, opts Options) (*Core, error) {
 	switch {
 	case opts.MaxClientIDLen < 23:
 		return nil, fmt.Errorf("%w: MaxClientIDLen %d is below 23, which MQTT requires", ErrInvalidArgument, opts.MaxClientIDLen)
-	case opts.ConnectTimeout < 0, opts.HookTimeout < 0, opts.AuthExchangeTimeout < 0, opts.PersistentExpiry < 0:
+	case opts.ConnectTimeout < 0, opts.HookTimeout < 0, opts.AuthExchangeTimeout < 0, opts.PersistentExpiry < 0,
+		opts.StoreLoadTimeout < 0:
 		return nil, fmt.Errorf("%w: negative timeout", ErrInvalidArgument)
 	case opts.MaxSessions < 0 || opts.Workers < 0:
 		return nil, fmt.Errorf("%w: negative MaxSessions or Workers", ErrInvalidArgument)
@@ -307,7 +311,10 @@ func (c *Core) restore() error {
 	if c.store == nil {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.opts.HookTimeout)
+	ctx, cancel := context.WithCancel(context.Background())
+	if d := c.opts.StoreLoadTimeout; d > 0 {
+		ctx, cancel = context.WithTimeout(context.Background(), d)
+	}
 	defer cancel()
 	var err error
 	perr := c.guard("SessionStore.Load", SubscriberID{}, func() {
@@ -332,8 +339,10 @@ func (c *Core) restoreSession(ss *StoredSession) {
 	r.ID, r.Username = cloneIdentity(r.ID, r.Username)
 	lost := r.Connected // the process stopped under an attached connection
 	r.Connected = false
+	changed := lost
 	if (lost || r.ExpiresAt.IsZero()) && r.Expiry > 0 {
 		r.ExpiresAt = time.Now().Add(r.Expiry)
+		changed = true
 	}
 	st.q.set = r.Queue
 	for _, sub := range ss.Subscriptions {
@@ -365,11 +374,13 @@ func (c *Core) restoreSession(ss *StoredSession) {
 	e.state.Store(st)
 	e.mu.Unlock()
 	c.stats.sessions.Add(1)
-	st.mu.Lock()
-	j := st.journal()
-	j.updateRecord() // the expiry, now that the session is offline
-	j.commit(nil)
-	st.mu.Unlock()
+	if changed { // offline now, expiring from now
+		st.mu.Lock()
+		j := st.journal()
+		j.updateRecord()
+		j.commit(nil)
+		st.mu.Unlock()
+	}
 	for _, sub := range st.subs {
 		c.routerAdd(r.ID, r.Generation, sub)
 	}

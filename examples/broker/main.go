@@ -124,6 +124,11 @@ func run(args []string, stdin io.Reader, stderr io.Writer) error {
 	if err := b.srv.listen(); err != nil {
 		return err
 	}
+	if f.dataDir != "" {
+		st := b.srv.core.Stats()
+		logger.Info("sessions restored", "data-dir", f.dataDir, "sync", f.sync, "sessions", st.Sessions,
+			"messages", st.Restored)
+	}
 	logger.Info("listening", "addr", b.srv.addr().String(), "tls", b.srv.cfg.tls != nil,
 		"allow-anonymous", b.srv.cfg.allowAnonymous)
 	if f.debugAddr != "" {

@@ -22,6 +22,7 @@
 package pebble
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -241,8 +242,8 @@ func (s *Store) load(ctx context.Context, msgs map[uint64]*mqtthooks.Message,
 		return false, err
 	}
 	defer recs.Close()
-	parts := [3]*pebble.Iterator{}
-	for i, kind := range []byte{kindSub, kindEntry, kindIn} {
+	parts := [4]*pebble.Iterator{} // and the messages, sought in the order entries name them: mostly ascending
+	for i, kind := range []byte{kindSub, kindEntry, kindIn, kindMsg} {
 		if parts[i], err = s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kind}, UpperBound: []byte{kind + 1}}); err != nil {
 			return false, err
 		}
@@ -279,7 +280,7 @@ func (s *Store) load(ctx context.Context, msgs map[uint64]*mqtthooks.Message,
 }
 
 // loadParts reads the subscriptions, entries and inbound identifiers of ss.
-func (s *Store) loadParts(parts [3]*pebble.Iterator, ss *mqtthooks.StoredSession, msgs map[uint64]*mqtthooks.Message) error {
+func (s *Store) loadParts(parts [4]*pebble.Iterator, ss *mqtthooks.StoredSession, msgs map[uint64]*mqtthooks.Message) error {
 	id := ss.Record.ID
 	for i, kind := range []byte{kindSub, kindEntry, kindIn} {
 		it := parts[i]
@@ -301,7 +302,7 @@ func (s *Store) loadParts(parts [3]*pebble.Iterator, ss *mqtthooks.StoredSession
 				if err != nil {
 					return err
 				}
-				m, err := s.message(e.MessageID, msgs)
+				m, err := message(parts[3], e.MessageID, msgs)
 				if err != nil {
 					return err
 				}
@@ -323,21 +324,22 @@ func (s *Store) loadParts(parts [3]*pebble.Iterator, ss *mqtthooks.StoredSession
 }
 
 // message returns the stored message msgID, decoded once for all the entries
-// that refer to it; nil if it is not stored.
-func (s *Store) message(msgID uint64, msgs map[uint64]*mqtthooks.Message) (*mqtthooks.Message, error) {
+// that refer to it; nil if it is not stored. it ranges over the messages; a
+// seek past the last one is cheap, as Pebble continues from where it is.
+func message(it *pebble.Iterator, msgID uint64, msgs map[uint64]*mqtthooks.Message) (*mqtthooks.Message, error) {
 	if m, ok := msgs[msgID]; ok {
 		return m, nil
 	}
-	v, closer, err := s.db.Get(msgKey(msgID))
-	if errors.Is(err, pebble.ErrNotFound) {
+	key := msgKey(msgID)
+	if !it.SeekGE(key) || !bytes.Equal(it.Key(), key) {
 		msgs[msgID] = nil
-		return nil, nil
+		return nil, it.Error()
 	}
+	v, err := it.ValueAndErr()
 	if err != nil {
 		return nil, err
 	}
 	m, err := decodeMessage(v)
-	_ = closer.Close()
 	if err != nil {
 		return nil, fmt.Errorf("message %d: %w", msgID, err)
 	}

@@ -24,7 +24,6 @@ const clientTimeout = 10 * time.Second
 type subscriber struct {
 	name       string
 	v5, online bool // MQTT 5 (else 3.1.1); connected while publishers send (else offline)
-	changed    chan struct{}
 
 	mu          sync.Mutex
 	seen        map[string]*delivery // by payload
@@ -32,6 +31,8 @@ type subscriber struct {
 	received    int
 	redelivered int
 	problems    []string
+	want        map[string]bool // what await waits for, and has not come yet
+	wantDone    chan struct{}
 
 	c5    *paho.Client
 	c3    pahov3.Client
@@ -45,7 +46,6 @@ type delivery struct {
 }
 
 func (s *subscriber) init() {
-	s.changed = make(chan struct{}, 1)
 	s.seen = map[string]*delivery{}
 	s.pending = map[uint16]string{}
 }
@@ -75,11 +75,32 @@ func (s *subscriber) publish(packetID uint16, qos byte, payload string) {
 	if qos == 2 {
 		s.pending[packetID] = payload
 	}
-	s.mu.Unlock()
-	select {
-	case s.changed <- struct{}{}:
-	default:
+	if s.want != nil {
+		delete(s.want, payload)
+		if len(s.want) == 0 {
+			close(s.wantDone)
+			s.want = nil
+		}
 	}
+	s.mu.Unlock()
+}
+
+// await returns a channel closed once every payload in acked has been
+// received.
+func (s *subscriber) await(acked map[string]bool) <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.want, s.wantDone = map[string]bool{}, make(chan struct{})
+	for p := range acked {
+		if _, ok := s.seen[p]; !ok {
+			s.want[p] = true
+		}
+	}
+	if len(s.want) == 0 {
+		close(s.wantDone)
+		s.want = nil
+	}
+	return s.wantDone
 }
 
 // pubrel records a PUBREL: the QoS 2 message with that identifier is

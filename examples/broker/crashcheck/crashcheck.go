@@ -262,18 +262,12 @@ func (r *run) drain(ctx context.Context, b Broker, limit time.Duration) error {
 	deadline := time.NewTimer(limit)
 	defer deadline.Stop()
 	for _, s := range r.subs {
-		for {
-			missing := s.missing(r.acked)
-			if len(missing) == 0 {
-				break
-			}
-			select {
-			case <-s.changed:
-			case <-deadline.C:
-				return nil // problems() reports what is missing
-			case <-ctx.Done():
-				return ctx.Err()
-			}
+		select {
+		case <-s.await(r.acked):
+		case <-deadline.C:
+			return nil // problems() reports what is missing
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
 	return nil
