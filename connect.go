@@ -577,6 +577,7 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 	r := &st.rec
 	r.Username, r.HasUsername, r.ConnID, r.Peer, r.ProtocolVersion = s.username, s.hasUsername, s.connID, s.peer, s.version
 	r.Expiry, r.Queue, r.Connected = p.expiry, st.q.set, true
+	r.ConnectionWills = st.connectionWills()
 	var unstore StoreBatch
 	if st.stored && p.cleanup {
 		// A session resumed with cleanup on disconnect ends with this

@@ -316,21 +316,53 @@ func (c *Core) restore() error {
 		ctx, cancel = context.WithTimeout(context.Background(), d)
 	}
 	defer cancel()
-	var err error
+	var (
+		err      error
+		restored []*sessionState
+		lost     []lostConnection
+	)
 	perr := c.guard("SessionStore.Load", SubscriberID{}, func() {
 		for ss, lerr := range c.store.Load(ctx) {
 			if lerr != nil {
 				err = lerr
 				return
 			}
-			c.restoreSession(ss)
+			st, l := c.restoreSession(ss)
+			restored = append(restored, st)
+			if l != nil {
+				lost = append(lost, *l)
+			}
 		}
 	})
-	return cmp.Or(perr, err)
+	if err = cmp.Or(perr, err); err != nil {
+		return err
+	}
+	// Only now that every session and subscription is back: a Will published
+	// earlier would miss the sessions restored after it.
+	for _, l := range lost {
+		hctx, cancel := context.WithTimeout(context.Background(), c.opts.HookTimeout)
+		for _, w := range l.wills {
+			c.publishWill(hctx, l.ev.SubscriberID, w)
+		}
+		c.chain.Snapshot().OnClientOffline(hctx, &l.ev)
+		cancel()
+	}
+	for _, st := range restored { // in an operation: a timer that fires at once waits for the arming to end
+		_ = c.reg.do(context.Background(), st.rec.ID, newOp(func(context.Context, *entry) { c.armTimers(st) }))
+	}
+	return nil
 }
 
-// restoreSession installs one stored session.
-func (c *Core) restoreSession(ss *StoredSession) {
+// lostConnection is a connection a restored session had when the process
+// stopped: its Wills due at once, and the event of its end.
+type lostConnection struct {
+	wills []*Will
+	ev    SessionEvent
+}
+
+// restoreSession installs one stored session, and returns it with the
+// connection it lost, if any. Its timers are not armed yet.
+func (c *Core) restoreSession(ss *StoredSession) (*sessionState, *lostConnection) {
 	st := new(sessionState)
 	st.reset(&ss.Record)
 	st.stored = true
@@ -340,10 +372,25 @@ func (c *Core) restoreSession(ss *StoredSession) {
 	lost := r.Connected // the process stopped under an attached connection
 	r.Connected = false
 	changed := lost
+	now := time.Now()
 	if (lost || r.ExpiresAt.IsZero()) && r.Expiry > 0 {
-		r.ExpiresAt = time.Now().Add(r.Expiry)
+		r.ExpiresAt = now.Add(r.Expiry)
 		changed = true
 	}
+	var lc *lostConnection
+	if lost {
+		// The Wills of the lost connections come due as for any connection
+		// lost without a DISCONNECT: now, or after their delay.
+		lc = &lostConnection{}
+		for _, w := range r.ConnectionWills {
+			if delay := time.Duration(w.DelayInterval) * time.Second; r.ProtocolVersion.IsV5() && delay > 0 {
+				r.Wills = insertWill(r.Wills, DelayedWill{Will: w, At: now.Add(delay)})
+			} else {
+				lc.wills = append(lc.wills, w)
+			}
+		}
+	}
+	r.ConnectionWills = nil
 	st.q.set = r.Queue
 	for _, sub := range ss.Subscriptions {
 		st.subscribe(sub)
@@ -384,14 +431,11 @@ func (c *Core) restoreSession(ss *StoredSession) {
 	for _, sub := range st.subs {
 		c.routerAdd(r.ID, r.Generation, sub)
 	}
-	if lost {
-		ev := st.offlineEvent(ReasonRestart)
-		ctx, cancel := context.WithTimeout(context.Background(), c.opts.HookTimeout)
-		c.chain.Snapshot().OnClientOffline(ctx, &ev)
-		cancel()
+	if lc != nil {
+		lc.ev = st.offlineEvent(ReasonRestart)
 	}
-	c.armTimers(st)
 	c.reg.release(e)
+	return st, lc
 }
 
 // Stats returns the Core's counters.

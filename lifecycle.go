@@ -30,6 +30,7 @@ func (c *Core) detach(st *sessionState, s *Session) bool {
 	i := slices.Index(st.conns, s)
 	if i >= 0 {
 		st.conns = slices.Delete(st.conns, i, i+1)
+		st.rec.ConnectionWills = st.connectionWills() // written with the record's next change
 	}
 	st.mu.Unlock()
 	if i < 0 {
@@ -75,6 +76,13 @@ func (c *Core) endConnection(ctx context.Context, e *entry, st *sessionState, s 
 		c.willDue(ctx, st, s, last && cleanup)
 	}
 	if !last {
+		if s.will != nil { // the record no longer lists it
+			st.mu.Lock()
+			j := st.journal()
+			j.updateRecord()
+			j.commit(nil)
+			st.mu.Unlock()
+		}
 		return
 	}
 	ev := &s.endEvent
@@ -172,20 +180,25 @@ func (c *Core) willDue(ctx context.Context, st *sessionState, s *Session, sessio
 		c.publishWill(ctx, s.id, w)
 		return
 	}
-	at := time.Now().Add(delay)
 	st.mu.Lock()
-	i, _ := slices.BinarySearchFunc(st.rec.Wills, at, func(d DelayedWill, at time.Time) int {
-		if d.At.After(at) {
-			return 1
-		}
-		return -1
-	})
-	st.rec.Wills = slices.Insert(st.rec.Wills, i, DelayedWill{Will: w, At: at})
+	st.rec.Wills = insertWill(st.rec.Wills, DelayedWill{Will: w, At: time.Now().Add(delay)})
 	j := st.journal()
 	j.updateRecord()
 	j.commit(nil)
 	st.mu.Unlock()
 	c.armWill(st)
+}
+
+// insertWill inserts d into wills, earliest first, after those due at the
+// same time.
+func insertWill(wills []DelayedWill, d DelayedWill) []DelayedWill {
+	i, _ := slices.BinarySearchFunc(wills, d.At, func(w DelayedWill, at time.Time) int {
+		if w.At.After(at) {
+			return 1
+		}
+		return -1
+	})
+	return slices.Insert(wills, i, d)
 }
 
 // armWill schedules the earliest delayed Will of the session, unless the

@@ -316,5 +316,6 @@ func (b *memBatch) Commit(done func(error)) {
 func cloneRecord(rec *SessionRecord) SessionRecord {
 	r := *rec
 	r.Wills = slices.Clone(rec.Wills)
+	r.ConnectionWills = slices.Clone(rec.ConnectionWills)
 	return r
 }

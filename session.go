@@ -662,6 +662,18 @@ func (st *sessionState) has(s *Session) bool {
 	return slices.Contains(st.conns, s)
 }
 
+// connectionWills returns the Wills of the attached connections, for the
+// record. st.mu is held.
+func (st *sessionState) connectionWills() []*Will {
+	var ws []*Will
+	for _, s := range st.conns {
+		if s.will != nil {
+			ws = append(ws, s.will)
+		}
+	}
+	return ws
+}
+
 func (st *sessionState) online() bool {
 	st.mu.Lock()
 	defer st.mu.Unlock()

@@ -124,6 +124,11 @@ type SessionRecord struct {
 	// earliest first: at most one, except in a multiple session, where each
 	// connection that ended may leave one.
 	Wills []DelayedWill
+	// ConnectionWills are the Wills of the connections attached when the
+	// record was written. A Core that restores a record with Connected set
+	// treats them as the Wills of connections lost without a DISCONNECT:
+	// due at start, or after their delay.
+	ConnectionWills []*Will
 	// Queue holds the queue limits in force.
 	Queue QueueSettings
 }

@@ -115,7 +115,8 @@ func storeRecord(name string, gen uint64) *mqtthooks.SessionRecord {
 	return &mqtthooks.SessionRecord{ID: storeID(name), Generation: gen, Username: "user-" + name, HasUsername: true,
 		ConnID: 77, Peer: netip.MustParseAddrPort("10.0.0.5:40000"), ProtocolVersion: mqtthooks.MQTT5,
 		Connected: true, Expiry: time.Hour, ExpiresAt: storeT0,
-		Wills: []mqtthooks.DelayedWill{{Will: storeWill, At: storeT0.Add(time.Minute)}},
+		Wills:           []mqtthooks.DelayedWill{{Will: storeWill, At: storeT0.Add(time.Minute)}},
+		ConnectionWills: []*mqtthooks.Will{storeWill, {Message: mqtthooks.Message{Topic: "will/y", QoS: 2}}},
 		Queue: mqtthooks.QueueSettings{MaxOnlineMessages: 10, MaxOfflineMessages: -1, QueueType: mqtthooks.QueueLIFO,
 			DeliverMode: mqtthooks.DeliverBalance, StoreQoS0Offline: true, MaxInflight: 7}}
 }
@@ -266,6 +267,7 @@ func (st *storeTest) changes(t *testing.T) {
 
 	updated := *rec
 	updated.Connected, updated.ExpiresAt, updated.Wills, updated.Username = false, storeT0.Add(time.Hour), nil, "renamed"
+	updated.ConnectionWills = nil
 	sent := storeEntry(2, 2, mqtthooks.EntryPubrelOwed)
 	b = s.Batch()
 	b.UpdateSession(&updated)

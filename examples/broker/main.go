@@ -368,12 +368,18 @@ func serveStats(addr string, srv *server) (stop func(), err error) {
 		}
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
+		var store *pebble.Stats // with -data-dir
+		if srv.store != nil {
+			st := srv.store.Stats()
+			store = &st
+		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(struct {
 			Core       mqtthooks.Stats
+			Store      *pebble.Stats `json:",omitempty"`
 			Goroutines int
 			HeapAlloc  uint64
-		}{srv.core.Stats(), runtime.NumGoroutine(), ms.HeapAlloc})
+		}{srv.core.Stats(), store, runtime.NumGoroutine(), ms.HeapAlloc})
 	})
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

@@ -6,6 +6,7 @@ package mqtthooks_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -393,4 +394,113 @@ func TestPubrecReceiptWaitsForStore(t *testing.T) {
 	owed, err := h.v3("s", false).PullAll()
 	require.NoError(t, err)
 	assert.Equal(t, []mqtthooks.Delivery{{PacketID: ds[0].PacketID, QoS: 2, Pubrel: true}}, owed)
+}
+
+// The Will of a connection the crash took is kept with the session and comes
+// due at the restart as for any connection lost without a DISCONNECT: a v3
+// Will at start, before OnClientOffline (ReasonRestart), and only once; after
+// a DISCONNECT 0x00, which discards it, nothing is published.
+func TestCrashPublishesWillOfLostConnection(t *testing.T) {
+	store := new(mqtthookstest.Store)
+	f := newFixture(t, mqtthooks.Options{Store: store})
+	requireAccepted(t, f.connect(withWill(mqtthookstest.V3("lost", "u", false))))
+	polite := f.connect(withWill(mqtthookstest.V3("polite", "u", false)))
+	requireAccepted(t, polite)
+	require.NoError(t, polite.Session.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection))
+	after := f.crash(t, store) // the abandoned Core's Shutdown publishes it too; the store no longer listens
+
+	g := newFixture(t, mqtthooks.Options{Store: after})
+	g.rec.ExpectHooks(t, sid("lost"), "PublishWill", "OnClientOffline")
+	w, _ := g.rec.Last(sid("lost"), "PublishWill")
+	assert.Equal(t, "w/lost", w.Will.Topic)
+	assert.Zero(t, g.rec.Count(sid("polite"), "PublishWill"))
+
+	h := g.restart(t, after, mqtthooks.Options{}) // the Will is not owed any more
+	assert.Zero(t, h.rec.Count(sid("lost"), "PublishWill"))
+}
+
+// A v5 Will with a delay, on a connection the crash took, is published its
+// delay after the restart, unless the client resumes first; a Will published
+// at start reaches a session restored after the one whose Will it is.
+func TestCrashDelaysWillOfLostConnection(t *testing.T) {
+	for _, resume := range []bool{false, true} {
+		synctest.Test(t, func(t *testing.T) {
+			store := new(mqtthookstest.Store)
+			var mu sync.Mutex
+			var published []time.Duration
+			var start time.Time
+			opts := mqtthooks.Options{Store: store, PublishWill: func(context.Context, mqtthooks.SubscriberID, *mqtthooks.Will) {
+				mu.Lock()
+				defer mu.Unlock()
+				published = append(published, time.Since(start))
+			}}
+			f := newFixture(t, opts)
+			requireAccepted(t, f.connect(withDelayedWill(mqtthookstest.V5("w", "u", false, 3600), 30)))
+			after := f.crash(t, store)
+			time.Sleep(time.Hour)
+
+			start = time.Now()
+			opts.Store = after
+			g := newFixture(t, opts)
+			if resume {
+				requireAccepted(t, g.v5("w", false, 3600))
+			}
+			time.Sleep(time.Minute)
+			synctest.Wait()
+			mu.Lock()
+			defer mu.Unlock()
+			if resume {
+				assert.Empty(t, published, "a resume drops the delayed Will")
+				return
+			}
+			assert.Equal(t, []time.Duration{30 * time.Second}, published)
+		})
+	}
+}
+
+// Wills due at start are published once every session and subscription is
+// back, so that they reach the sessions restored after theirs.
+func TestWillAtStartReachesEverySession(t *testing.T) {
+	store := new(mqtthookstest.Store)
+	f := newFixture(t, mqtthooks.Options{Store: store})
+	const n = 20
+	for i := range n {
+		c := f.connect(withWill(mqtthookstest.V3(fmt.Sprintf("s%02d", i), "u", false)))
+		requireAccepted(t, c)
+		require.NoError(t, c.Subscribe(t.Context(), "w/#"))
+	}
+	after := f.crash(t, store)
+
+	router := &countingRouter{subs: map[mqtthooks.SubscriberID]bool{}}
+	reached := map[string]int{}
+	newFixture(t, mqtthooks.Options{Store: after, Router: router,
+		PublishWill: func(_ context.Context, from mqtthooks.SubscriberID, _ *mqtthooks.Will) {
+			router.mu.Lock()
+			defer router.mu.Unlock()
+			reached[from.ClientID] = len(router.subs) // the sessions a broker would route it to
+		}})
+	require.Len(t, reached, n)
+	for id, k := range reached {
+		assert.Equal(t, n, k, "the Will of %s reached every session", id)
+	}
+}
+
+// countingRouter knows which sessions have a subscription.
+type countingRouter struct {
+	mu   sync.Mutex
+	subs map[mqtthooks.SubscriberID]bool
+}
+
+func (r *countingRouter) Add(id mqtthooks.SubscriberID, _ uint64, _ mqtthooks.Subscription) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.subs[id] = true
+}
+
+func (r *countingRouter) Remove(mqtthooks.SubscriberID, uint64, string) {}
+
+func (r *countingRouter) RemoveAll(id mqtthooks.SubscriberID, _ uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.subs, id)
 }

@@ -296,6 +296,11 @@ func encodeRecord(r *mqtthooks.SessionRecord) []byte {
 	e.byte(byte(q.DeliverMode))
 	e.bool(q.StoreQoS0Offline)
 	e.i(int64(q.MaxInflight))
+	e.u(uint64(len(r.ConnectionWills)))
+	for _, w := range r.ConnectionWills {
+		e.message(&w.Message)
+		e.u(uint64(w.DelayInterval))
+	}
 	return e.b
 }
 
@@ -328,6 +333,16 @@ func decodeRecord(id mqtthooks.SubscriberID, b []byte) (mqtthooks.SessionRecord,
 	q.MaxOnlineMessages, q.MaxOfflineMessages = int(d.i()), int(d.i())
 	q.QueueType, q.DeliverMode = mqtthooks.QueueType(d.byte()), mqtthooks.DeliverMode(d.byte())
 	q.StoreQoS0Offline, q.MaxInflight = d.bool(), int(d.i())
+	n = d.u()
+	if n > uint64(len(d.b)) {
+		d.fail()
+		n = 0
+	}
+	for range n {
+		w := &mqtthooks.Will{Message: *d.message()}
+		w.DelayInterval = uint32(d.u())
+		r.ConnectionWills = append(r.ConnectionWills, w)
+	}
 	return r, d.done()
 }
 

@@ -5,6 +5,8 @@
 //
 //	go run ./bench/cmd/connstorm                   # CONNECT → CONNACK → DISCONNECT storm
 //	go run ./bench/cmd/connstorm -mode publish     # QoS 1 publish throughput, one subscriber
+//	go run ./bench/cmd/connstorm -mode durable     # the same, persistent subscriber, examples/broker
+//	                                               # in memory, -data-dir -sync 100ms, -data-dir -sync always
 //
 // The load generator runs on the same cores as the broker under test, which
 // the output says; compare ratios from one run, not figures across machines.
@@ -17,17 +19,20 @@ import (
 	"crypto/rand"
 	"crypto/sha512"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,6 +44,7 @@ import (
 	"github.com/mqtthooks/mqtthooks"
 	"github.com/mqtthooks/mqtthooks/bench/internal/rawmqtt"
 	"github.com/mqtthooks/mqtthooks/plugins/passwd"
+	"github.com/mqtthooks/mqtthooks/stores/pebble"
 )
 
 const (
@@ -47,7 +53,8 @@ const (
 )
 
 func main() {
-	mode := flag.String("mode", "connect", "connect: CONNECT storm; publish: QoS 1 throughput")
+	mode := flag.String("mode", "connect", "connect: CONNECT storm; publish: QoS 1 throughput; "+
+		"durable: QoS 1 throughput of examples/broker with and without -data-dir")
 	n := flag.Int("n", 5000, "connections to make (connect mode)")
 	c := flag.Int("c", 50, "concurrent connections (connect mode)")
 	messages := flag.Int("messages", 20000, "messages to publish (publish mode)")
@@ -61,6 +68,13 @@ func main() {
 		}
 		r.name = *addr
 		report(*mode, []result{r})
+		return
+	}
+	if *mode == "durable" {
+		if err := runDurable(*messages); err != nil {
+			fmt.Fprintln(os.Stderr, "connstorm:", err)
+			os.Exit(1)
+		}
 		return
 	}
 	if err := run(*mode, *n, *c, *messages); err != nil {
@@ -122,7 +136,7 @@ func run(mode string, n, c, messages int) error {
 
 func measure(mode, addr string, n, c, messages int) (result, error) {
 	if mode == "publish" {
-		return publishThroughput(addr, messages)
+		return publishThroughput(addr, messages, false)
 	}
 	return connectStorm(addr, n, c)
 }
@@ -324,8 +338,9 @@ func connectStorm(addr string, n, c int) (result, error) {
 
 // publishThroughput publishes messages at QoS 1 (a window of 64 unacknowledged)
 // to one QoS 1 subscriber, and measures until the subscriber has them all.
-func publishThroughput(addr string, messages int) (result, error) {
-	sub, _, err := dial(addr, "bench-sub", true)
+// A persistent subscriber has a session a store keeps.
+func publishThroughput(addr string, messages int, persistent bool) (result, error) {
+	sub, _, err := dial(addr, "bench-sub", !persistent)
 	if err != nil {
 		return result{}, err
 	}
@@ -390,4 +405,94 @@ func publishThroughput(addr string, messages int) (result, error) {
 		return result{}, err
 	}
 	return result{rate: float64(messages) / time.Since(start).Seconds()}, nil
+}
+
+// runDurable measures the QoS 1 throughput of examples/broker to a
+// persistent subscriber, in memory and with -data-dir under two sync
+// policies, and the store's fsyncs, from the broker's /stats.
+func runDurable(messages int) error {
+	dir, err := os.MkdirTemp("", "connstorm")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	file := filepath.Join(dir, "passwd")
+	if err := writePasswd(file); err != nil {
+		return err
+	}
+	bin := filepath.Join(dir, "broker")
+	build := exec.Command("go", "build", "-o", bin, "./examples/broker")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("building examples/broker (run from the repository root): %w", err)
+	}
+	fmt.Printf("connstorm durable: %s/%s, %d cores, %s; %d QoS 1 messages, window 64, one persistent subscriber; "+
+		"the load generator shares the cores with the broker\n",
+		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), messages)
+	fmt.Printf("\n%-36s %12s %10s %10s %12s %12s\n", "examples/broker", "messages/s", "vs memory", "fsyncs/s",
+		"msgs/fsync", "commits/msg")
+	var base float64
+	for i, args := range [][]string{nil, {"-data-dir", filepath.Join(dir, "interval"), "-sync", "100ms"},
+		{"-data-dir", filepath.Join(dir, "always"), "-sync", "always"}} {
+		addr, err := freeAddr()
+		if err != nil {
+			return err
+		}
+		debug, err := freeAddr()
+		if err != nil {
+			return err
+		}
+		cmd := exec.Command(bin, append([]string{"-addr", addr, "-debug-addr", debug, "-passwd", file, "-max-queued", "-1"},
+			args...)...)
+		stop, err := startProcess(cmd, addr)
+		if err != nil {
+			return err
+		}
+		before, err := storeStats(debug)
+		if err != nil {
+			stop()
+			return err
+		}
+		start := time.Now()
+		r, err := publishThroughput(addr, messages, true)
+		took := time.Since(start)
+		after, serr := storeStats(debug)
+		stop()
+		if err != nil || serr != nil {
+			return errors.Join(err, serr)
+		}
+		name := "in memory"
+		if args != nil {
+			name = strings.Join(args[2:], " ") + " (-data-dir)"
+		}
+		if i == 0 {
+			base = r.rate
+		}
+		syncs, commits := after.Syncs-before.Syncs, after.Commits-before.Commits
+		perSync, perSec := "-", "-"
+		if syncs > 0 {
+			perSync = fmt.Sprintf("%.1f", float64(messages)/float64(syncs))
+			perSec = fmt.Sprintf("%.0f", float64(syncs)/took.Seconds())
+		}
+		fmt.Printf("%-36s %12.0f %9.0f%% %10s %12s %12.1f\n", name, r.rate, 100*r.rate/base, perSec, perSync,
+			float64(commits)/float64(messages))
+	}
+	return nil
+}
+
+// storeStats reads the store's counters from the broker's /stats.
+func storeStats(debug string) (pebble.Stats, error) {
+	resp, err := http.Get("http://" + debug + "/stats")
+	if err != nil {
+		return pebble.Stats{}, err
+	}
+	defer resp.Body.Close()
+	var v struct{ Store *pebble.Stats }
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		return pebble.Stats{}, err
+	}
+	if v.Store == nil {
+		return pebble.Stats{}, nil
+	}
+	return *v.Store, nil
 }
