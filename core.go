@@ -395,6 +395,9 @@ func (c *Core) restoreSession(ss *StoredSession) (*sessionState, *lostConnection
 	for _, sub := range ss.Subscriptions {
 		st.subscribe(sub)
 	}
+	if n := len(ss.Entries); n > 0 {
+		st.q.pending.buf = make([]queued, n) // the ring's capacity: no growing while restoring
+	}
 	for _, le := range ss.Entries {
 		m := queued{msg: le.Message, subIDs: le.SubscriptionIdentifiers, expires: unixNano(le.ExpiresAt),
 			seq: le.Seq, msgID: le.MessageID, qos: le.QoS, retain: le.Retain}

@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -50,6 +51,7 @@ func TestSessionStore(t *testing.T, h StoreHarness) {
 	t.Run("KeepsEverything", st.keepsEverything)
 	t.Run("Changes", st.changes)
 	t.Run("EntriesInSeqOrder", st.seqOrder)
+	t.Run("ManySessions", st.manySessions)
 	t.Run("Fencing", st.fencing)
 	t.Run("BatchIsAtomic", st.atomic)
 	t.Run("MessagesStoredOnce", st.messagesOnce)
@@ -322,6 +324,70 @@ func (st *storeTest) seqOrder(t *testing.T) {
 	checkEntries(t, "a", load(t, s)[rec.ID.String()].Entries, want, msgs)
 	s = st.h.Reopen(t, s)
 	checkEntries(t, "a after a restart", load(t, s)[rec.ID.String()].Entries, want, msgs)
+}
+
+// manySessions: each session loads with its own parts and no other's, where
+// neighbours have none of a kind, or many; written in no particular order.
+func (st *storeTest) manySessions(t *testing.T) {
+	s := st.h.Open(t)
+	const n = 60
+	msgs := map[uint64]*mqtthooks.Message{}
+	recs := make([]*mqtthooks.SessionRecord, n)
+	for i := range n {
+		recs[i] = storeRecord(fmt.Sprintf("s%03d", (i*37)%n), s.NextGeneration())
+	}
+	parts := func(i int) (subs, entries, inbound int) { return i % 3, (i * 7) % 5, i % 4 / 3 }
+	for i, r := range recs {
+		b := s.Batch()
+		b.CreateSession(r)
+		subs, entries, inbound := parts(i)
+		for k := range subs {
+			b.PutSubscription(r.ID, r.Generation, mqtthooks.Subscription{Filter: fmt.Sprintf("%s/%d", r.ID.ClientID, k)})
+		}
+		for k := range entries {
+			id := uint64(1000*i + k + 1)
+			msgs[id] = storeMessage(fmt.Sprint(id))
+			b.PutMessage(id, msgs[id])
+			b.PutEntry(r.ID, r.Generation, storeEntry(uint64(k+1), id, mqtthooks.EntryPending))
+			b.ReleaseMessage(id)
+		}
+		for k := range inbound {
+			b.PutInbound(r.ID, r.Generation, uint16(i+k+1))
+		}
+		mustCommit(t, b)
+	}
+	for _, restart := range []bool{false, true} {
+		if restart {
+			s = st.h.Reopen(t, s)
+		}
+		got := load(t, s)
+		if len(got) != n {
+			t.Fatalf("restart %v: %d sessions, want %d", restart, len(got), n)
+		}
+		for i, r := range recs {
+			ss := got[r.ID.String()]
+			subs, entries, inbound := parts(i)
+			if len(ss.Subscriptions) != subs || len(ss.Inbound) != inbound {
+				t.Errorf("restart %v: %s has %d subscriptions and %d inbound ids, want %d and %d", restart, r.ID,
+					len(ss.Subscriptions), len(ss.Inbound), subs, inbound)
+			}
+			for _, sub := range ss.Subscriptions {
+				if !strings.HasPrefix(sub.Filter, r.ID.ClientID+"/") {
+					t.Errorf("restart %v: %s has another session's subscription %q", restart, r.ID, sub.Filter)
+				}
+			}
+			for _, id := range ss.Inbound {
+				if id != uint16(i+1) {
+					t.Errorf("restart %v: %s has inbound id %d, want %d", restart, r.ID, id, i+1)
+				}
+			}
+			want := make([]*mqtthooks.StoredEntry, entries)
+			for k := range entries {
+				want[k] = storeEntry(uint64(k+1), uint64(1000*i+k+1), mqtthooks.EntryPending)
+			}
+			checkEntries(t, r.ID.String(), ss.Entries, want, msgs)
+		}
+	}
 }
 
 // fencing (ACCEPTANCE D5): a write for a life that is not the stored one is

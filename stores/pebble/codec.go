@@ -333,7 +333,10 @@ func decodeRecord(id mqtthooks.SubscriberID, b []byte) (mqtthooks.SessionRecord,
 	q.MaxOnlineMessages, q.MaxOfflineMessages = int(d.i()), int(d.i())
 	q.QueueType, q.DeliverMode = mqtthooks.QueueType(d.byte()), mqtthooks.DeliverMode(d.byte())
 	q.StoreQoS0Offline, q.MaxInflight = d.bool(), int(d.i())
-	n = d.u()
+	n = 0
+	if len(d.b) > 0 { // records written before connection Wills were kept end here
+		n = d.u()
+	}
 	if n > uint64(len(d.b)) {
 		d.fail()
 		n = 0

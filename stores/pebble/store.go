@@ -87,7 +87,7 @@ type Store struct {
 	mu       sync.Mutex // orders commits and guards what follows
 	closed   bool
 	gens     map[mqtthooks.SubscriberID]uint64 // the stored life of each session
-	refs     map[uint64]int64                  // entries that refer to each message, and holds not yet released
+	refs     pages[int64]                      // entries that refer to each message, and holds not yet released
 	gen      uint64                            // the last generation handed out
 	reserved uint64                            // generations up to this one are reserved on disk
 
@@ -130,7 +130,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("pebble store: opening %s: %w", dir, err)
 	}
 	s := &Store{db: db, policy: opts.Sync, fs: fs, gens: map[mqtthooks.SubscriberID]uint64{},
-		refs: map[uint64]int64{}, syncq: make(chan pending, 4096), stop: make(chan struct{})}
+		syncq: make(chan pending, 4096), stop: make(chan struct{})}
 	if v, closer, err := db.Get([]byte{kindGen}); err == nil {
 		if len(v) == 8 {
 			s.gen = binary.BigEndian.Uint64(v)
@@ -221,7 +221,11 @@ func (s *Store) NextGeneration() uint64 {
 // iteration completes, messages no entry refers to are dropped.
 func (s *Store) Load(ctx context.Context) iter.Seq2[*mqtthooks.StoredSession, error] {
 	return func(yield func(*mqtthooks.StoredSession, error) bool) {
-		msgs := map[uint64]*mqtthooks.Message{}
+		msgs, err := s.loadMessages(ctx)
+		if err != nil {
+			yield(nil, err)
+			return
+		}
 		complete, err := s.load(ctx, msgs, yield)
 		if err != nil {
 			yield(nil, err)
@@ -235,19 +239,53 @@ func (s *Store) Load(ctx context.Context) iter.Seq2[*mqtthooks.StoredSession, er
 	}
 }
 
-func (s *Store) load(ctx context.Context, msgs map[uint64]*mqtthooks.Message,
+// loadMessages reads every stored message, in one pass in id order: cheaper
+// than looking each up for the entries that refer to it, and each is decoded
+// once however many sessions share it.
+func (s *Store) loadMessages(ctx context.Context) (*pages[*mqtthooks.Message], error) {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kindMsg}, UpperBound: []byte{kindMsg + 1}})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	msgs := new(pages[*mqtthooks.Message])
+	for valid := it.First(); valid; valid = it.Next() {
+		if len(it.Key()) != 9 {
+			return nil, errCorrupt
+		}
+		id := binary.BigEndian.Uint64(it.Key()[1:])
+		if id&0xFFFF == 0 {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return nil, err
+		}
+		m, err := decodeMessage(v)
+		if err != nil {
+			return nil, fmt.Errorf("message %d: %w", id, err)
+		}
+		msgs.set(id, m)
+	}
+	return msgs, it.Error()
+}
+
+func (s *Store) load(ctx context.Context, msgs *pages[*mqtthooks.Message],
 	yield func(*mqtthooks.StoredSession, error) bool) (complete bool, err error) {
 	recs, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kindRecord}, UpperBound: []byte{kindRecord + 1}})
 	if err != nil {
 		return false, err
 	}
 	defer recs.Close()
-	parts := [4]*pebble.Iterator{} // and the messages, sought in the order entries name them: mostly ascending
-	for i, kind := range []byte{kindSub, kindEntry, kindIn, kindMsg} {
+	parts := [3]*pebble.Iterator{}
+	for i, kind := range []byte{kindSub, kindEntry, kindIn} {
 		if parts[i], err = s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kind}, UpperBound: []byte{kind + 1}}); err != nil {
 			return false, err
 		}
 		defer parts[i].Close()
+		parts[i].First() // seekSession starts from there
 	}
 	for valid := recs.First(); valid; valid = recs.Next() {
 		if err := ctx.Err(); err != nil {
@@ -269,7 +307,7 @@ func (s *Store) load(ctx context.Context, msgs map[uint64]*mqtthooks.Message,
 		s.gens[rec.ID] = rec.Generation
 		s.gen = max(s.gen, rec.Generation)
 		for _, e := range ss.Entries {
-			s.refs[e.MessageID]++
+			s.refs.set(e.MessageID, s.refs.get(e.MessageID)+1)
 		}
 		s.mu.Unlock()
 		if !yield(ss, nil) {
@@ -280,12 +318,12 @@ func (s *Store) load(ctx context.Context, msgs map[uint64]*mqtthooks.Message,
 }
 
 // loadParts reads the subscriptions, entries and inbound identifiers of ss.
-func (s *Store) loadParts(parts [4]*pebble.Iterator, ss *mqtthooks.StoredSession, msgs map[uint64]*mqtthooks.Message) error {
+func (s *Store) loadParts(parts [3]*pebble.Iterator, ss *mqtthooks.StoredSession, msgs *pages[*mqtthooks.Message]) error {
 	id := ss.Record.ID
 	for i, kind := range []byte{kindSub, kindEntry, kindIn} {
 		it := parts[i]
 		prefix := sessionKey(kind, id)
-		for valid := it.SeekGE(prefix); valid && hasPrefix(it.Key(), prefix); valid = it.Next() {
+		for valid := seekSession(it, prefix); valid && hasPrefix(it.Key(), prefix); valid = it.Next() {
 			rest := it.Key()[len(prefix):]
 			switch kind {
 			case kindSub:
@@ -302,11 +340,7 @@ func (s *Store) loadParts(parts [4]*pebble.Iterator, ss *mqtthooks.StoredSession
 				if err != nil {
 					return err
 				}
-				m, err := message(parts[3], e.MessageID, msgs)
-				if err != nil {
-					return err
-				}
-				if m != nil { // a message lost with a crash before its entry's batch: never acknowledged
+				if m := msgs.get(e.MessageID); m != nil { // batches apply in order, so only damage leaves an entry without its message
 					ss.Entries = append(ss.Entries, mqtthooks.LoadedEntry{StoredEntry: e, Message: m})
 				}
 			case kindIn:
@@ -323,29 +357,24 @@ func (s *Store) loadParts(parts [4]*pebble.Iterator, ss *mqtthooks.StoredSession
 	return nil
 }
 
-// message returns the stored message msgID, decoded once for all the entries
-// that refer to it; nil if it is not stored. it ranges over the messages; a
-// seek past the last one is cheap, as Pebble continues from where it is.
-func message(it *pebble.Iterator, msgID uint64, msgs map[uint64]*mqtthooks.Message) (*mqtthooks.Message, error) {
-	if m, ok := msgs[msgID]; ok {
-		return m, nil
+// seekSession positions it, an iterator over one part of every session that
+// only ever moves forward, at the first key at or after prefix, which comes
+// after every prefix it was given before. Where it is, if not before prefix,
+// is that key already: nothing lies between the previous session's keys and
+// it.
+func seekSession(it *pebble.Iterator, prefix []byte) bool {
+	if !it.Valid() {
+		return false // past the last key
 	}
-	key := msgKey(msgID)
-	if !it.SeekGE(key) || !bytes.Equal(it.Key(), key) {
-		msgs[msgID] = nil
-		return nil, it.Error()
+	if bytes.Compare(it.Key(), prefix) >= 0 {
+		return true
 	}
-	v, err := it.ValueAndErr()
-	if err != nil {
-		return nil, err
-	}
-	m, err := decodeMessage(v)
-	if err != nil {
-		return nil, fmt.Errorf("message %d: %w", msgID, err)
-	}
-	msgs[msgID] = m
-	return m, nil
+	return it.SeekGE(prefix)
 }
+
+// absent marks, among the messages Load has looked for, one that is not
+// stored.
+var absent = new(mqtthooks.Message)
 
 // collect drops the messages no loaded entry refers to.
 func (s *Store) collect() error {
@@ -357,7 +386,7 @@ func (s *Store) collect() error {
 	defer b.Close()
 	s.mu.Lock()
 	for valid := it.First(); valid; valid = it.Next() {
-		if id := binary.BigEndian.Uint64(it.Key()[1:]); s.refs[id] == 0 {
+		if id := binary.BigEndian.Uint64(it.Key()[1:]); s.refs.get(id) == 0 {
 			_ = b.Delete(it.Key(), nil)
 		}
 	}
@@ -483,11 +512,7 @@ func (b *batch) Commit(done func(error)) {
 			}
 		}
 		for id, n := range refs {
-			if n <= 0 {
-				delete(s.refs, id)
-			} else {
-				s.refs[id] = n
-			}
+			s.refs.set(id, max(n, 0))
 		}
 		s.commits.Add(1)
 	}
@@ -517,7 +542,7 @@ func (s *Store) prepare(ops []op) (*pebble.Batch, map[mqtthooks.SubscriberID]uin
 	refs := map[uint64]int64{}
 	ref := func(msgID uint64, d int64) {
 		if _, ok := refs[msgID]; !ok {
-			refs[msgID] = s.refs[msgID]
+			refs[msgID] = s.refs.get(msgID)
 		}
 		refs[msgID] += d
 	}
