@@ -69,16 +69,15 @@ func (c *Core) Deliver(id SubscriberID, msg *Message, opts DeliverOptions) error
 		st.balance++
 		q = st.conns[st.balance%len(st.conns)].q
 	}
-	j := st.journal()
-	if j != nil {
-		j.storeCopy(q, &m, opts.Receipt) // before enqueue: an entry must name its message
-	}
-	res, old := q.enqueue(m)
-	if j != nil {
-		j.queued(res, &m, &old)
-		j.commit(opts.Receipt.completion())
-	} else if opts.Receipt != nil {
-		opts.Receipt.completion()(nil)
+	var res enqueueResult
+	var old queued
+	if j := st.journal(); j != nil {
+		res, old = j.enqueue(q, &m, opts.Receipt)
+	} else {
+		res, old = q.enqueue(m)
+		if opts.Receipt != nil {
+			opts.Receipt.completion()(nil)
+		}
 	}
 	var notify Conn
 	if q.wantsNotify() {
@@ -90,6 +89,16 @@ func (c *Core) Deliver(id SubscriberID, msg *Message, opts DeliverOptions) error
 		notify.Notify()
 	}
 	return nil
+}
+
+// enqueue is q.enqueue(*m) with the store writes it needs, committed with r
+// told.
+func (j *journal) enqueue(q *queue, m *queued, r *Receipt) (enqueueResult, queued) {
+	j.storeCopy(q, m, r) // before enqueue: an entry must name its message
+	res, old := q.enqueue(*m)
+	j.queued(res, m, &old)
+	j.commit(r.completion())
+	return res, old
 }
 
 // queued records what enqueue did with m: a new entry, and the one it

@@ -111,7 +111,7 @@ func (c *Core) handOverQueue(st *sessionState, s *Session) Conn {
 		st.q.owner = nil
 		st.q.notified = false
 		if len(st.q.inflight) == 0 {
-			st.q.inflight = nil // an idle offline session keeps no array
+			st.q.inflight, st.q.flights = nil, nil // an idle offline session keeps no array
 		}
 		return nil
 	}

@@ -51,6 +51,7 @@ type queue struct {
 	set      QueueSettings
 	pending  ring
 	inflight []flight // in the order they were sent
+	flights  []flight // the array inflight is a window of; see roomForFlight
 	used     *idSet   // the ids in flight, while there are many of them
 	inbound  []uint16
 	// The small fields together, so that a session fits a smaller size class.
@@ -104,7 +105,7 @@ func (r *ring) pushBack(m queued) {
 	if r.size == len(r.buf) {
 		r.grow()
 	}
-	r.buf[(r.head+r.size)%len(r.buf)] = m
+	r.buf[r.index(r.size)] = m
 	r.size++
 }
 
@@ -113,7 +114,10 @@ func (r *ring) pushFront(m queued) {
 	if r.size == len(r.buf) {
 		r.grow()
 	}
-	r.head = (r.head - 1 + len(r.buf)) % len(r.buf)
+	r.head--
+	if r.head < 0 {
+		r.head += len(r.buf)
+	}
 	r.buf[r.head] = m
 	r.size++
 }
@@ -121,21 +125,45 @@ func (r *ring) pushFront(m queued) {
 func (r *ring) popFront() queued {
 	m := r.buf[r.head]
 	r.buf[r.head] = queued{}
-	r.head = (r.head + 1) % len(r.buf)
+	r.head = r.index(1)
 	r.size--
 	return m
 }
 
-func (r *ring) popBack() queued {
-	i := (r.head + r.size - 1) % len(r.buf)
-	m := r.buf[i]
+// peek returns the message pop would take: the back when lifo, else the
+// front. The ring must not be empty.
+func (r *ring) peek(lifo bool) *queued {
+	if lifo {
+		return &r.buf[r.index(r.size-1)]
+	}
+	return &r.buf[r.head]
+}
+
+// drop removes the message peek returns.
+func (r *ring) drop(lifo bool) {
+	i := r.head
+	if lifo {
+		i = r.index(r.size - 1)
+	} else {
+		r.head = r.index(1)
+	}
 	r.buf[i] = queued{}
 	r.size--
-	return m
 }
 
 // at returns the i-th message from the front.
-func (r *ring) at(i int) *queued { return &r.buf[(r.head+i)%len(r.buf)] }
+func (r *ring) at(i int) *queued { return &r.buf[r.index(i)] }
+
+// index returns the position in buf of the i-th message from the front, for
+// 0 <= i <= len(buf): a subtraction, not the division a modulo costs on the
+// delivery path.
+func (r *ring) index(i int) int {
+	i += r.head
+	if i >= len(r.buf) {
+		i -= len(r.buf)
+	}
+	return i
+}
 
 func (r *ring) grow() {
 	n := max(4, 2*len(r.buf))
@@ -209,7 +237,7 @@ func (q *queue) hasWork() bool {
 	if q.set.QueueType == QueueLIFO {
 		next = q.pending.at(q.pending.len() - 1)
 	}
-	return next.qos == 0 || (q.windowOpen() && !q.inUse(PacketIDOf(next.seq)))
+	return next.qos == 0 || len(q.inflight) == 0 || (q.windowOpen() && !q.inUse(PacketIDOf(next.seq)))
 }
 
 // window is how many QoS 1 and 2 deliveries may be unacknowledged: the
@@ -233,6 +261,9 @@ func (q *queue) windowOpen() bool { return len(q.inflight) < q.window() }
 
 // inUse reports whether an in-flight delivery holds packet identifier id.
 func (q *queue) inUse(id uint16) bool {
+	if len(q.inflight) == 0 {
+		return false
+	}
 	if q.used != nil {
 		return q.used.has(id)
 	}
@@ -270,41 +301,43 @@ func (q *queue) pull(buf []Delivery, clock func() int64, j *journal) (n int, del
 	}
 	lifo := q.set.QueueType == QueueLIFO
 	for n < len(buf) && q.pending.len() > 0 {
-		var m queued
-		if lifo {
-			m = q.pending.popBack()
-		} else {
-			m = q.pending.popFront()
-		}
+		m := q.pending.peek(lifo) // taken only once it can go: nothing to put back
 		if m.expires != 0 && now == 0 {
 			now = clock()
 		}
 		if m.expired(now) {
+			e := *m
+			q.pending.drop(lifo)
 			if j != nil {
-				j.dropEntry(&m)
+				j.dropEntry(&e)
 			}
-			expired = append(expired, m)
+			expired = append(expired, e)
 			continue
 		}
-		if m.qos > 0 && (!q.windowOpen() || q.inUse(PacketIDOf(m.seq))) {
-			if lifo {
-				q.pending.pushBack(m)
-			} else {
-				q.pending.pushFront(m)
-			}
+		if m.qos == 0 {
+			buf[n] = m.delivery(0, now)
+			q.pending.drop(lifo)
+			delivered++
+			n++
+			continue
+		}
+		if !q.windowOpen() {
 			break
 		}
-		f := newFlight(m)
-		if m.qos > 0 {
-			q.track(f.pid)
-			q.sent++
-			f.sent = q.sent
-			q.inflight = append(q.inflight, f)
-			if j != nil {
-				j.putFlight(&f)
-			}
-		} else {
-			delivered++
+		pid := PacketIDOf(m.seq)
+		if q.inUse(pid) {
+			break
+		}
+		q.track(pid)
+		q.sent++
+		if len(q.inflight) == cap(q.inflight) {
+			q.roomForFlight()
+		}
+		q.inflight = append(q.inflight, flight{queued: *m, sent: q.sent, pid: pid})
+		q.pending.drop(lifo)
+		f := &q.inflight[len(q.inflight)-1]
+		if j != nil {
+			j.putFlight(f)
 		}
 		buf[n] = f.delivery(false, now)
 		n++
@@ -320,13 +353,22 @@ func (f *flight) delivery(again bool, now int64) Delivery {
 	if f.pubrel {
 		return Delivery{PacketID: f.packetID(), QoS: 2, Pubrel: true}
 	}
-	d := Delivery{QoS: f.qos, Dup: again && f.qos > 0, Retain: f.retain,
-		SubscriptionIdentifiers: f.subIDs, Message: f.msg}
+	var pid uint16
 	if f.qos > 0 {
-		d.PacketID = f.packetID()
+		pid = f.packetID()
 	}
-	if f.expires != 0 {
-		left := time.Duration(f.expires - now)
+	d := f.queued.delivery(pid, now)
+	d.Dup = again && f.qos > 0
+	return d
+}
+
+// delivery returns the Delivery of m sent as packet identifier pid (0 for
+// QoS 0), with the expiry left at now.
+func (m *queued) delivery(pid uint16, now int64) Delivery {
+	d := Delivery{PacketID: pid, QoS: m.qos, Retain: m.retain,
+		SubscriptionIdentifiers: m.subIDs, Message: m.msg}
+	if m.expires != 0 {
+		left := time.Duration(m.expires - now)
 		d.MessageExpiry = uint32(max(1, (left+time.Second-1)/time.Second))
 	}
 	return d
@@ -343,6 +385,23 @@ func (q *queue) track(id uint16) {
 	if q.used != nil {
 		q.used.add(id)
 	}
+}
+
+// roomForFlight makes room in the in-flight array for one more delivery.
+// Acknowledgements take deliveries off the front of the array (see remove);
+// once the rest reach its end they move back to its start rather than into a
+// new array, so a queue whose window fills and drains again and again does
+// not allocate.
+func (q *queue) roomForFlight() {
+	n, full := len(q.inflight), q.flights[:cap(q.flights)]
+	if n > 0 && n <= len(full)/2 && &q.inflight[:cap(q.inflight)][cap(q.inflight)-1] == &full[len(full)-1] {
+		copy(full, q.inflight)
+		clear(full[n:]) // the moved deliveries' old places
+		q.inflight = full[:n]
+		return
+	}
+	q.inflight = slices.Grow(q.inflight, 1)
+	q.flights = q.inflight[:0]
 }
 
 // remove takes the in-flight delivery at i out. Acknowledgements come mostly

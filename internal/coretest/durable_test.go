@@ -142,6 +142,37 @@ func TestD4InflightAcrossCrash(t *testing.T) {
 	assert.True(t, known)
 }
 
+// D5: a write by generation g after the session moved to g+1 (a takeover
+// raced it) is refused and changes nothing: a clean start makes a new life,
+// and a batch the old life's writer commits late is refused. Every store
+// checks the same in mqtthookstest.TestSessionStore ("Fencing").
+func TestD5StaleGenerationRefused(t *testing.T) {
+	store := new(mqtthookstest.Store)
+	f := newFixture(t, mqtthooks.Options{Store: store})
+	f.offline(t, "s")
+	f.publish(t, sid("s"), 1, 2)
+	old, _ := f.core.Lookup(sid("s"))
+	fresh := f.v5("s", true, 300) // Clean Start: a new life
+	requireAccepted(t, fresh)
+	cur, _ := f.core.Lookup(sid("s"))
+	require.Greater(t, cur.Generation, old.Generation)
+
+	late := store.Batch() // the old life's writer, late
+	late.PutSubscription(sid("s"), old.Generation, mqtthooks.Subscription{Filter: "late", QoS: 1})
+	late.DeleteSession(sid("s"), old.Generation)
+	done := make(chan error, 1)
+	late.Commit(func(err error) { done <- err })
+	require.ErrorIs(t, <-done, mqtthooks.ErrStaleGeneration)
+
+	g := f.crash(t, store)
+	h := newFixture(t, mqtthooks.Options{Store: g})
+	info, ok := h.core.Lookup(sid("s"))
+	require.True(t, ok, "the new life is still there")
+	assert.Equal(t, cur.Generation, info.Generation)
+	assert.Empty(t, info.Subscriptions)
+	assert.Zero(t, info.Pending, "the old life's queue went with it")
+}
+
 // D6: downtime counts toward expiry. SEI 10 s, down 20 s: the session expires
 // at start, its pending Will first, then OnSessionExpired, never
 // OnClientGone. SEI 60 s, down 20 s: it expires 40 s after start.

@@ -459,3 +459,43 @@ func TestWindowBoundByPacketIDs(t *testing.T) {
 	require.Len(t, rest, 1)
 	assert.Equal(t, ds[0].PacketID, rest[0].PacketID, "the freed identifier is used again")
 }
+
+// A window that slides (the oldest acknowledged, one more sent, many times
+// over) keeps every delivery in order, once, with packet identifiers unique
+// among those in flight; its array is reused, not regrown.
+func TestInflightWindowSlides(t *testing.T) {
+	f := newFixture(t, mqtthooks.Options{MaxInflightMessages: mqtthooks.Some(8), MaxOnlineMessages: mqtthooks.Some(-1)})
+	c := f.v3("s", true)
+	requireAccepted(t, c)
+	const total = 1000
+	f.publish(t, sid("s"), 1, total)
+	var inflight []mqtthooks.Delivery
+	var got []string
+	buf := make([]mqtthooks.Delivery, 3)
+	for step := 0; len(got) < total; step++ {
+		n, err := c.Session.Pull(buf)
+		require.NoError(t, err)
+		inflight = append(inflight, buf[:n]...)
+		require.LessOrEqual(t, len(inflight), 8)
+		ids := map[uint16]bool{}
+		for _, d := range inflight {
+			require.False(t, ids[d.PacketID], "packet id %d twice in flight", d.PacketID)
+			ids[d.PacketID] = true
+		}
+		require.NotEmpty(t, inflight, "step %d: nothing in flight, %d of %d received", step, len(got), total)
+		i := 0
+		if step%7 == 3 && len(inflight) > 1 {
+			i = len(inflight) - 1 // now and then the newest first
+		}
+		require.NoError(t, c.Session.Puback(inflight[i].PacketID))
+		got = append(got, string(inflight[i].Message.Payload))
+		inflight = append(inflight[:i], inflight[i+1:]...)
+	}
+	want := make([]string, total)
+	for i := range want {
+		want[i] = strconv.Itoa(i + 1)
+	}
+	assert.ElementsMatch(t, want, got)
+	assert.Equal(t, uint64(total), f.core.Stats().Delivered)
+	checkNoLoss(t, f.core)
+}
