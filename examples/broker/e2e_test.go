@@ -27,6 +27,7 @@ import (
 // v5 is an MQTT 5 client made with paho.golang.
 type v5 struct {
 	*paho.Client
+	nc          net.Conn // closing it drops the connection without a DISCONNECT
 	connack     *paho.Connack
 	received    chan *paho.Publish
 	disconnects chan *paho.Disconnect
@@ -37,7 +38,7 @@ func v5Client(t *testing.T, addr string, cp *paho.Connect, auther paho.Auther) (
 	t.Helper()
 	nc, err := net.Dial("tcp", addr)
 	require.NoError(t, err)
-	c := &v5{received: make(chan *paho.Publish, 100), disconnects: make(chan *paho.Disconnect, 1)}
+	c := &v5{nc: nc, received: make(chan *paho.Publish, 100), disconnects: make(chan *paho.Disconnect, 1)}
 	c.Client = paho.NewClient(paho.ClientConfig{
 		Conn:        nc,
 		AuthHandler: auther,
@@ -296,7 +297,8 @@ func rawConnect(t *testing.T, addr string, version byte, id string, edit func(*p
 	nc, err := net.Dial("tcp", addr)
 	require.NoError(t, err)
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: version,
-		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), ClientIdentifier: id, Clean: true, Keepalive: 30}}
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), ClientIdentifier: id, Clean: true, Keepalive: 30},
+		Mods:    packets.Mods{AllowResponseInfo: true}} // else the codec leaves out a Will's Response Topic
 	if edit != nil {
 		edit(&pk.Connect)
 	}

@@ -123,7 +123,10 @@ func packetUserProperties(ps []mqtthooks.UserProperty) []packets.UserProperty {
 // connackPacket maps the core's CONNACK to the codec's.
 func connackPacket(version byte, ack *mqtthooks.Connack) packets.Packet {
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}, ProtocolVersion: version,
-		SessionPresent: ack.SessionPresent && version != 3, ReasonCode: byte(ack.ReturnCode)}
+		SessionPresent: ack.SessionPresent && version != 3, ReasonCode: byte(ack.ReturnCode),
+		// The codec writes Response Information only when told to; the core
+		// sets it only for a client that asked.
+		Mods: packets.Mods{AllowResponseInfo: true}}
 	if version != 5 {
 		return pk
 	}
@@ -169,6 +172,9 @@ func publishPacket(version byte, d *mqtthooks.Delivery) packets.Packet {
 	pk := packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Publish, Qos: d.QoS, Dup: d.Dup, Retain: d.Retain},
 		ProtocolVersion: version, TopicName: m.Topic, Payload: m.Payload, PacketID: d.PacketID,
+		// Response Topic and Correlation Data go to every subscriber unaltered
+		// [MQTT-3.3.2-15] [MQTT-3.3.2-16]; the codec writes them only when told to.
+		Mods: packets.Mods{AllowResponseInfo: true},
 	}
 	if version == 5 {
 		mp, p := &m.Properties, &pk.Properties
