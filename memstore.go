@@ -16,7 +16,10 @@ import (
 // nothing at all.
 //
 // Its zero value is ready to use; it is safe for concurrent use. Commit
-// applies a batch at once and calls done before it returns.
+// applies a batch at once and calls done before it returns. A batch copies
+// the maps of each session it touches, so that a refused batch changes
+// nothing: a write costs in proportion to the session's queue, which suits
+// tests, not queues of thousands of messages.
 type MemoryStore struct {
 	mu       sync.Mutex
 	gen      uint64

@@ -91,27 +91,35 @@ func passwdFile(t *testing.T) string {
 
 // Good and bad credentials, over MQTT 3.1.1 and 5.
 func TestCredentials(t *testing.T) {
-	b := startBroker(t, flags{passwd: passwdFile(t)})
+	for _, tell := range []bool{false, true} {
+		t.Run(fmt.Sprintf("tell-wrong-password=%v", tell), func(t *testing.T) {
+			b := startBroker(t, flags{passwd: passwdFile(t), passwdTellWrong: tell})
+			wrong3, wrong5 := pahopackets.ErrorRefusedNotAuthorised, byte(0x87) // what an unknown user gets
+			if tell {
+				wrong3, wrong5 = pahopackets.ErrorRefusedBadUsernameOrPassword, 0x86
+			}
 
-	c, err := v3Client(t, b.addr, "good", "alice", "wonderland", true)
-	require.NoError(t, err)
-	c.Disconnect(100)
-	_, err = v3Client(t, b.addr, "bad", "alice", "nope", true)
-	assert.ErrorIs(t, err, pahopackets.ErrorRefusedBadUsernameOrPassword)
-	_, err = v3Client(t, b.addr, "unknown", "mallory", "x", true)
-	assert.ErrorIs(t, err, pahopackets.ErrorRefusedNotAuthorised)
+			c, err := v3Client(t, b.addr, "good", "alice", "wonderland", true)
+			require.NoError(t, err)
+			c.Disconnect(100)
+			_, err = v3Client(t, b.addr, "bad", "alice", "nope", true)
+			assert.ErrorIs(t, err, wrong3)
+			_, err = v3Client(t, b.addr, "unknown", "mallory", "x", true)
+			assert.ErrorIs(t, err, pahopackets.ErrorRefusedNotAuthorised)
 
-	_, err = v5Client(t, b.addr, &paho.Connect{ClientID: "g5", CleanStart: true, Username: "alice", UsernameFlag: true,
-		Password: []byte("wonderland"), PasswordFlag: true}, nil)
-	require.NoError(t, err)
-	c5, err := v5Client(t, b.addr, &paho.Connect{ClientID: "b5", CleanStart: true, Username: "alice", UsernameFlag: true,
-		Password: []byte("nope"), PasswordFlag: true}, nil)
-	require.Error(t, err)
-	assert.Equal(t, byte(0x86), c5.connack.ReasonCode)
-	c5, err = v5Client(t, b.addr, &paho.Connect{ClientID: "u5", CleanStart: true, Username: "mallory", UsernameFlag: true,
-		Password: []byte("x"), PasswordFlag: true}, nil)
-	require.Error(t, err)
-	assert.Equal(t, byte(0x87), c5.connack.ReasonCode)
+			_, err = v5Client(t, b.addr, &paho.Connect{ClientID: "g5", CleanStart: true, Username: "alice", UsernameFlag: true,
+				Password: []byte("wonderland"), PasswordFlag: true}, nil)
+			require.NoError(t, err)
+			c5, err := v5Client(t, b.addr, &paho.Connect{ClientID: "b5", CleanStart: true, Username: "alice", UsernameFlag: true,
+				Password: []byte("nope"), PasswordFlag: true}, nil)
+			require.Error(t, err)
+			assert.Equal(t, wrong5, c5.connack.ReasonCode)
+			c5, err = v5Client(t, b.addr, &paho.Connect{ClientID: "u5", CleanStart: true, Username: "mallory", UsernameFlag: true,
+				Password: []byte("x"), PasswordFlag: true}, nil)
+			require.Error(t, err)
+			assert.Equal(t, byte(0x87), c5.connack.ReasonCode)
+		})
+	}
 }
 
 // Anonymous clients: accepted with -allow-anonymous, refused without.

@@ -22,6 +22,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -66,6 +67,8 @@ type flags struct {
 	debugAddr                                      string
 	verbose                                        bool
 	dataDir, sync                                  string
+	passwdTellWrong                                bool
+	connectTimeout, authTimeout                    time.Duration
 }
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
@@ -76,6 +79,9 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "TLS certificate file (PEM); with -tls-key, the listener speaks TLS")
 	fs.StringVar(&f.tlsKey, "tls-key", "", "TLS private key file (PEM)")
 	fs.StringVar(&f.passwd, "passwd", "", "Mosquitto password file ($6$, $7$, $argon2id$); reloaded on SIGHUP")
+	fs.BoolVar(&f.passwdTellWrong, "passwd-tell-wrong-password", false, "answer a known user's wrong password with "+
+		"\"bad user name or password\" (v3 4, v5 0x86); by default it gets \"not authorized\" (5, 0x87), as an unknown "+
+		"user does, so that the answer does not tell who exists")
 	fs.StringVar(&f.scram, "scram", "", "SCRAM-SHA-256 credential file (user:SCRAM-SHA-256$iter:salt$StoredKey:ServerKey)")
 	fs.StringVar(&f.scramAdd, "scram-adduser", "", "add this user to the -scram file, password from stdin, and exit")
 	fs.BoolVar(&f.allowAnonymous, "allow-anonymous", false,
@@ -87,6 +93,10 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&f.sync, "sync", "always", "with -data-dir: when a write is durable: always (fsync before each "+
 		"acknowledgement, shared by concurrent ones), a duration such as 100ms (sync that often; a power loss may cost "+
 		"that much), or none")
+	fs.DurationVar(&f.connectTimeout, "connect-timeout", 10*time.Second,
+		"time a new connection has to send its CONNECT (TLS handshake included) before it is closed")
+	fs.DurationVar(&f.authTimeout, "auth-timeout", 10*time.Second,
+		"time an MQTT 5 enhanced-authentication exchange (SCRAM) has to complete before the connection is closed")
 	fs.StringVar(&f.debugAddr, "debug-addr", "", "serve the core's counters as JSON at http://ADDR/stats, and pprof at /debug/pprof/")
 	fs.BoolVar(&f.verbose, "v", false, "log every hook call")
 	if err := fs.Parse(args); err != nil {
@@ -99,6 +109,9 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	})
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if f.connectTimeout <= 0 || f.authTimeout <= 0 {
+		return nil, errors.New("-connect-timeout and -auth-timeout must be positive")
 	}
 	return f, nil
 }
@@ -195,7 +208,7 @@ func build(f *flags, logger *slog.Logger) (*broker, error) {
 	}
 	auth := false
 	if f.passwd != "" {
-		p, err := passwd.Open(f.passwd)
+		p, err := passwd.OpenWith(f.passwd, passwd.Options{TellWrongPassword: f.passwdTellWrong})
 		if err != nil {
 			return nil, err
 		}
@@ -218,7 +231,7 @@ func build(f *flags, logger *slog.Logger) (*broker, error) {
 		}
 		auth = true
 	}
-	cfg := config{addr: f.addr, maxPacketSize: uint32(f.maxPacketSize), connectTimeout: 10 * time.Second,
+	cfg := config{addr: f.addr, maxPacketSize: uint32(f.maxPacketSize), connectTimeout: cmp.Or(f.connectTimeout, 10*time.Second), authTimeout: cmp.Or(f.authTimeout, 10*time.Second),
 		allowAnonymous: f.allowAnonymous, maxQueued: f.maxQueued, dataDir: f.dataDir}
 	switch f.sync {
 	case "always", "":

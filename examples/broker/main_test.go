@@ -32,7 +32,8 @@ import (
 func TestFlags(t *testing.T) {
 	var out bytes.Buffer
 	assert.ErrorIs(t, run([]string{"-help"}, nil, &out), flag.ErrHelp)
-	for _, name := range []string{"-addr", "-tls-cert", "-tls-key", "-passwd", "-scram", "-allow-anonymous", "-max-packet-size", "-v"} {
+	for _, name := range []string{"-addr", "-tls-cert", "-tls-key", "-passwd", "-scram", "-allow-anonymous", "-max-packet-size", "-v",
+		"-connect-timeout", "-auth-timeout", "-passwd-tell-wrong-password"} {
 		assert.Contains(t, out.String(), name)
 	}
 	discard := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -51,6 +52,21 @@ func TestFlags(t *testing.T) {
 	_, err = build(&flags{addr: "127.0.0.1:1883", tlsCert: "x.pem"}, discard)
 	assert.ErrorContains(t, err, "go together")
 	assert.Error(t, run([]string{"stray"}, nil, io.Discard))
+
+	// An unauthenticated client gets as long to finish an enhanced-auth
+	// exchange as to send its CONNECT, by default and as set.
+	f, err := parseFlags(nil, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, 10*time.Second, f.connectTimeout)
+	assert.Equal(t, f.connectTimeout, f.authTimeout)
+	f, err = parseFlags([]string{"-connect-timeout", "3s", "-auth-timeout", "4s"}, io.Discard)
+	require.NoError(t, err)
+	b, err = build(f, discard)
+	require.NoError(t, err)
+	assert.Equal(t, 3*time.Second, b.srv.cfg.connectTimeout)
+	assert.Equal(t, 4*time.Second, b.srv.cfg.authTimeout)
+	_, err = parseFlags([]string{"-auth-timeout", "0s"}, io.Discard)
+	assert.ErrorContains(t, err, "must be positive")
 }
 
 func TestSCRAMAddUser(t *testing.T) {

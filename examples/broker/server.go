@@ -21,7 +21,8 @@ type config struct {
 	sync           pebble.SyncPolicy // the store's
 	tls            *tls.Config
 	maxPacketSize  uint32
-	connectTimeout time.Duration
+	connectTimeout time.Duration // from accept to the CONNECT, TLS handshake included
+	authTimeout    time.Duration // a whole enhanced-authentication exchange
 	allowAnonymous bool
 	maxQueued      int
 }
@@ -61,14 +62,15 @@ func newServer(cfg config, chain *mqtthooks.Chain, logger *slog.Logger) (*server
 	caps.SharedSubscriptionAvailable = false // not implemented here
 	caps.MaximumPacketSize = cfg.maxPacketSize
 	core, err := mqtthooks.NewCore(chain, mqtthooks.Options{
-		Listeners:          map[string]mqtthooks.ListenerOptions{listenerName: {AllowAnonymous: cfg.allowAnonymous}},
-		Capabilities:       &caps,
-		MaxOnlineMessages:  mqtthooks.Some(cfg.maxQueued),
-		MaxOfflineMessages: mqtthooks.Some(cfg.maxQueued),
-		Router:             s.router,
-		PublishWill:        s.publishWill,
-		Logger:             logger,
-		Store:              store,
+		Listeners:           map[string]mqtthooks.ListenerOptions{listenerName: {AllowAnonymous: cfg.allowAnonymous}},
+		Capabilities:        &caps,
+		MaxOnlineMessages:   mqtthooks.Some(cfg.maxQueued),
+		MaxOfflineMessages:  mqtthooks.Some(cfg.maxQueued),
+		Router:              s.router,
+		PublishWill:         s.publishWill,
+		Logger:              logger,
+		Store:               store,
+		AuthExchangeTimeout: cfg.authTimeout,
 	})
 	if err != nil {
 		if s.store != nil {

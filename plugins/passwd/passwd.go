@@ -6,10 +6,13 @@
 //	$7$<iterations>$<base64 salt>$<base64 PBKDF2-HMAC-SHA512>      (64 bytes)
 //	$argon2id$v=19$m=<KiB>,t=<passes>,p=<lanes>$<salt>$<hash>     (PHC format, unpadded base64)
 //
-// A user the file does not know gets Next, so a later plugin may know them; a
-// wrong or missing password gets Reject(ErrInvalidCredentials), which is
-// v3 return code 4 and v5 0x86. Unknown users are hashed too, and hashes are
-// compared in constant time, so timing does not tell who exists.
+// A user the file does not know gets Next, so a later plugin may know them;
+// when none does, the client is not authorized (v3 return code 5, v5 0x87).
+// A wrong or missing password gets the same answer, Reject(ErrRejected), so
+// neither the reply code nor the timing tells a client which users exist:
+// unknown users are hashed too, and hashes are compared in constant time.
+// Options.TellWrongPassword answers a wrong password with
+// ErrInvalidCredentials instead (v3 4, v5 0x86), as Mosquitto does.
 //
 // The package installs no signal handler: a broker calls Reload, on SIGHUP
 // say. A file that does not load leaves the plugin with the file it had.
@@ -44,13 +47,27 @@ var ErrFormat = errors.New("passwd: malformed password file")
 // use; Reload swaps the file atomically.
 type Plugin struct {
 	path  string
+	opts  Options
 	users atomic.Pointer[map[string]hash]
 	mu    sync.Mutex // serialises Reload
 }
 
-// Open loads the password file at path.
-func Open(path string) (*Plugin, error) {
-	p := &Plugin{path: path}
+// Options configure a Plugin. The zero value is the default.
+type Options struct {
+	// TellWrongPassword rejects a known user's wrong or missing password with
+	// ErrInvalidCredentials (v3 return code 4, v5 0x86, "bad user name or
+	// password") rather than ErrRejected (5, 0x87, "not authorized"), the
+	// answer an unknown user gets once no plugin knows them. The two answers
+	// then tell a client which user names exist.
+	TellWrongPassword bool
+}
+
+// Open loads the password file at path, with the default Options.
+func Open(path string) (*Plugin, error) { return OpenWith(path, Options{}) }
+
+// OpenWith loads the password file at path.
+func OpenWith(path string, opts Options) (*Plugin, error) {
+	p := &Plugin{path: path, opts: opts}
 	if err := p.Reload(); err != nil {
 		return nil, err
 	}
@@ -205,7 +222,10 @@ func (p *Plugin) check(req *mqtthooks.RegisterRequest) mqtthooks.RegisterResult 
 		return mqtthooks.Next()
 	}
 	if !c.HasPassword || !h.matches(c.Password) {
-		return mqtthooks.Reject(mqtthooks.ErrInvalidCredentials)
+		if p.opts.TellWrongPassword {
+			return mqtthooks.Reject(mqtthooks.ErrInvalidCredentials)
+		}
+		return mqtthooks.Reject(mqtthooks.ErrRejected) // what an unknown user gets in the end
 	}
 	return mqtthooks.Accept()
 }

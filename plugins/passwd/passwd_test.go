@@ -15,6 +15,7 @@ import (
 	"golang.org/x/crypto/argon2"
 
 	"github.com/mqtthooks/mqtthooks"
+	"github.com/mqtthooks/mqtthooks/mqtthookstest"
 	"github.com/mqtthooks/mqtthooks/plugins/passwd"
 )
 
@@ -73,7 +74,7 @@ func TestCheck(t *testing.T) {
 			r := check(t.Context(), connect(tc.user, tc.pass, tc.hasPass))
 			assert.Equal(t, tc.want, r.Verdict(), "%s %s/%q", name, tc.user, tc.pass)
 			if tc.want == mqtthooks.VerdictReject {
-				assert.ErrorIs(t, r.Err(), mqtthooks.ErrInvalidCredentials)
+				assert.ErrorIs(t, r.Err(), mqtthooks.ErrRejected, "the answer an unknown user gets")
 			}
 		}
 	}
@@ -116,4 +117,49 @@ func TestReload(t *testing.T) {
 	require.NoError(t, p.Reload())
 	assert.Equal(t, mqtthooks.VerdictNext, p.AuthOnRegister(t.Context(), connect("alice", "wonderland", true)).Verdict())
 	assert.Equal(t, mqtthooks.VerdictAccept, p.AuthOnRegister(t.Context(), connect("zed", "z", true)).Verdict())
+}
+
+// The CONNACK does not tell who exists: through a Core, an unknown user and a
+// known user with a wrong or missing password get the same code, in MQTT 3
+// and 5. TellWrongPassword restores the distinction.
+func TestSameAnswerForUnknownUsers(t *testing.T) {
+	connack := func(p *passwd.Plugin, v mqtthooks.ProtocolVersion, user, pass string, hasPass bool) (mqtthooks.ReturnCode, mqtthooks.ReasonCode) {
+		chain := mqtthooks.NewChain(mqtthooks.ChainOptions{})
+		require.NoError(t, chain.Register("passwd", p))
+		core, err := mqtthooks.NewCore(chain, mqtthooks.Options{})
+		require.NoError(t, err)
+		defer func() { _ = core.Shutdown(context.Background()) }()
+		c := mqtthookstest.NewClient(core)
+		c.Connect(t.Context(), &mqtthooks.ConnectRequest{ProtocolVersion: v, ClientID: "c", CleanStart: true,
+			Username: user, HasUsername: true, Password: []byte(pass), HasPassword: hasPass})
+		require.False(t, c.Accepted())
+		ack := c.Connack()
+		require.NotNil(t, ack)
+		return ack.ReturnCode, ack.ReasonCode
+	}
+	path := file(t, "")
+	def, err := passwd.Open(path)
+	require.NoError(t, err)
+	tell, err := passwd.OpenWith(path, passwd.Options{TellWrongPassword: true})
+	require.NoError(t, err)
+	for _, v := range []mqtthooks.ProtocolVersion{mqtthooks.MQTT311, mqtthooks.MQTT5} {
+		unknown3, unknown5 := connack(def, v, "mallory", "wonderland", true)
+		wrong3, wrong5 := connack(def, v, "alice", "Wonderland", true)
+		missing3, missing5 := connack(def, v, "alice", "", false)
+		if v == mqtthooks.MQTT5 {
+			assert.Equal(t, mqtthooks.CodeNotAuthorized, unknown5)
+			assert.Equal(t, unknown5, wrong5)
+			assert.Equal(t, unknown5, missing5)
+		} else {
+			assert.Equal(t, mqtthooks.RefusedNotAuthorized, unknown3)
+			assert.Equal(t, unknown3, wrong3)
+			assert.Equal(t, unknown3, missing3)
+		}
+		told3, told5 := connack(tell, v, "alice", "Wonderland", true)
+		if v == mqtthooks.MQTT5 {
+			assert.Equal(t, mqtthooks.CodeBadUserNameOrPassword, told5)
+		} else {
+			assert.Equal(t, mqtthooks.RefusedBadUsernameOrPassword, told3)
+		}
+	}
 }

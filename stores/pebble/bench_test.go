@@ -48,6 +48,10 @@ func (acceptAll) AuthOnRegister(context.Context, *mqtthooks.RegisterRequest) mqt
 	return mqtthooks.Accept()
 }
 
+func (acceptAll) AuthOnRegisterM5(context.Context, *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
+	return mqtthooks.Accept()
+}
+
 func benchCore(b *testing.B, opts mqtthooks.Options) *mqtthooks.Core {
 	b.Helper()
 	chain := mqtthooks.NewChain(mqtthooks.ChainOptions{})
