@@ -329,6 +329,15 @@ func (c *client) serve() {
 	}
 	pk, err := readPacket(c.r, 0, c.maxSize)
 	_ = c.nc.SetDeadline(time.Time{})
+	var we *wireError
+	if errors.As(err, &we) && pk.FixedHeader.Type == packets.Connect && validProtocol(&pk) {
+		// A CONNECT that decodes but breaks a rule: MQTT 5 gets a CONNACK
+		// with the code, MQTT 3 a bare close [MQTT-3.1.4-1].
+		c.srv.logger.Debug("CONNECT refused", "peer", c.info.Peer, "err", err)
+		c.version = pk.ProtocolVersion
+		c.refuse(we.code)
+		return
+	}
 	if err != nil || pk.FixedHeader.Type != packets.Connect {
 		c.srv.logger.Debug("connection closed before CONNECT", "peer", c.info.Peer, "err", err)
 		return // anything but a CONNECT first: a bare close
@@ -519,6 +528,8 @@ func (c *client) lost(err error) {
 		c.protocolError(mqtthooks.CodePacketTooLarge, err)
 	case errors.Is(err, errMalformed):
 		c.protocolError(mqtthooks.CodeMalformedPacket, err)
+	case errors.Is(err, errProtocol):
+		c.protocolError(mqtthooks.CodeProtocolError, err)
 	default:
 		c.close()
 		c.session.Lost(context.Background(), err)

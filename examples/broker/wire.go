@@ -23,36 +23,46 @@ var (
 
 // readPacket reads one packet from r. It reads the fixed header first and
 // refuses a remaining length above maxSize (0: no limit) before reading the
-// body. version is the connection's protocol level (0 before CONNECT).
+// body. version is the connection's protocol level (0 before CONNECT). A
+// packet that decodes but breaks a rule the codec does not check comes back
+// with a *wireError.
 func readPacket(r *bufio.Reader, version byte, maxSize uint32) (packets.Packet, error) {
-	var pk packets.Packet
-	b, err := r.ReadByte()
+	pk, body, err := readFrame(r, version, maxSize)
 	if err != nil {
 		return pk, err
 	}
-	if err := pk.FixedHeader.Decode(b); err != nil {
+	if err := decodeRecovering(&pk, body); err != nil {
 		return pk, fmt.Errorf("%w: %w", errMalformed, err)
+	}
+	return pk, checkBody(&pk, body)
+}
+
+// readFrame reads one packet's fixed header and body from r, undecoded.
+func readFrame(r *bufio.Reader, version byte, maxSize uint32) (pk packets.Packet, body []byte, err error) {
+	b, err := r.ReadByte()
+	if err != nil {
+		return pk, nil, err
+	}
+	if err := pk.FixedHeader.Decode(b); err != nil {
+		return pk, nil, fmt.Errorf("%w: %w", errMalformed, err)
 	}
 	n, lenBytes, err := packets.DecodeLength(&fourBytes{r: r})
 	if err != nil {
 		if errors.Is(err, io.EOF) {
-			return pk, io.ErrUnexpectedEOF
+			return pk, nil, io.ErrUnexpectedEOF
 		}
-		return pk, fmt.Errorf("%w: %w", errMalformed, err)
+		return pk, nil, fmt.Errorf("%w: %w", errMalformed, err)
 	}
 	if total := uint64(1 + lenBytes + n); maxSize > 0 && total > uint64(maxSize) {
-		return pk, fmt.Errorf("%w: %d bytes", errTooLarge, total)
+		return pk, nil, fmt.Errorf("%w: %d bytes", errTooLarge, total)
 	}
 	pk.FixedHeader.Remaining = n
-	body := make([]byte, n)
+	body = make([]byte, n)
 	if _, err := io.ReadFull(r, body); err != nil {
-		return pk, err
+		return pk, nil, err
 	}
 	pk.ProtocolVersion = version
-	if err := decodeBody(&pk, body); err != nil {
-		return pk, fmt.Errorf("%w: %w", errMalformed, err)
-	}
-	return pk, nil
+	return pk, body, nil
 }
 
 // fourBytes reads at most the four bytes a Remaining Length may have, so that
@@ -70,14 +80,20 @@ func (f *fourBytes) ReadByte() (byte, error) {
 	return f.r.ReadByte()
 }
 
-// decodeBody decodes the body of pk by its type. The codec can panic on some
-// hostile input; a panic is a malformed packet, never a crash.
-func decodeBody(pk *packets.Packet, body []byte) (err error) {
+// decodeRecovering is decodeBody for a live connection: the codec can panic
+// on some hostile input, and a panic is a malformed packet, never a crash.
+// FuzzReadPacket calls decodeBody itself, so that panics surface there.
+func decodeRecovering(pk *packets.Packet, body []byte) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			err = fmt.Errorf("decoder panicked: %v", v)
 		}
 	}()
+	return decodeBody(pk, body)
+}
+
+// decodeBody decodes the body of pk by its type, with the codec.
+func decodeBody(pk *packets.Packet, body []byte) error {
 	switch pk.FixedHeader.Type {
 	case packets.Connect:
 		return pk.ConnectDecode(body)
