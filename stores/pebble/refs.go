@@ -5,7 +5,8 @@ package pebble
 // of them costs a fraction of what as many map entries do: at a restart of
 // ten million queued messages, the difference is seconds and gigabytes.
 type pages[T comparable] struct {
-	m map[uint64]*page[T]
+	m  map[uint64]*page[T]
+	hi uint64 // the highest page set so far: ids come in sequence, so it fills next
 }
 
 const pageBits = 12
@@ -24,7 +25,9 @@ func (p *pages[T]) get(id uint64) T {
 	return zero
 }
 
-// set stores v at id; a page whose values are all zero goes.
+// set stores v at id; a page whose values are all zero goes, unless it is
+// the page new ids still come to: else a queue that holds one message at a
+// time would allocate a page for each.
 func (p *pages[T]) set(id uint64, v T) {
 	var zero T
 	k := id >> pageBits
@@ -38,6 +41,12 @@ func (p *pages[T]) set(id uint64, v T) {
 		}
 		pg = new(page[T])
 		p.m[k] = pg
+		if k > p.hi {
+			if old := p.m[p.hi]; old != nil && old.live == 0 {
+				delete(p.m, p.hi) // kept while new ids came to it, which they no longer do
+			}
+			p.hi = k
+		}
 	}
 	slot := &pg.v[id&(1<<pageBits-1)]
 	switch {
@@ -47,7 +56,7 @@ func (p *pages[T]) set(id uint64, v T) {
 		pg.live--
 	}
 	*slot = v
-	if pg.live == 0 {
+	if pg.live == 0 && k < p.hi {
 		delete(p.m, k)
 	}
 }

@@ -8,6 +8,10 @@
 //	defer store.Close()
 //	core, err := mqtthooks.NewCore(chain, mqtthooks.Options{Store: store})
 //
+// Commits that only add or drop queue entries, messages, subscriptions and
+// records join a group that one goroutine applies while the next gathers:
+// a message stored and acknowledged within one group is never written.
+//
 // Each session's record, subscriptions, queue and inbound QoS 2 identifiers
 // lie under one key prefix, the queue in Seq order; messages lie apart, once
 // each, however many sessions refer to them.
@@ -23,6 +27,7 @@ package pebble
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -91,16 +96,18 @@ type Store struct {
 	gen      uint64                            // the last generation handed out
 	reserved uint64                            // generations up to this one are reserved on disk
 
-	syncq     chan pending // Always: commits waiting for their fsync, in commit order
+	known     known                   // the queue entries of the sessions held in memory
+	cond      *sync.Cond              // on mu: the writer and those waiting for it
+	pend      map[string]pendingValue // writes committed, not yet handed to Pebble
+	pendDone  []func(error)           // their commits' callbacks, in commit order
+	doneSpare []func(error)
+	flushing  map[string]pendingValue // the group the writer is applying
+	failed    error                   // a write that failed: no more are accepted
+	scratch   map[string]pendingValue // the overlay of the batch being prepared
 	stop      chan struct{}
 	bg        sync.WaitGroup
 	commits   atomic.Uint64
 	syncWaits atomic.Uint64
-}
-
-type pending struct {
-	b    *pebble.Batch
-	done func(error)
 }
 
 // Stats are a Store's counters.
@@ -130,7 +137,8 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("pebble store: opening %s: %w", dir, err)
 	}
 	s := &Store{db: db, policy: opts.Sync, fs: fs, gens: map[mqtthooks.SubscriberID]uint64{},
-		syncq: make(chan pending, 4096), stop: make(chan struct{})}
+		known: known{budget: defaultKnownBudget}, pend: map[string]pendingValue{}, stop: make(chan struct{})}
+	s.cond = sync.NewCond(&s.mu)
 	if v, closer, err := db.Get([]byte{kindGen}); err == nil {
 		if len(v) == 8 {
 			s.gen = binary.BigEndian.Uint64(v)
@@ -142,7 +150,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("pebble store: %w", err)
 	}
 	s.bg.Add(1)
-	go s.syncLoop()
+	go s.writeLoop()
 	if opts.Sync.every > 0 {
 		s.bg.Add(1)
 		go s.intervalLoop(opts.Sync.every)
@@ -158,8 +166,8 @@ func (s *Store) Close() error {
 		return ErrClosed
 	}
 	s.closed = true
-	close(s.syncq)
 	close(s.stop)
+	s.cond.Broadcast() // the writer applies what is pending, then returns
 	s.mu.Unlock()
 	s.bg.Wait()
 	return s.db.Close()
@@ -168,20 +176,6 @@ func (s *Store) Close() error {
 // Stats returns the store's counters.
 func (s *Store) Stats() Stats {
 	return Stats{Commits: s.commits.Load(), Syncs: s.fs.syncs.Load(), WALBytes: s.db.Metrics().WAL.BytesWritten}
-}
-
-// syncLoop reports the commits of Always once their fsync returned. Syncs
-// complete in commit order, so waiting for each in turn costs nothing extra.
-func (s *Store) syncLoop() {
-	defer s.bg.Done()
-	for p := range s.syncq {
-		err := p.b.SyncWait()
-		_ = p.b.Close()
-		s.syncWaits.Add(1)
-		if p.done != nil {
-			p.done(err)
-		}
-	}
 }
 
 // intervalLoop syncs the write-ahead log every d.
@@ -221,6 +215,9 @@ func (s *Store) NextGeneration() uint64 {
 // iteration completes, messages no entry refers to are dropped.
 func (s *Store) Load(ctx context.Context) iter.Seq2[*mqtthooks.StoredSession, error] {
 	return func(yield func(*mqtthooks.StoredSession, error) bool) {
+		s.mu.Lock()
+		s.drain() // Load reads Pebble: it must have every commit
+		s.mu.Unlock()
 		msgs, err := s.loadMessages(ctx)
 		if err != nil {
 			yield(nil, err)
@@ -308,6 +305,13 @@ func (s *Store) load(ctx context.Context, msgs *pages[*mqtthooks.Message],
 		s.gen = max(s.gen, rec.Generation)
 		for _, e := range ss.Entries {
 			s.refs.set(e.MessageID, s.refs.get(e.MessageID)+1)
+		}
+		if s.known.fits(1 + len(ss.Entries)) {
+			entries := make(map[uint64]uint64, len(ss.Entries))
+			for _, e := range ss.Entries {
+				entries[e.Seq] = e.MessageID
+			}
+			s.known.add(rec.ID, entries)
 		}
 		s.mu.Unlock()
 		if !yield(ss, nil) {
@@ -475,63 +479,220 @@ func (b *batch) DeleteInbound(id mqtthooks.SubscriberID, gen uint64, packetID ui
 	b.ops = append(b.ops, op{kind: kindIn, del: true, id: id, gen: gen, inbound: packetID})
 }
 
-// Commit checks the batch's generations, applies it whole, and reports it
-// done as the policy says.
+// Commit checks the batch's generations and applies it whole. A batch that
+// only adds, replaces or drops entries, messages, subscriptions and records
+// (the writes of message traffic) joins the group the writer goroutine
+// applies next, where a key written and dropped again before then costs
+// nothing; done is called once its group is applied and, for Always,
+// synced. A batch that drops a session's life waits for the group in
+// flight and is applied at once.
 func (b *batch) Commit(done func(error)) {
 	s := b.s
 	s.mu.Lock()
-	if s.closed {
+	if s.closed || s.failed != nil {
+		err := s.failed
+		if s.closed {
+			err = ErrClosed
+		}
 		s.mu.Unlock()
 		if done != nil {
-			done(ErrClosed)
+			done(err)
 		}
 		return
 	}
-	pb, gens, refs, err := s.prepare(b.ops)
+	if !s.dropsLife(b.ops) {
+		w := s.overlay()
+		_, gens, refs, err := s.prepare(b.ops, w)
+		if err != nil {
+			s.mu.Unlock()
+			if done != nil {
+				done(err)
+			}
+			return
+		}
+		s.install(gens, refs)
+		w.mergeInto(s.pend)
+		s.pendDone = append(s.pendDone, done)
+		s.cond.Broadcast()
+		s.mu.Unlock()
+		return
+	}
+	for s.flushing != nil { // a session's keys are read from Pebble: it must have them all
+		s.cond.Wait()
+	}
+	if s.closed || s.failed != nil {
+		s.mu.Unlock()
+		if done != nil {
+			done(cmp.Or(s.failed, ErrClosed))
+		}
+		return
+	}
+	pb := s.db.NewBatch()
+	defer pb.Close()
+	pw := pebbleWriter{pb}
+	for k, v := range s.pend { // what the group holds goes first, in the same batch
+		if v.del {
+			pw.del([]byte(k))
+		} else {
+			pw.put([]byte(k), v.val, false)
+		}
+	}
+	_, gens, refs, err := s.prepare(b.ops, pw)
+	if err == nil {
+		err = s.db.Apply(pb, pebble.NoSync)
+	}
 	if err != nil {
 		s.mu.Unlock()
-		if pb != nil {
-			_ = pb.Close()
-		}
 		if done != nil {
 			done(err)
 		}
 		return
 	}
-	if s.policy.none || s.policy.every > 0 {
-		err = s.db.Apply(pb, pebble.NoSync)
-	} else {
-		err = s.db.ApplyNoSyncWait(pb, pebble.Sync)
+	clear(s.pend)
+	s.install(gens, refs)
+	s.pendDone = append(s.pendDone, done) // synced (Always) and reported by the writer, in order
+	s.cond.Broadcast()
+	s.mu.Unlock()
+}
+
+// dropsLife reports whether ops drop a stored session's life, whose keys
+// prepare then reads from Pebble. s.mu is held.
+func (s *Store) dropsLife(ops []op) bool {
+	var created map[mqtthooks.SubscriberID]bool
+	for i := range ops {
+		switch o := &ops[i]; o.kind {
+		case 'd':
+			return true
+		case 'c':
+			if created[o.id] || s.storedGen(o.id) != 0 {
+				return true
+			}
+			if created == nil {
+				created = map[mqtthooks.SubscriberID]bool{}
+			}
+			created[o.id] = true
+		}
 	}
-	if err == nil {
-		for id, g := range gens {
-			if g == 0 {
-				delete(s.gens, id)
-			} else {
-				s.gens[id] = g
+	return false
+}
+
+// install records the generations and reference counts of a batch that
+// committed, and its entries in known. s.mu is held.
+func (s *Store) install(gens map[mqtthooks.SubscriberID]uint64, refs map[uint64]int64) {
+	for id, g := range gens {
+		if g == 0 {
+			delete(s.gens, id)
+		} else {
+			s.gens[id] = g
+		}
+	}
+	for id, n := range refs {
+		s.refs.set(id, max(n, 0))
+	}
+	s.known.apply()
+	s.commits.Add(1)
+}
+
+// writeLoop applies the group of pending writes, again and again: the
+// commits made while it applies one form the next.
+func (s *Store) writeLoop() {
+	defer s.bg.Done()
+	spare := map[string]pendingValue{}
+	for {
+		s.mu.Lock()
+		for len(s.pend) == 0 && len(s.pendDone) == 0 && !s.closed {
+			s.cond.Wait()
+		}
+		if len(s.pend) == 0 && len(s.pendDone) == 0 {
+			s.mu.Unlock()
+			return // closed, and nothing left
+		}
+		group, dones := s.pend, s.pendDone
+		s.pend, s.pendDone = spare, s.doneSpare[:0]
+		s.flushing = group
+		s.mu.Unlock()
+
+		err := s.apply(group)
+
+		s.mu.Lock()
+		s.flushing = nil
+		if err != nil && s.failed == nil {
+			s.failed = fmt.Errorf("pebble store: write failed, refusing further writes: %w", err)
+		}
+		s.cond.Broadcast()
+		s.mu.Unlock()
+		for _, done := range dones {
+			if done != nil {
+				done(err)
 			}
 		}
-		for id, n := range refs {
-			s.refs.set(id, max(n, 0))
-		}
-		s.commits.Add(1)
+		clear(group)
+		spare = group
+		clear(dones)
+		s.doneSpare = dones
 	}
-	if err != nil || s.policy.none || s.policy.every > 0 {
-		s.mu.Unlock()
-		_ = pb.Close()
-		if done != nil {
-			done(err)
-		}
-		return
+}
+
+// apply writes group to Pebble in one batch, synced under Always.
+func (s *Store) apply(group map[string]pendingValue) error {
+	opt := pebble.NoSync
+	if !s.policy.none && s.policy.every == 0 {
+		opt = pebble.Sync
 	}
-	s.syncq <- pending{pb, done} // under mu: in commit order, and never after Close
-	s.mu.Unlock()
+	if len(group) == 0 {
+		if opt == pebble.Sync {
+			return s.db.LogData(nil, pebble.Sync) // commits applied at once (see Commit) wait for this
+		}
+		return nil
+	}
+	pb := s.db.NewBatch()
+	defer pb.Close()
+	for k, v := range group {
+		if v.del {
+			_ = pb.Delete([]byte(k), nil)
+		} else {
+			_ = pb.Set([]byte(k), v.val, nil)
+		}
+	}
+	s.syncWaits.Add(1)
+	return s.db.Apply(pb, opt)
+}
+
+// get returns the value of key as the commits so far leave it: the group
+// being gathered, then the one being applied, then Pebble; nil when absent.
+// s.mu is held.
+func (s *Store) get(key []byte) ([]byte, error) {
+	for _, layer := range []map[string]pendingValue{s.pend, s.flushing} {
+		if v, ok := layer[string(key)]; ok {
+			if v.del {
+				return nil, nil
+			}
+			return v.val, nil
+		}
+	}
+	v, closer, err := s.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer closer.Close()
+	return bytes.Clone(v), nil
+}
+
+// drain waits until every commit is applied to Pebble. s.mu is held.
+func (s *Store) drain() {
+	for len(s.pend) > 0 || len(s.pendDone) > 0 || s.flushing != nil {
+		s.cond.Broadcast()
+		s.cond.Wait()
+	}
 }
 
 // prepare checks ops against the stored generations and encodes them into a
 // Pebble batch. It returns the generations and reference counts the batch
 // leaves, to install once it is applied. s.mu is held.
-func (s *Store) prepare(ops []op) (*pebble.Batch, map[mqtthooks.SubscriberID]uint64, map[uint64]int64, error) {
+func (s *Store) prepare(ops []op, pb writer) (writer, map[mqtthooks.SubscriberID]uint64, map[uint64]int64, error) {
 	gens := map[mqtthooks.SubscriberID]uint64{} // 0: deleted by the batch
 	genOf := func(id mqtthooks.SubscriberID) uint64 {
 		if g, ok := gens[id]; ok {
@@ -547,7 +708,7 @@ func (s *Store) prepare(ops []op) (*pebble.Batch, map[mqtthooks.SubscriberID]uin
 		refs[msgID] += d
 	}
 	entries := map[string]uint64{} // entries this batch wrote (msgID) or deleted (0)
-	pb := s.db.NewBatch()
+	s.known.events = s.known.events[:0]
 	for i := range ops {
 		o := &ops[i]
 		switch o.kind {
@@ -560,7 +721,8 @@ func (s *Store) prepare(ops []op) (*pebble.Batch, map[mqtthooks.SubscriberID]uin
 				}
 			}
 			gens[o.id] = o.gen
-			_ = pb.Set(sessionKey(kindRecord, o.id), encodeRecord(o.rec), nil)
+			s.known.events = append(s.known.events, knownEvent{op: 'd', id: o.id}, knownEvent{op: 'c', id: o.id})
+			pb.put(sessionKey(kindRecord, o.id), encodeRecord(o.rec), false)
 			continue
 		case kindMsg:
 			if o.del { // the hold of PutMessage ends
@@ -568,7 +730,7 @@ func (s *Store) prepare(ops []op) (*pebble.Batch, map[mqtthooks.SubscriberID]uin
 				continue
 			}
 			ref(o.msgID, +1)
-			_ = pb.Set(msgKey(o.msgID), encodeMessage(o.msg), nil)
+			pb.put(msgKey(o.msgID), encodeMessage(o.msg), true) // a new id: stored nowhere yet
 			continue
 		}
 		if g := genOf(o.id); g == 0 || g != o.gen {
@@ -576,51 +738,55 @@ func (s *Store) prepare(ops []op) (*pebble.Batch, map[mqtthooks.SubscriberID]uin
 		}
 		switch o.kind {
 		case 'r':
-			_ = pb.Set(sessionKey(kindRecord, o.id), encodeRecord(o.rec), nil)
+			pb.put(sessionKey(kindRecord, o.id), encodeRecord(o.rec), false)
 		case 'd':
 			if err := s.dropSession(pb, o.id, ref, entries); err != nil {
 				return pb, nil, nil, err
 			}
 			gens[o.id] = 0
+			s.known.events = append(s.known.events, knownEvent{op: 'd', id: o.id})
 		case kindSub:
 			if o.del {
-				_ = pb.Delete(subKey(o.id, o.filter), nil)
+				pb.del(subKey(o.id, o.filter))
 			} else {
-				_ = pb.Set(subKey(o.id, o.filter), encodeSub(o.sub), nil)
+				pb.put(subKey(o.id, o.filter), encodeSub(o.sub), false)
 			}
 		case kindIn:
 			if o.del {
-				_ = pb.Delete(inboundKey(o.id, o.inbound), nil)
+				pb.del(inboundKey(o.id, o.inbound))
 			} else {
-				_ = pb.Set(inboundKey(o.id, o.inbound), []byte{version}, nil)
+				pb.put(inboundKey(o.id, o.inbound), []byte{version}, false)
 			}
 		case kindEntry:
 			key := entryKey(o.id, o.seq)
-			old, err := s.entryMessage(key, entries)
+			_, inBatch := entries[string(key)]
+			old, err := s.entryMessage(o.id, o.seq, key, entries)
 			if err != nil {
 				return pb, nil, nil, err
 			}
 			if o.del {
 				if old != 0 {
 					ref(old, -1)
-					_ = pb.Delete(key, nil)
+					pb.del(key)
 					entries[string(key)] = 0
+					s.known.events = append(s.known.events, knownEvent{op: 'e', id: o.id, seq: o.seq})
 				}
 				continue
 			}
+			s.known.events = append(s.known.events, knownEvent{op: 'e', id: o.id, seq: o.seq, msgID: o.msgID})
 			if old != o.msgID {
 				if old != 0 {
 					ref(old, -1)
 				}
 				ref(o.msgID, +1)
 			}
-			_ = pb.Set(key, encodeEntry(&o.entry), nil)
+			pb.put(key, encodeEntry(&o.entry), old == 0 && !inBatch)
 			entries[string(key)] = o.msgID
 		}
 	}
 	for msgID, n := range refs {
 		if n <= 0 { // the batch dropped the last reference, or the hold of a message no entry took
-			_ = pb.Delete(msgKey(msgID), nil)
+			pb.del(msgKey(msgID))
 		}
 	}
 	return pb, gens, refs, nil
@@ -633,11 +799,10 @@ func (s *Store) storedGen(id mqtthooks.SubscriberID) uint64 {
 	if g, ok := s.gens[id]; ok {
 		return g
 	}
-	v, closer, err := s.db.Get(sessionKey(kindRecord, id))
-	if err != nil {
+	v, err := s.get(sessionKey(kindRecord, id))
+	if err != nil || v == nil {
 		return 0
 	}
-	defer closer.Close()
 	d := decoder{b: v}
 	d.version()
 	if g := d.u(); d.err == nil {
@@ -649,23 +814,22 @@ func (s *Store) storedGen(id mqtthooks.SubscriberID) uint64 {
 
 // entryMessage returns the message id of the stored entry at key, as the
 // batch so far leaves it; 0 for none.
-func (s *Store) entryMessage(key []byte, entries map[string]uint64) (uint64, error) {
-	if id, ok := entries[string(key)]; ok {
-		return id, nil
+func (s *Store) entryMessage(id mqtthooks.SubscriberID, seq uint64, key []byte, entries map[string]uint64) (uint64, error) {
+	if msgID, ok := entries[string(key)]; ok {
+		return msgID, nil
 	}
-	v, closer, err := s.db.Get(key)
-	if errors.Is(err, pebble.ErrNotFound) {
-		return 0, nil
+	if msgID, ok := s.known.lookup(id, seq); ok {
+		return msgID, nil
 	}
-	if err != nil {
+	v, err := s.get(key)
+	if err != nil || v == nil {
 		return 0, err
 	}
-	defer closer.Close()
 	return entryMessageID(v)
 }
 
 // dropSession deletes everything of id, dropping its entries' references.
-func (s *Store) dropSession(pb *pebble.Batch, id mqtthooks.SubscriberID, ref func(uint64, int64), entries map[string]uint64) error {
+func (s *Store) dropSession(pb writer, id mqtthooks.SubscriberID, ref func(uint64, int64), entries map[string]uint64) error {
 	prefix := sessionKey(kindEntry, id)
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
 	if err != nil {
@@ -694,10 +858,10 @@ func (s *Store) dropSession(pb *pebble.Batch, id mqtthooks.SubscriberID, ref fun
 	for _, kind := range []byte{kindRecord, kindSub, kindEntry, kindIn} {
 		p := sessionKey(kind, id)
 		if kind == kindRecord {
-			_ = pb.Delete(p, nil)
+			pb.del(p)
 			continue
 		}
-		_ = pb.DeleteRange(p, prefixEnd(p), nil)
+		pb.delRange(p, prefixEnd(p))
 	}
 	return nil
 }
