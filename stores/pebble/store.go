@@ -19,9 +19,11 @@
 // What a crash keeps depends on the Sync policy. Always (the default) makes a
 // commit durable before it reports it done: after a crash or a power loss
 // nothing reported is missing. Interval(d) reports a commit as soon as it is
-// written and syncs every d: a power loss may cost the last d of commits, a
-// crash of the process alone costs less. None leaves syncing to the operating
-// system. In every case a batch survives whole or not at all, and in commit
+// written and syncs every d: a power loss may cost the last d of commits,
+// and so may a crash of the process alone, since Pebble buffers the
+// write-ahead log before handing it to the operating system. None leaves
+// syncing to the operating system. Only Always survives kill -9 with every
+// reported commit. In every case a batch survives whole or not at all, and in commit
 // order.
 package pebble
 
