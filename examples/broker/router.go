@@ -32,6 +32,8 @@ type node struct {
 	subs     map[mqtthooks.SubscriberID]routedSub
 }
 
+func (n *node) empty() bool { return len(n.subs) == 0 && len(n.children) == 0 }
+
 // routedSub is a subscription with the life of the session that made it.
 type routedSub struct {
 	mqtthooks.Subscription
@@ -89,16 +91,30 @@ func (r *router) RemoveAll(id mqtthooks.SubscriberID, _ uint64) {
 	}
 }
 
+// removeLocked forgets the subscription of id to filter, and prunes the
+// nodes it leaves empty: a tree holds only the filters subscribed now, not
+// every filter ever subscribed.
 func (r *router) removeLocked(id mqtthooks.SubscriberID, filter string) {
-	n := r.trees[id.Mountpoint]
-	for _, level := range strings.Split(filter, "/") {
+	root := r.trees[id.Mountpoint]
+	levels := strings.Split(filter, "/")
+	path := make([]*node, 0, len(levels)+1) // path[i] is the parent of levels[i]
+	n := root
+	for _, level := range levels {
 		if n == nil {
 			break
 		}
+		path = append(path, n)
 		n = n.children[level]
 	}
 	if n != nil {
 		delete(n.subs, id)
+		for i := len(levels) - 1; i >= 0 && n.empty(); i-- {
+			delete(path[i].children, levels[i])
+			n = path[i]
+		}
+		if root.empty() {
+			delete(r.trees, id.Mountpoint)
+		}
 	}
 	if subs := r.bySub[id]; subs != nil {
 		delete(subs, filter)
