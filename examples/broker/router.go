@@ -13,10 +13,18 @@ import (
 // about (it implements mqtthooks.Router), topic matching with + and #, and
 // retained messages, each namespaced by the session's mountpoint.
 type router struct {
-	mu       sync.RWMutex
-	trees    map[string]*node // mountpoint → subscription tree
-	bySub    map[mqtthooks.SubscriberID]map[string]bool
-	retained map[string]map[string]retainedMessage // mountpoint → topic → message
+	mu    sync.RWMutex
+	trees map[string]*node // mountpoint → subscription tree
+	bySub map[mqtthooks.SubscriberID]map[string]bool
+
+	rmu      sync.RWMutex            // retained messages have their own lock: a SUBSCRIBE's lookups do not stall routing
+	retained map[string]*retainedNode // mountpoint → retained messages by topic level
+}
+
+// retainedNode is one topic level of the retained messages.
+type retainedNode struct {
+	children map[string]*retainedNode
+	msg      *retainedMessage // nil: no message retained on this topic
 }
 
 // retainedMessage is a retained message with the end of its v5 Message
@@ -42,7 +50,7 @@ type routedSub struct {
 
 func newRouter() *router {
 	return &router{trees: map[string]*node{}, bySub: map[mqtthooks.SubscriberID]map[string]bool{},
-		retained: map[string]map[string]retainedMessage{}}
+		retained: map[string]*retainedNode{}}
 }
 
 // Add records a subscription of id's life gen.
@@ -200,65 +208,163 @@ func collect(n *node, from mqtthooks.SubscriberID, out *[]match) {
 // retain stores msg as the retained message of its topic, or clears it when
 // the payload is empty.
 func (r *router) retain(mountpoint string, msg *mqtthooks.Message) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(msg.Payload) == 0 {
-		delete(r.retained[mountpoint], msg.Topic)
-		return
-	}
-	if r.retained[mountpoint] == nil {
-		r.retained[mountpoint] = map[string]retainedMessage{}
-	}
-	rm := retainedMessage{msg: msg}
+	rm := &retainedMessage{msg: msg}
 	if exp := msg.Properties.MessageExpiryInterval; exp.Set {
 		rm.expires = time.Now().Add(time.Duration(exp.V) * time.Second)
 	}
-	r.retained[mountpoint][msg.Topic] = rm
+	r.rmu.Lock()
+	defer r.rmu.Unlock()
+	if len(msg.Payload) == 0 {
+		r.unretainLocked(mountpoint, msg.Topic)
+		return
+	}
+	n := r.retained[mountpoint]
+	if n == nil {
+		n = &retainedNode{}
+		r.retained[mountpoint] = n
+	}
+	for _, level := range strings.Split(msg.Topic, "/") {
+		next := n.children[level]
+		if next == nil {
+			if n.children == nil {
+				n.children = map[string]*retainedNode{}
+			}
+			next = &retainedNode{}
+			n.children[level] = next
+		}
+		n = next
+	}
+	n.msg = rm
+}
+
+// unretainLocked clears the retained message of topic and prunes the nodes
+// left empty. r.rmu is held.
+func (r *router) unretainLocked(mountpoint, topic string) {
+	root := r.retained[mountpoint]
+	levels := strings.Split(topic, "/")
+	path := make([]*retainedNode, 0, len(levels))
+	n := root
+	for _, level := range levels {
+		if n == nil {
+			return
+		}
+		path = append(path, n)
+		n = n.children[level]
+	}
+	if n == nil {
+		return
+	}
+	n.msg = nil
+	for i := len(levels) - 1; i >= 0 && n.msg == nil && len(n.children) == 0; i-- {
+		delete(path[i].children, levels[i])
+		n = path[i]
+	}
+	if root.msg == nil && len(root.children) == 0 {
+		delete(r.retained, mountpoint)
+	}
 }
 
 // retainedFor returns the retained messages that filter matches, with what is
-// left of their expiry; expired ones are forgotten.
+// left of their expiry. It walks only the branches filter can match, under
+// the read lock; the expired messages it meets are cleared after.
 func (r *router) retainedFor(mountpoint, filter string) []*mqtthooks.Message {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out []*mqtthooks.Message
 	now := time.Now()
-	for topic, rm := range r.retained[mountpoint] {
-		if !rm.expires.IsZero() && !now.Before(rm.expires) {
-			delete(r.retained[mountpoint], topic)
-			continue
+	var out []*mqtthooks.Message
+	var expired []string
+	r.rmu.RLock()
+	if root := r.retained[mountpoint]; root != nil {
+		w := retainedWalk{now: now, out: &out, expired: &expired}
+		w.walk(root, strings.Split(filter, "/"), 0, nil)
+	}
+	r.rmu.RUnlock()
+	if len(expired) > 0 {
+		r.rmu.Lock()
+		for _, topic := range expired {
+			r.unretainExpiredLocked(mountpoint, topic, now)
 		}
-		if !topicMatches(filter, topic) {
-			continue
-		}
-		msg := rm.msg
-		if !rm.expires.IsZero() {
-			cp := *msg
-			cp.Properties.MessageExpiryInterval = mqtthooks.Some(uint32((rm.expires.Sub(now) + time.Second - 1) / time.Second))
-			msg = &cp
-		}
-		out = append(out, msg)
+		r.rmu.Unlock()
 	}
 	return out
 }
 
-// topicMatches reports whether filter matches topic.
-func topicMatches(filter, topic string) bool {
-	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
-		return false
+// unretainExpiredLocked clears topic if its message is still the expired one
+// (a new one may have come since the read). r.rmu is held.
+func (r *router) unretainExpiredLocked(mountpoint, topic string, now time.Time) {
+	n := r.retained[mountpoint]
+	for _, level := range strings.Split(topic, "/") {
+		if n == nil {
+			return
+		}
+		n = n.children[level]
 	}
-	f, t := strings.Split(filter, "/"), strings.Split(topic, "/")
-	for i, level := range f {
-		switch {
-		case level == "#":
-			return true
-		case i >= len(t):
-			return false
-		case level != "+" && level != t[i]:
-			return false
+	if n != nil && n.msg != nil && !n.msg.expires.IsZero() && !now.Before(n.msg.expires) {
+		r.unretainLocked(mountpoint, topic)
+	}
+}
+
+type retainedWalk struct {
+	now     time.Time
+	out     *[]*mqtthooks.Message
+	expired *[]string
+}
+
+// walk collects the messages under n that the filter levels[i:] match;
+// topic is the levels walked so far.
+func (w retainedWalk) walk(n *retainedNode, levels []string, i int, topic []string) {
+	if i == len(levels) {
+		w.collect(n, topic)
+		return
+	}
+	// [MQTT-4.7.2-1]: a wildcard at the first level does not match a $ topic.
+	skipDollar := i == 0
+	switch levels[i] {
+	case "#":
+		w.collect(n, topic) // "a/#" matches "a"
+		for level, child := range n.children {
+			if skipDollar && strings.HasPrefix(level, "$") {
+				continue
+			}
+			w.all(child, append(topic, level))
+		}
+	case "+":
+		for level, child := range n.children {
+			if skipDollar && strings.HasPrefix(level, "$") {
+				continue
+			}
+			w.walk(child, levels, i+1, append(topic, level))
+		}
+	default:
+		if child := n.children[levels[i]]; child != nil {
+			w.walk(child, levels, i+1, append(topic, levels[i]))
 		}
 	}
-	return len(f) == len(t)
+}
+
+// all collects every message at and under n.
+func (w retainedWalk) all(n *retainedNode, topic []string) {
+	w.collect(n, topic)
+	for level, child := range n.children {
+		w.all(child, append(topic, level))
+	}
+}
+
+// collect adds the message of n, if any, with what is left of its expiry.
+func (w retainedWalk) collect(n *retainedNode, topic []string) {
+	rm := n.msg
+	if rm == nil || len(topic) == 0 {
+		return
+	}
+	if rm.expires.IsZero() {
+		*w.out = append(*w.out, rm.msg)
+		return
+	}
+	if !w.now.Before(rm.expires) {
+		*w.expired = append(*w.expired, strings.Join(topic, "/"))
+		return
+	}
+	cp := *rm.msg
+	cp.Properties.MessageExpiryInterval = mqtthooks.Some(uint32((rm.expires.Sub(w.now) + time.Second - 1) / time.Second))
+	*w.out = append(*w.out, &cp)
 }
 
 // validFilter reports whether filter is a well-formed topic filter.

@@ -2,8 +2,12 @@ package main
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"runtime"
+	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -68,4 +72,128 @@ func TestRouterPrunesFilters(t *testing.T) {
 	assert.Len(t, r.bySub, 1)
 	assert.LessOrEqual(t, float64(after4), 1.1*float64(after1), "heap after 4 rounds within 10 %% of after 1")
 	require.Len(t, r.matches("", "replies/x/status", mqtthooks.SubscriberID{}), 1, "the remaining subscription still matches")
+}
+
+// topicMatches reports whether filter matches topic, level by level: the
+// reference the retained tree's walk is checked against.
+func topicMatches(filter, topic string) bool {
+	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
+		return false
+	}
+	f, t := strings.Split(filter, "/"), strings.Split(topic, "/")
+	for i, level := range f {
+		switch {
+		case level == "#":
+			return true
+		case i >= len(t):
+			return false
+		case level != "+" && level != t[i]:
+			return false
+		}
+	}
+	return len(f) == len(t)
+}
+
+
+// The retained tree's walk returns exactly the retained messages a filter
+// matches, by the reference matcher, for random topics and filters ($
+// topics, empty levels, + and # included); expired ones are not returned
+// and are cleared.
+func TestRetainedWalkMatchesReference(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	levels := []string{"a", "b", "c", "$SYS", "", "x"}
+	topic := func() string {
+		n := 1 + rng.IntN(4)
+		parts := make([]string, n)
+		for i := range parts {
+			parts[i] = levels[rng.IntN(len(levels))]
+		}
+		return strings.Join(parts, "/")
+	}
+	r := newRouter()
+	topics := map[string]bool{}
+	for range 300 {
+		tp := topic()
+		if !validTopic(tp) {
+			continue
+		}
+		r.retain("", &mqtthooks.Message{Topic: tp, Payload: []byte(tp)})
+		topics[tp] = true
+	}
+	r.retain("", &mqtthooks.Message{Topic: "a/gone", Payload: []byte("x"),
+		Properties: mqtthooks.PublishProperties{MessageExpiryInterval: mqtthooks.Some(uint32(1))}})
+	for range 500 {
+		filter := topic()
+		parts := strings.Split(filter, "/")
+		for i := range parts {
+			switch rng.IntN(5) {
+			case 0:
+				parts[i] = "+"
+			case 1:
+				if i == len(parts)-1 {
+					parts[i] = "#"
+				}
+			}
+		}
+		filter = strings.Join(parts, "/")
+		if !validFilter(filter) {
+			continue // the empty filter
+		}
+		var want, got []string
+		for tp := range topics {
+			if topicMatches(filter, tp) {
+				want = append(want, tp)
+			}
+		}
+		for _, m := range r.retainedFor("", filter) {
+			if m.Topic != "a/gone" {
+				got = append(got, m.Topic)
+			}
+		}
+		slices.Sort(want)
+		slices.Sort(got)
+		assert.Equal(t, want, got, "filter %q", filter)
+	}
+	r.retainedFor("", "a/#") // a/gone has not expired yet: kept
+	r.rmu.Lock()
+	r.retained[""].children["a"].children["gone"].msg.expires = time.Now().Add(-time.Second)
+	r.rmu.Unlock()
+	for _, m := range r.retainedFor("", "a/#") {
+		assert.NotEqual(t, "a/gone", m.Topic, "expired")
+	}
+	r.rmu.RLock()
+	_, kept := r.retained[""].children["a"].children["gone"]
+	r.rmu.RUnlock()
+	assert.False(t, kept, "an expired message's node is pruned")
+	for tp := range topics { // clearing them all prunes every node
+		r.retain("", &mqtthooks.Message{Topic: tp})
+	}
+	assert.Empty(t, r.retained)
+}
+
+// A 1,000-filter SUBSCRIBE's retained lookups against 20,000 retained
+// messages walk only what each filter can match.
+func BenchmarkRetainedLookup(b *testing.B) {
+	r := newRouter()
+	for i := range 20_000 {
+		tp := fmt.Sprintf("site/%d/device/%d/temp", i%100, i)
+		r.retain("", &mqtthooks.Message{Topic: tp, Payload: []byte("21.5")})
+	}
+	filters := make([]string, 1000)
+	for i := range filters {
+		filters[i] = fmt.Sprintf("site/%d/device/+/temp", i%100)
+		if i%10 == 0 {
+			filters[i] = fmt.Sprintf("site/%d/#", i%100)
+		}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		n := 0
+		for _, f := range filters {
+			n += len(r.retainedFor("", f))
+		}
+		if n == 0 {
+			b.Fatal("nothing matched")
+		}
+	}
 }
