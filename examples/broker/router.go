@@ -17,7 +17,7 @@ type router struct {
 	trees map[string]*node // mountpoint → subscription tree
 	bySub map[mqtthooks.SubscriberID]map[string]bool
 
-	rmu      sync.RWMutex            // retained messages have their own lock: a SUBSCRIBE's lookups do not stall routing
+	rmu      sync.RWMutex             // retained messages have their own lock: a SUBSCRIBE's lookups do not stall routing
 	retained map[string]*retainedNode // mountpoint → retained messages by topic level
 }
 

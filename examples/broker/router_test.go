@@ -94,7 +94,6 @@ func topicMatches(filter, topic string) bool {
 	return len(f) == len(t)
 }
 
-
 // The retained tree's walk returns exactly the retained messages a filter
 // matches, by the reference matcher, for random topics and filters ($
 // topics, empty levels, + and # included); expired ones are not returned
