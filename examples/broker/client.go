@@ -327,7 +327,18 @@ func (c *client) serve() {
 	if !c.handshake() {
 		return
 	}
-	pk, err := readPacket(c.r, 0, c.maxSize)
+	// Until the CONNACK a client is unauthenticated: what it may cost is
+	// bounded, by a packet size of its own and a number of such connections.
+	release, ok := c.srv.enterConnecting()
+	if !ok {
+		return
+	}
+	defer release()
+	preauth := c.maxSize
+	if m := c.srv.cfg.maxConnectSize; m > 0 && (preauth == 0 || m < preauth) {
+		preauth = m
+	}
+	pk, err := readPacket(c.r, 0, preauth)
 	_ = c.nc.SetDeadline(time.Time{})
 	var we *wireError
 	if errors.As(err, &we) && pk.FixedHeader.Type == packets.Connect && validProtocol(&pk) {
@@ -362,7 +373,7 @@ func (c *client) serve() {
 			ReasonCode: byte(a.ReasonCode), Properties: packets.Properties{AuthenticationMethod: a.Method,
 				AuthenticationData: a.Data, ReasonString: a.ReasonString}})
 		_ = c.nc.SetReadDeadline(h.Deadline())
-		in, err := readPacket(c.r, c.version, c.maxSize)
+		in, err := readPacket(c.r, c.version, preauth)
 		var ne net.Error
 		switch {
 		case errors.As(err, &ne) && ne.Timeout():
@@ -382,6 +393,7 @@ func (c *client) serve() {
 		}
 	}
 	_ = c.nc.SetReadDeadline(time.Time{})
+	release()
 	if step.Kind == mqtthooks.CloseConnection {
 		return
 	}
@@ -520,6 +532,7 @@ func (c *client) readLoop() {
 // large packet, or the network.
 func (c *client) lost(err error) {
 	var ne net.Error
+	var we *wireError
 	switch {
 	case errors.As(err, &ne) && ne.Timeout():
 		c.closeWith(mqtthooks.CodeKeepAliveTimeout)
@@ -528,8 +541,8 @@ func (c *client) lost(err error) {
 		c.protocolError(mqtthooks.CodePacketTooLarge, err)
 	case errors.Is(err, errMalformed):
 		c.protocolError(mqtthooks.CodeMalformedPacket, err)
-	case errors.Is(err, errProtocol):
-		c.protocolError(mqtthooks.CodeProtocolError, err)
+	case errors.As(err, &we):
+		c.protocolError(we.code, err)
 	default:
 		c.close()
 		c.session.Lost(context.Background(), err)

@@ -156,6 +156,9 @@ func FuzzReadPacket(f *testing.F) {
 		if err != nil {
 			return
 		}
+		if precheck(&pk, body) != nil {
+			return
+		}
 		if err := decodeBody(&pk, body); err != nil {
 			return
 		}

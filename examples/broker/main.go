@@ -69,6 +69,8 @@ type flags struct {
 	dataDir, sync                                  string
 	passwdTellWrong                                bool
 	connectTimeout, authTimeout                    time.Duration
+	maxConnectSize                                 uint
+	maxConnecting                                  int
 }
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
@@ -93,6 +95,10 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&f.sync, "sync", "always", "with -data-dir: when a write is durable: always (fsync before each "+
 		"acknowledgement, shared by concurrent ones), a duration such as 100ms (sync that often; a power loss may cost "+
 		"that much), or none")
+	fs.UintVar(&f.maxConnectSize, "max-connect-size", 64<<10, "largest CONNECT (and AUTH before the CONNACK) "+
+		"accepted, in bytes: an unauthenticated client costs at most this much to decode")
+	fs.IntVar(&f.maxConnecting, "max-connecting", 1024, "connections that may be between accept and CONNACK at once; "+
+		"more wait, within -connect-timeout (0: no limit)")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", 10*time.Second,
 		"time a new connection has to send its CONNECT (TLS handshake included) before it is closed")
 	fs.DurationVar(&f.authTimeout, "auth-timeout", 10*time.Second,
@@ -232,6 +238,7 @@ func build(f *flags, logger *slog.Logger) (*broker, error) {
 		auth = true
 	}
 	cfg := config{addr: f.addr, maxPacketSize: uint32(f.maxPacketSize), connectTimeout: cmp.Or(f.connectTimeout, 10*time.Second), authTimeout: cmp.Or(f.authTimeout, 10*time.Second),
+		maxConnectSize: uint32(f.maxConnectSize), maxConnecting: f.maxConnecting,
 		allowAnonymous: f.allowAnonymous, maxQueued: f.maxQueued, dataDir: f.dataDir}
 	switch f.sync {
 	case "always", "":

@@ -25,6 +25,8 @@ type config struct {
 	authTimeout    time.Duration // a whole enhanced-authentication exchange
 	allowAnonymous bool
 	maxQueued      int
+	maxConnectSize uint32 // the largest CONNECT or AUTH before the CONNACK; 0: maxPacketSize
+	maxConnecting  int    // connections between accept and CONNACK at once; 0: no limit
 }
 
 // server is the example broker: sockets, topic matching, retained messages
@@ -36,12 +38,13 @@ type server struct {
 	router *router
 	logger *slog.Logger
 
-	connIDs atomic.Uint64
-	wg      sync.WaitGroup
-	mu      sync.Mutex
-	ln      net.Listener
-	closing bool
-	clients map[*client]struct{}
+	connIDs    atomic.Uint64
+	connecting chan struct{} // a slot per connection between accept and CONNACK; nil: no limit
+	wg         sync.WaitGroup
+	mu         sync.Mutex
+	ln         net.Listener
+	closing    bool
+	clients    map[*client]struct{}
 }
 
 // listenerName is the name of the broker's one listener in the core's options.
@@ -50,6 +53,9 @@ const listenerName = "mqtt"
 // newServer builds the core for chain and the server around it.
 func newServer(cfg config, chain *mqtthooks.Chain, logger *slog.Logger) (*server, error) {
 	s := &server{cfg: cfg, router: newRouter(), logger: logger, clients: map[*client]struct{}{}}
+	if cfg.maxConnecting > 0 {
+		s.connecting = make(chan struct{}, cfg.maxConnecting)
+	}
 	var store mqtthooks.SessionStore
 	if cfg.dataDir != "" {
 		ps, err := pebble.Open(cfg.dataDir, pebble.Options{Sync: cfg.sync})
@@ -131,6 +137,23 @@ func (s *server) serve() error {
 			c.serve()
 		})
 		s.mu.Unlock()
+	}
+}
+
+// enterConnecting takes one of the slots of connections that have not had
+// their CONNACK, waiting at most the connect timeout. release gives it back;
+// calling it again does nothing.
+func (s *server) enterConnecting() (release func(), ok bool) {
+	if s.connecting == nil {
+		return func() {}, true
+	}
+	t := time.NewTimer(s.cfg.connectTimeout)
+	defer t.Stop()
+	select {
+	case s.connecting <- struct{}{}:
+		return sync.OnceFunc(func() { <-s.connecting }), true
+	case <-t.C:
+		return nil, false
 	}
 }
 

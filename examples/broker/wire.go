@@ -31,6 +31,9 @@ func readPacket(r *bufio.Reader, version byte, maxSize uint32) (packets.Packet, 
 	if err != nil {
 		return pk, err
 	}
+	if err := precheck(&pk, body); err != nil {
+		return pk, err
+	}
 	if err := decodeRecovering(&pk, body); err != nil {
 		return pk, fmt.Errorf("%w: %w", errMalformed, err)
 	}

@@ -69,6 +69,11 @@ var propertyKinds = [256]propertyKind{
 	0x26: propPair,
 }
 
+// maxProperties bounds the properties of one section. The codec turns each
+// User Property into a pair of strings: a packet of nothing but empty ones
+// costs forty times its size to decode, which this bounds before decoding.
+const maxProperties = 1024
+
 const (
 	propReceiveMaximum    = 0x21
 	propMaximumPacketSize = 0x27
@@ -104,8 +109,9 @@ func prefixed(b []byte) (int, error) {
 }
 
 // checkProperties checks the property section at b[0:] — no property but a
-// User Property twice — and returns the section's length and the values of
-// the two-byte and four-byte properties it has.
+// User Property twice, at most maxProperties in all — and returns the
+// section's length and the values of the two-byte and four-byte properties
+// it has.
 func checkProperties(b []byte) (n int, ints map[byte]uint32, err error) {
 	size, n, err := varint(b)
 	if err != nil {
@@ -116,7 +122,11 @@ func checkProperties(b []byte) (n int, ints map[byte]uint32, err error) {
 	}
 	props := b[n : n+size]
 	var seen [256]bool
-	for i := 0; i < len(props); {
+	for i, count := 0, 0; i < len(props); count++ {
+		if count == maxProperties {
+			return 0, nil, &wireError{code: mqtthooks.CodeImplementationSpecificError,
+				why: fmt.Sprintf("more than %d properties", maxProperties)}
+		}
 		id := props[i]
 		i++
 		if seen[id] && id != propUserProperty {
@@ -187,6 +197,48 @@ func checkBody(pk *packets.Packet, body []byte) error {
 		}
 	case packets.Subscribe:
 		return checkSubscribe(pk, body)
+	}
+	return nil
+}
+
+// precheck applies, before decoding, the checks that bound what decoding pk
+// may cost: the property sections of a CONNECT and a PUBLISH.
+func precheck(pk *packets.Packet, body []byte) error {
+	switch pk.FixedHeader.Type {
+	case packets.Connect:
+		l, err := prefixed(body) // the protocol name
+		if err != nil || l+4 > len(body) || body[l] != 5 {
+			return nil // not MQTT 5, or malformed: the codec says which
+		}
+		// What the answer to a refused CONNECT needs, as the codec would set it.
+		pk.ProtocolVersion, pk.Connect.ProtocolName = 5, body[2:l]
+		at := l + 4
+		n, _, err := checkProperties(body[at:])
+		if err != nil || body[l+1]&0x04 == 0 { // no Will
+			return err
+		}
+		at += n
+		if l, err = prefixed(body[at:]); err != nil {
+			return err
+		}
+		_, _, err = checkProperties(body[at+l:])
+		return err
+	case packets.Publish:
+		if pk.ProtocolVersion != 5 {
+			return nil
+		}
+		l, err := prefixed(body)
+		if err != nil {
+			return err
+		}
+		if pk.FixedHeader.Qos > 0 {
+			l += 2
+		}
+		if l > len(body) {
+			return malformedErr("truncated PUBLISH")
+		}
+		_, _, err = checkProperties(body[l:])
+		return err
 	}
 	return nil
 }
