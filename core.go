@@ -518,9 +518,31 @@ func (c *Core) Sessions() iter.Seq[SessionInfo] {
 // ErrSessionNotFound when no session exists; called with a hook's context, it
 // is queued behind that hook and returns nil at once, before knowing either.
 func (c *Core) Disconnect(ctx context.Context, id SubscriberID, cleanup bool) error {
+	return c.DisconnectWith(ctx, id, DisconnectOptions{Cleanup: cleanup})
+}
+
+// DisconnectOptions say how DisconnectWith ends a session.
+type DisconnectOptions struct {
+	// Cleanup deletes the session's state, as Disconnect's cleanup does.
+	Cleanup bool
+	// Code is the reason code of the MQTT 5 DISCONNECT its connections get:
+	// a failure code a server may send in a DISCONNECT (MQTT 5 §3.14.2.1),
+	// such as CodeNotAuthorized when its credentials were revoked. Zero
+	// means CodeAdministrativeAction (0x98).
+	Code ReasonCode
+}
+
+// DisconnectWith is Disconnect with options. A Code that is not a failure
+// code gives ErrInvalidArgument.
+func (c *Core) DisconnectWith(ctx context.Context, id SubscriberID, opts DisconnectOptions) error {
 	if ctx == nil {
 		return fmt.Errorf("%w: nil context", ErrInvalidArgument)
 	}
+	code := cmp.Or(opts.Code, CodeAdministrativeAction)
+	if !code.IsFailure() || !code.ValidIn(PacketDisconnect) {
+		return fmt.Errorf("%w: %s is not a failure code of a server's DISCONNECT", ErrInvalidArgument, code)
+	}
+	cleanup := opts.Cleanup
 	if c.closed.Load() {
 		return ErrShutdown
 	}
@@ -532,7 +554,7 @@ func (c *Core) Disconnect(ctx context.Context, id SubscriberID, cleanup bool) er
 			err = ErrSessionNotFound
 			return
 		}
-		c.adminDisconnect(ctx, e, st, cleanup)
+		c.adminDisconnect(ctx, e, st, cleanup, code)
 	}))
 	if async {
 		return nil

@@ -396,25 +396,29 @@ func (c *Core) takeOver(ctx context.Context, st *sessionState, sessionEnds bool)
 }
 
 // adminDisconnect ends the session's connections for an administrator.
-func (c *Core) adminDisconnect(ctx context.Context, e *entry, st *sessionState, cleanup bool) {
+func (c *Core) adminDisconnect(ctx context.Context, e *entry, st *sessionState, cleanup bool, code ReasonCode) {
 	conns := st.snapshotConns()
+	end := errAdminDisconnect
+	if code != end.Code {
+		end = &EndedError{Code: code, Reason: ReasonAdmin}
+	}
 	if cleanup {
 		for _, s := range conns {
-			c.kick(s, errAdminDisconnect)
+			c.kick(s, end)
 			c.detach(st, s)
 			c.willDue(ctx, st, s, true)
 		}
 		ev := st.offlineEvent(ReasonAdmin)
 		if len(conns) > 0 {
 			ev = conns[len(conns)-1].event(ReasonAdmin)
-			ev.Code, ev.HasCode = CodeAdministrativeAction, ev.ProtocolVersion.IsV5()
+			ev.Code, ev.HasCode = code, ev.ProtocolVersion.IsV5()
 		}
 		c.endSession(ctx, e, st, hookOnClientGone, &ev, nil)
 		return
 	}
 	for _, s := range conns {
-		c.kick(s, errAdminDisconnect)
-		c.endConnection(ctx, e, st, s, endCause{reason: ReasonAdmin, code: CodeAdministrativeAction,
+		c.kick(s, end)
+		c.endConnection(ctx, e, st, s, endCause{reason: ReasonAdmin, code: code,
 			hasCode: s.version.IsV5(), will: true})
 	}
 }

@@ -37,6 +37,14 @@ type EndedError struct {
 
 func (e *EndedError) Error() string { return "mqtthooks: connection ended: " + e.Reason.String() }
 
+// Is reports whether target is an *EndedError of the same Reason, whatever
+// its code: an administrator's disconnect matches ErrAdminDisconnect with
+// any code DisconnectWith was given.
+func (e *EndedError) Is(target error) bool {
+	t, ok := target.(*EndedError)
+	return ok && t.Reason == e.Reason
+}
+
 // The ends of a connection that the Core decides. Compare with errors.Is, or
 // use errors.As with *EndedError for the code.
 var (

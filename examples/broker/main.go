@@ -196,11 +196,40 @@ func (b *broker) reload(logger *slog.Logger) {
 	if b.passwd == nil {
 		return
 	}
-	if err := b.passwd.Reload(); err != nil {
+	revoked, err := b.passwd.ReloadRevoked()
+	if err != nil {
 		logger.Error("password file not reloaded; keeping the old one", "err", err)
 		return
 	}
-	logger.Info("password file reloaded", "users", b.passwd.Users())
+	logger.Info("password file reloaded", "users", b.passwd.Users(), "revoked", len(revoked))
+	b.revoke(revoked, logger)
+}
+
+// revoke disconnects the connected sessions of users, whose credentials the
+// password file no longer accepts: MQTT 5 clients get DISCONNECT 0x87 (not
+// authorized), MQTT 3 clients a close. Their sessions stay, offline: a
+// client may not reconnect to them without valid credentials.
+func (b *broker) revoke(users []string, logger *slog.Logger) {
+	if len(users) == 0 {
+		return
+	}
+	gone := make(map[string]bool, len(users))
+	for _, u := range users {
+		gone[u] = true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for info := range b.srv.core.Sessions() {
+		if info.Connections == 0 || !info.HasUsername || !gone[info.Username] {
+			continue
+		}
+		err := b.srv.core.DisconnectWith(ctx, info.ID, mqtthooks.DisconnectOptions{Code: mqtthooks.CodeNotAuthorized})
+		if err != nil && !errors.Is(err, mqtthooks.ErrSessionNotFound) {
+			logger.Warn("could not disconnect a revoked user", "client", info.ID.String(), "err", err)
+			continue
+		}
+		logger.Info("disconnected: credentials revoked", "client", info.ID.String(), "user", info.Username)
+	}
 }
 
 // build makes the chain and the server from the flags.

@@ -620,6 +620,29 @@ func TestAdminDisconnect(t *testing.T) {
 		_, ok := f.core.Lookup(sid("c1"))
 		assert.False(t, ok)
 	})
+	t.Run("with a code", func(t *testing.T) {
+		f := newFixture(t, mqtthooks.Options{})
+		c := f.connect(mqtthookstest.V5("c1", "u", true, 300))
+		requireAccepted(t, c)
+		f.rec.Reset()
+		assert.ErrorIs(t, f.core.DisconnectWith(t.Context(), sid("c1"), mqtthooks.DisconnectOptions{Code: 0x04}),
+			mqtthooks.ErrInvalidArgument, "not a failure code")
+		assert.ErrorIs(t, f.core.DisconnectWith(t.Context(), sid("c1"), mqtthooks.DisconnectOptions{Code: 0x84}),
+			mqtthooks.ErrInvalidArgument, "not a DISCONNECT code")
+
+		require.NoError(t, f.core.DisconnectWith(t.Context(), sid("c1"),
+			mqtthooks.DisconnectOptions{Code: mqtthooks.CodeNotAuthorized}))
+
+		within(t, c.Conn.Disconnected(), "a DISCONNECT")
+		assert.Equal(t, []mqtthooks.ReasonCode{mqtthooks.CodeNotAuthorized}, c.Conn.Disconnects())
+		off, _ := f.rec.Last(sid("c1"), "OnClientOffline")
+		assert.Equal(t, mqtthooks.CodeNotAuthorized, off.Event.Code)
+		_, err := c.Session.Pull(make([]mqtthooks.Delivery, 1))
+		assert.ErrorIs(t, err, mqtthooks.ErrAdminDisconnect, "whatever the code")
+		var ended *mqtthooks.EndedError
+		require.ErrorAs(t, err, &ended)
+		assert.Equal(t, mqtthooks.CodeNotAuthorized, ended.Code)
+	})
 	t.Run("offline, no cleanup, and unknown", func(t *testing.T) {
 		f := newFixture(t, mqtthooks.Options{})
 		c := f.v3("c1", false)

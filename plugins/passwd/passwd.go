@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -77,18 +78,36 @@ func OpenWith(path string, opts Options) (*Plugin, error) {
 // Reload reads the file again. If it does not load, the plugin keeps the
 // users it had and Reload returns the error.
 func (p *Plugin) Reload() error {
+	_, err := p.ReloadRevoked()
+	return err
+}
+
+// ReloadRevoked is Reload, and returns, sorted, the users whose credentials
+// the new file revokes: those it no longer lists, or lists with another
+// hash. A broker disconnects their connections (see
+// mqtthooks.Core.DisconnectWith): a plugin decides only at CONNECT.
+func (p *Plugin) ReloadRevoked() ([]string, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	data, err := os.ReadFile(p.path)
 	if err != nil {
-		return fmt.Errorf("passwd: %w", err)
+		return nil, fmt.Errorf("passwd: %w", err)
 	}
 	users, err := parse(data)
 	if err != nil {
-		return fmt.Errorf("%s: %w", p.path, err)
+		return nil, fmt.Errorf("%s: %w", p.path, err)
 	}
+	var revoked []string
+	if old := p.users.Load(); old != nil {
+		for user, h := range *old {
+			if nh, ok := users[user]; !ok || !nh.equal(&h) {
+				revoked = append(revoked, user)
+			}
+		}
+	}
+	slices.Sort(revoked)
 	p.users.Store(&users)
-	return nil
+	return revoked, nil
 }
 
 // Users returns how many users the loaded file has.
@@ -102,6 +121,11 @@ type hash struct {
 	// argon2id
 	memory  uint32
 	threads uint8
+}
+
+func (h *hash) equal(o *hash) bool {
+	return h.kind == o.kind && bytes.Equal(h.salt, o.salt) && bytes.Equal(h.sum, o.sum) &&
+		h.iterations == o.iterations && h.memory == o.memory && h.threads == o.threads
 }
 
 // parse parses the contents of a password file. Empty lines and lines that

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -162,4 +163,33 @@ func TestSameAnswerForUnknownUsers(t *testing.T) {
 			assert.Equal(t, mqtthooks.RefusedBadUsernameOrPassword, told3)
 		}
 	}
+}
+
+// ReloadRevoked names the users the new file drops or gives another
+// password, and no one else.
+func TestReloadRevoked(t *testing.T) {
+	path := file(t, argon2Line("erin", "argon-pass"))
+	p, err := passwd.Open(path)
+	require.NoError(t, err)
+	data, err := os.ReadFile(path)
+	require.NoError(t, err)
+	var kept []string
+	for line := range strings.Lines(string(data)) {
+		switch {
+		case strings.HasPrefix(line, "alice:"): // dropped
+		case strings.HasPrefix(line, "erin:"):
+			kept = append(kept, argon2Line("erin", "new-pass")) // a new password
+		default:
+			kept = append(kept, line)
+		}
+	}
+	require.NoError(t, os.WriteFile(path, []byte(strings.Join(kept, "")), 0o600))
+	revoked, err := p.ReloadRevoked()
+	require.NoError(t, err)
+	assert.Equal(t, []string{"alice", "erin"}, revoked)
+	assert.Equal(t, mqtthooks.VerdictAccept, p.AuthOnRegister(t.Context(), connect("bob", "builder", true)).Verdict())
+
+	revoked, err = p.ReloadRevoked()
+	require.NoError(t, err)
+	assert.Empty(t, revoked, "the same file again revokes nobody")
 }
