@@ -17,7 +17,8 @@
 //	echo -n 'secret' | go run ./examples/broker -scram scram.txt -scram-adduser alice
 //
 // SIGINT and SIGTERM shut the broker down cleanly (MQTT 5 clients get
-// DISCONNECT 0x8B); SIGHUP reloads the password file.
+// DISCONNECT 0x8B); SIGHUP reloads the password file and disconnects the
+// users it no longer accepts.
 package main
 
 import (
