@@ -50,6 +50,8 @@ type client struct {
 
 	rateWindow time.Time
 	rateCount  uint32
+
+	aliases map[uint16]string // the client's topic aliases (MQTT 5), read loop only
 }
 
 func newClient(srv *server, nc net.Conn, listener string, connID uint64) *client {
@@ -674,6 +676,16 @@ func (c *client) publish(pk *packets.Packet) (mqtthooks.ReasonCode, bool) {
 	}
 	if code := pk.PublishValidate(l.TopicAliasMaximum); code != packets.CodeSuccess {
 		return mqtthooks.ReasonCode(code.Code), false
+	}
+	if alias := pk.Properties.TopicAlias; alias > 0 { // MQTT 5 §3.3.2.3.4: the connection's own table
+		if pk.TopicName != "" {
+			if c.aliases == nil {
+				c.aliases = make(map[uint16]string, l.TopicAliasMaximum)
+			}
+			c.aliases[alias] = pk.TopicName
+		} else if pk.TopicName = c.aliases[alias]; pk.TopicName == "" {
+			return mqtthooks.CodeProtocolError, false // an alias never set [MQTT-3.3.2-8]
+		}
 	}
 	switch {
 	case !validTopic(pk.TopicName):

@@ -72,6 +72,7 @@ type flags struct {
 	connectTimeout, authTimeout                    time.Duration
 	maxConnectSize                                 uint
 	maxConnecting                                  int
+	topicAliasMax                                  uint
 }
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
@@ -100,6 +101,8 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 		"accepted, in bytes: an unauthenticated client costs at most this much to decode")
 	fs.IntVar(&f.maxConnecting, "max-connecting", 1024, "connections that may be between accept and CONNACK at once; "+
 		"more wait, within -connect-timeout (0: no limit)")
+	fs.UintVar(&f.topicAliasMax, "topic-alias-maximum", 10, "topic aliases an MQTT 5 client may set on its "+
+		"connection (0: none)")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", 10*time.Second,
 		"time a new connection has to send its CONNECT (TLS handshake included) before it is closed")
 	fs.DurationVar(&f.authTimeout, "auth-timeout", 10*time.Second,
@@ -268,7 +271,7 @@ func build(f *flags, logger *slog.Logger) (*broker, error) {
 		auth = true
 	}
 	cfg := config{addr: f.addr, maxPacketSize: uint32(f.maxPacketSize), connectTimeout: cmp.Or(f.connectTimeout, 10*time.Second), authTimeout: cmp.Or(f.authTimeout, 10*time.Second),
-		maxConnectSize: uint32(f.maxConnectSize), maxConnecting: f.maxConnecting,
+		maxConnectSize: uint32(f.maxConnectSize), maxConnecting: f.maxConnecting, topicAliasMax: uint16(min(f.topicAliasMax, 65535)),
 		allowAnonymous: f.allowAnonymous, maxQueued: f.maxQueued, dataDir: f.dataDir}
 	switch f.sync {
 	case "always", "":

@@ -33,7 +33,8 @@ func TestFlags(t *testing.T) {
 	var out bytes.Buffer
 	assert.ErrorIs(t, run([]string{"-help"}, nil, &out), flag.ErrHelp)
 	for _, name := range []string{"-addr", "-tls-cert", "-tls-key", "-passwd", "-scram", "-allow-anonymous", "-max-packet-size", "-v",
-		"-connect-timeout", "-auth-timeout", "-passwd-tell-wrong-password", "-max-connect-size", "-max-connecting"} {
+		"-connect-timeout", "-auth-timeout", "-passwd-tell-wrong-password", "-max-connect-size", "-max-connecting",
+		"-topic-alias-maximum"} {
 		assert.Contains(t, out.String(), name)
 	}
 	discard := slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -27,6 +27,7 @@ type config struct {
 	maxQueued      int
 	maxConnectSize uint32 // the largest CONNECT or AUTH before the CONNACK; 0: maxPacketSize
 	maxConnecting  int    // connections between accept and CONNACK at once; 0: no limit
+	topicAliasMax  uint16 // topic aliases a client may set (MQTT 5); 0: none
 }
 
 // server is the example broker: sockets, topic matching, retained messages
@@ -67,6 +68,7 @@ func newServer(cfg config, chain *mqtthooks.Chain, logger *slog.Logger) (*server
 	caps := mqtthooks.DefaultCapabilities()
 	caps.SharedSubscriptionAvailable = false // not implemented here
 	caps.MaximumPacketSize = cfg.maxPacketSize
+	caps.TopicAliasMaximum = cfg.topicAliasMax
 	core, err := mqtthooks.NewCore(chain, mqtthooks.Options{
 		Listeners:           map[string]mqtthooks.ListenerOptions{listenerName: {AllowAnonymous: cfg.allowAnonymous}},
 		Capabilities:        &caps,
