@@ -483,6 +483,8 @@ func (c *client) writeLoop() {
 				}
 				if !sent {
 					c.tooLarge(d) // MQTT 5 §3.1.2.11.4: discarded as if sent
+				} else if !d.Pubrel {
+					c.srv.sys.sent.Add(1)
 				}
 			}
 			if c.flush() != nil { // one write for the batch
@@ -677,6 +679,7 @@ func (c *client) publish(pk *packets.Packet) (mqtthooks.ReasonCode, bool) {
 	if code := pk.PublishValidate(l.TopicAliasMaximum); code != packets.CodeSuccess {
 		return mqtthooks.ReasonCode(code.Code), false
 	}
+	c.srv.sys.received.Add(1)
 	if alias := pk.Properties.TopicAlias; alias > 0 { // MQTT 5 §3.3.2.3.4: the connection's own table
 		if pk.TopicName != "" {
 			if c.aliases == nil {

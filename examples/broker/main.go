@@ -73,6 +73,7 @@ type flags struct {
 	maxConnectSize                                 uint
 	maxConnecting                                  int
 	topicAliasMax                                  uint
+	sysInterval                                    time.Duration
 }
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
@@ -103,6 +104,8 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 		"more wait, within -connect-timeout (0: no limit)")
 	fs.UintVar(&f.topicAliasMax, "topic-alias-maximum", 10, "topic aliases an MQTT 5 client may set on its "+
 		"connection (0: none)")
+	fs.DurationVar(&f.sysInterval, "sys-interval", 10*time.Second, "how often the $SYS/broker/... topics "+
+		"(version, uptime, clients, messages, load averages) are published, retained (0: never)")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", 10*time.Second,
 		"time a new connection has to send its CONNECT (TLS handshake included) before it is closed")
 	fs.DurationVar(&f.authTimeout, "auth-timeout", 10*time.Second,
@@ -272,6 +275,7 @@ func build(f *flags, logger *slog.Logger) (*broker, error) {
 	}
 	cfg := config{addr: f.addr, maxPacketSize: uint32(f.maxPacketSize), connectTimeout: cmp.Or(f.connectTimeout, 10*time.Second), authTimeout: cmp.Or(f.authTimeout, 10*time.Second),
 		maxConnectSize: uint32(f.maxConnectSize), maxConnecting: f.maxConnecting, topicAliasMax: uint16(min(f.topicAliasMax, 65535)),
+		sysInterval:    f.sysInterval,
 		allowAnonymous: f.allowAnonymous, maxQueued: f.maxQueued, dataDir: f.dataDir}
 	switch f.sync {
 	case "always", "":

@@ -17,8 +17,9 @@ type router struct {
 	trees map[string]*node // mountpoint → subscription tree
 	bySub map[mqtthooks.SubscriberID]map[string]bool
 
-	rmu      sync.RWMutex             // retained messages have their own lock: a SUBSCRIBE's lookups do not stall routing
-	retained map[string]*retainedNode // mountpoint → retained messages by topic level
+	rmu           sync.RWMutex             // retained messages have their own lock: a SUBSCRIBE's lookups do not stall routing
+	retained      map[string]*retainedNode // mountpoint → retained messages by topic level
+	retainedCount int
 }
 
 // retainedNode is one topic level of the retained messages.
@@ -132,6 +133,19 @@ func (r *router) removeLocked(id mqtthooks.SubscriberID, filter string) {
 	}
 }
 
+// counts returns how many subscriptions and retained messages there are.
+func (r *router) counts() (subs, retained int) {
+	r.mu.RLock()
+	for _, filters := range r.bySub {
+		subs += len(filters)
+	}
+	r.mu.RUnlock()
+	r.rmu.RLock()
+	retained = r.retainedCount
+	r.rmu.RUnlock()
+	return subs, retained
+}
+
 // has reports whether id subscribes to filter.
 func (r *router) has(id mqtthooks.SubscriberID, filter string) bool {
 	r.mu.RLock()
@@ -234,6 +248,9 @@ func (r *router) retain(mountpoint string, msg *mqtthooks.Message) {
 		}
 		n = next
 	}
+	if n.msg == nil {
+		r.retainedCount++
+	}
 	n.msg = rm
 }
 
@@ -251,10 +268,11 @@ func (r *router) unretainLocked(mountpoint, topic string) {
 		path = append(path, n)
 		n = n.children[level]
 	}
-	if n == nil {
+	if n == nil || n.msg == nil {
 		return
 	}
 	n.msg = nil
+	r.retainedCount--
 	for i := len(levels) - 1; i >= 0 && n.msg == nil && len(n.children) == 0; i-- {
 		delete(path[i].children, levels[i])
 		n = path[i]

@@ -25,9 +25,10 @@ type config struct {
 	authTimeout    time.Duration // a whole enhanced-authentication exchange
 	allowAnonymous bool
 	maxQueued      int
-	maxConnectSize uint32 // the largest CONNECT or AUTH before the CONNACK; 0: maxPacketSize
-	maxConnecting  int    // connections between accept and CONNACK at once; 0: no limit
-	topicAliasMax  uint16 // topic aliases a client may set (MQTT 5); 0: none
+	maxConnectSize uint32        // the largest CONNECT or AUTH before the CONNACK; 0: maxPacketSize
+	maxConnecting  int           // connections between accept and CONNACK at once; 0: no limit
+	topicAliasMax  uint16        // topic aliases a client may set (MQTT 5); 0: none
+	sysInterval    time.Duration // how often the $SYS topics are published; 0: never
 }
 
 // server is the example broker: sockets, topic matching, retained messages
@@ -41,6 +42,8 @@ type server struct {
 
 	connIDs    atomic.Uint64
 	connecting chan struct{} // a slot per connection between accept and CONNACK; nil: no limit
+	sys        sysStats
+	sysStop    chan struct{}
 	wg         sync.WaitGroup
 	mu         sync.Mutex
 	ln         net.Listener
@@ -53,7 +56,8 @@ const listenerName = "mqtt"
 
 // newServer builds the core for chain and the server around it.
 func newServer(cfg config, chain *mqtthooks.Chain, logger *slog.Logger) (*server, error) {
-	s := &server{cfg: cfg, router: newRouter(), logger: logger, clients: map[*client]struct{}{}}
+	s := &server{cfg: cfg, router: newRouter(), logger: logger, clients: map[*client]struct{}{},
+		sys: sysStats{started: time.Now()}, sysStop: make(chan struct{})}
 	if cfg.maxConnecting > 0 {
 		s.connecting = make(chan struct{}, cfg.maxConnecting)
 	}
@@ -109,6 +113,13 @@ func (s *server) addr() net.Addr { return s.ln.Addr() }
 
 // serve accepts connections until the listener closes.
 func (s *server) serve() error {
+	if s.cfg.sysInterval > 0 {
+		s.mu.Lock()
+		if !s.closing {
+			s.wg.Go(func() { s.sysLoop(s.cfg.sysInterval, s.sysStop) })
+		}
+		s.mu.Unlock()
+	}
 	for {
 		nc, err := s.ln.Accept()
 		if err != nil {
@@ -163,6 +174,9 @@ func (s *server) enterConnecting() (release func(), ok bool) {
 // 0x8B), closes what is left and waits for the connections' goroutines.
 func (s *server) shutdown(ctx context.Context) error {
 	s.mu.Lock()
+	if !s.closing {
+		close(s.sysStop)
+	}
 	s.closing = true
 	if s.ln != nil {
 		_ = s.ln.Close()
