@@ -414,6 +414,8 @@ func (c *client) serve() {
 		c.session.Lost(c.ctx, err)
 		return
 	}
+	c.srv.setOnline(c.session.ID(), +1)
+	defer c.srv.setOnline(c.session.ID(), -1)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -761,12 +763,14 @@ func (c *client) subscribe(pk *packets.Packet) (mqtthooks.ReasonCode, bool) {
 	var subs []mqtthooks.Subscription
 	for i, f := range pk.Filters {
 		wild := strings.ContainsAny(f.Filter, "+#")
+		shared := strings.HasPrefix(f.Filter, "$share/")
 		switch {
-		case !validFilter(f.Filter) || strings.HasPrefix(f.Filter, "$share/"):
+		case shared && f.NoLocal && c.version == 5:
+			return mqtthooks.CodeProtocolError, false // [MQTT-3.8.3-4]
+		case shared && !l.SharedSubscriptionAvailable:
+			codes[i] = byte(mqtthooks.CodeSharedSubscriptionsNotSupported)
+		case shared && !validShare(f.Filter), !shared && !validFilter(f.Filter):
 			codes[i] = byte(mqtthooks.CodeTopicFilterInvalid)
-			if strings.HasPrefix(f.Filter, "$share/") {
-				codes[i] = byte(mqtthooks.CodeSharedSubscriptionsNotSupported)
-			}
 		case wild && !l.WildcardSubscriptionAvailable:
 			codes[i] = byte(mqtthooks.CodeWildcardSubscriptionsNotSupported)
 		case f.Identifier != 0 && !l.SubscriptionIdentifierAvailable:
@@ -797,8 +801,8 @@ func (c *client) subscribe(pk *packets.Packet) (mqtthooks.ReasonCode, bool) {
 	_ = c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Suback}, ProtocolVersion: c.version,
 		PacketID: pk.PacketID, ReasonCodes: codes})
 	for i, sub := range subs {
-		if sub.RetainHandling == 2 || sub.RetainHandling == 1 && existed[i] {
-			continue
+		if sub.RetainHandling == 2 || sub.RetainHandling == 1 && existed[i] || strings.HasPrefix(sub.Filter, "$share/") {
+			continue // a shared subscription gets no retained messages (MQTT 5 §4.8.2)
 		}
 		for _, msg := range c.srv.router.retainedFor(id.Mountpoint, sub.Filter) {
 			var ids []uint32

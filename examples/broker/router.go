@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mqtthooks/mqtthooks"
@@ -16,6 +17,8 @@ type router struct {
 	mu    sync.RWMutex
 	trees map[string]*node // mountpoint → subscription tree
 	bySub map[mqtthooks.SubscriberID]map[string]bool
+
+	online func(mqtthooks.SubscriberID) bool // whether a session has a connection; nil: all do
 
 	rmu           sync.RWMutex             // retained messages have their own lock: a SUBSCRIBE's lookups do not stall routing
 	retained      map[string]*retainedNode // mountpoint → retained messages by topic level
@@ -39,9 +42,73 @@ type retainedMessage struct {
 type node struct {
 	children map[string]*node
 	subs     map[mqtthooks.SubscriberID]routedSub
+	shared   map[string]*shareGroup // share name → the group's members on this filter
 }
 
-func (n *node) empty() bool { return len(n.subs) == 0 && len(n.children) == 0 }
+// shareGroup is one shared subscription, $share/{name}/{filter} (MQTT 5
+// §4.8.2): each message goes to one of its members, in turn.
+type shareGroup struct {
+	members []sharedMember
+	next    atomic.Uint32 // taken under the router's read lock, so atomic
+}
+
+type sharedMember struct {
+	id  mqtthooks.SubscriberID
+	sub routedSub
+}
+
+// parseShare splits a shared subscription's filter, "$share/{name}/{filter}",
+// into the share name and the filter; ok is false for any other filter.
+func parseShare(filter string) (name, topicFilter string, ok bool) {
+	rest, ok := strings.CutPrefix(filter, "$share/")
+	if !ok {
+		return "", "", false
+	}
+	name, topicFilter, ok = strings.Cut(rest, "/")
+	return name, topicFilter, ok
+}
+
+// validShare reports whether filter is a well-formed shared subscription: a
+// share name without "/", "+" or "#", and a valid topic filter
+// [MQTT-4.8.2-1] [MQTT-4.8.2-2].
+func validShare(filter string) bool {
+	name, f, ok := parseShare(filter)
+	return ok && name != "" && !strings.ContainsAny(name, "+#") && validFilter(f)
+}
+
+func (n *node) empty() bool { return len(n.subs) == 0 && len(n.children) == 0 && len(n.shared) == 0 }
+
+// addShared adds id to the share group name of n, or replaces its
+// subscription there.
+func (n *node) addShared(name string, id mqtthooks.SubscriberID, sub routedSub) {
+	g := n.shared[name]
+	if g == nil {
+		if n.shared == nil {
+			n.shared = map[string]*shareGroup{}
+		}
+		g = &shareGroup{}
+		n.shared[name] = g
+	}
+	for i := range g.members {
+		if g.members[i].id == id {
+			g.members[i].sub = sub
+			return
+		}
+	}
+	g.members = append(g.members, sharedMember{id, sub})
+}
+
+// removeShared takes id out of the share group name of n.
+func (n *node) removeShared(name string, id mqtthooks.SubscriberID) {
+	g := n.shared[name]
+	if g == nil {
+		return
+	}
+	g.members = slices.DeleteFunc(g.members, func(m sharedMember) bool { return m.id == id })
+	if len(g.members) == 0 {
+		delete(n.shared, name)
+	}
+}
 
 // routedSub is a subscription with the life of the session that made it.
 type routedSub struct {
@@ -63,7 +130,12 @@ func (r *router) Add(id mqtthooks.SubscriberID, gen uint64, sub mqtthooks.Subscr
 		n = &node{}
 		r.trees[id.Mountpoint] = n
 	}
-	for _, level := range strings.Split(sub.Filter, "/") {
+	filter := sub.Filter
+	share, shared, isShared := parseShare(filter)
+	if isShared {
+		filter = shared
+	}
+	for _, level := range strings.Split(filter, "/") {
 		if n.children == nil {
 			n.children = map[string]*node{}
 		}
@@ -74,10 +146,14 @@ func (r *router) Add(id mqtthooks.SubscriberID, gen uint64, sub mqtthooks.Subscr
 		}
 		n = next
 	}
-	if n.subs == nil {
-		n.subs = map[mqtthooks.SubscriberID]routedSub{}
+	if isShared {
+		n.addShared(share, id, routedSub{sub, gen})
+	} else {
+		if n.subs == nil {
+			n.subs = map[mqtthooks.SubscriberID]routedSub{}
+		}
+		n.subs[id] = routedSub{sub, gen}
 	}
-	n.subs[id] = routedSub{sub, gen}
 	if r.bySub[id] == nil {
 		r.bySub[id] = map[string]bool{}
 	}
@@ -105,6 +181,11 @@ func (r *router) RemoveAll(id mqtthooks.SubscriberID, _ uint64) {
 // every filter ever subscribed.
 func (r *router) removeLocked(id mqtthooks.SubscriberID, filter string) {
 	root := r.trees[id.Mountpoint]
+	full := filter
+	share, shared, isShared := parseShare(filter)
+	if isShared {
+		filter = shared
+	}
 	levels := strings.Split(filter, "/")
 	path := make([]*node, 0, len(levels)+1) // path[i] is the parent of levels[i]
 	n := root
@@ -116,7 +197,11 @@ func (r *router) removeLocked(id mqtthooks.SubscriberID, filter string) {
 		n = n.children[level]
 	}
 	if n != nil {
-		delete(n.subs, id)
+		if isShared {
+			n.removeShared(share, id)
+		} else {
+			delete(n.subs, id)
+		}
 		for i := len(levels) - 1; i >= 0 && n.empty(); i-- {
 			delete(path[i].children, levels[i])
 			n = path[i]
@@ -126,7 +211,7 @@ func (r *router) removeLocked(id mqtthooks.SubscriberID, filter string) {
 		}
 	}
 	if subs := r.bySub[id]; subs != nil {
-		delete(subs, filter)
+		delete(subs, full)
 		if len(subs) == 0 {
 			delete(r.bySub, id)
 		}
@@ -161,6 +246,7 @@ type match struct {
 	qos      byte
 	rap      bool // retain as published
 	identity []uint32
+	shared   bool // chosen as a share group's member: a delivery of its own
 }
 
 // matches returns the sessions subscribed to topic on mountpoint, one entry
@@ -181,15 +267,15 @@ func (r *router) matches(mountpoint, topic string, from mqtthooks.SubscriberID) 
 
 func (r *router) walk(n *node, levels []string, i int, dollar bool, from mqtthooks.SubscriberID, out *[]match) {
 	if i == len(levels) {
-		collect(n, from, out)
+		r.collect(n, from, out)
 		if hash := n.children["#"]; hash != nil {
-			collect(hash, from, out) // "a/#" matches "a"
+			r.collect(hash, from, out) // "a/#" matches "a"
 		}
 		return
 	}
 	wild := !(dollar && i == 0)
 	if hash := n.children["#"]; hash != nil && wild {
-		collect(hash, from, out)
+		r.collect(hash, from, out)
 	}
 	if plus := n.children["+"]; plus != nil && wild {
 		r.walk(plus, levels, i+1, dollar, from, out)
@@ -199,13 +285,19 @@ func (r *router) walk(n *node, levels []string, i int, dollar bool, from mqtthoo
 	}
 }
 
-// collect adds the subscriptions of n to out, merging those of one session.
-func collect(n *node, from mqtthooks.SubscriberID, out *[]match) {
+// collect adds the subscriptions of n to out, merging those of one session,
+// and one member of each share group on n.
+func (r *router) collect(n *node, from mqtthooks.SubscriberID, out *[]match) {
+	for _, g := range n.shared {
+		m := g.pick(r.online)
+		*out = append(*out, match{id: m.id, gen: m.sub.gen, qos: m.sub.QoS, rap: m.sub.RetainAsPublished,
+			identity: identities(m.sub.Identifier), shared: true})
+	}
 	for id, sub := range n.subs {
 		if sub.NoLocal && id == from {
 			continue
 		}
-		i := slices.IndexFunc(*out, func(m match) bool { return m.id == id })
+		i := slices.IndexFunc(*out, func(m match) bool { return m.id == id && !m.shared })
 		if i < 0 {
 			*out = append(*out, match{id: id, gen: sub.gen})
 			i = len(*out) - 1
@@ -217,6 +309,28 @@ func collect(n *node, from mqtthooks.SubscriberID, out *[]match) {
 			m.identity = append(m.identity, sub.Identifier)
 		}
 	}
+}
+
+// pick returns the member whose turn it is, passing over those that are not
+// online (when online is set) while any member is.
+func (g *shareGroup) pick(online func(mqtthooks.SubscriberID) bool) sharedMember {
+	n := uint32(len(g.members))
+	start := g.next.Add(1) - 1
+	if online != nil {
+		for k := range n {
+			if m := g.members[(start+k)%n]; online(m.id) {
+				return m
+			}
+		}
+	}
+	return g.members[start%n]
+}
+
+func identities(id uint32) []uint32 {
+	if id == 0 {
+		return nil
+	}
+	return []uint32{id}
 }
 
 // retain stores msg as the retained message of its topic, or clears it when

@@ -43,6 +43,8 @@ type server struct {
 	connIDs    atomic.Uint64
 	connecting chan struct{} // a slot per connection between accept and CONNACK; nil: no limit
 	sys        sysStats
+	onlineMu   sync.Mutex
+	online     map[mqtthooks.SubscriberID]int // connections of each session; share groups prefer those with one
 	sysStop    chan struct{}
 	wg         sync.WaitGroup
 	mu         sync.Mutex
@@ -57,7 +59,8 @@ const listenerName = "mqtt"
 // newServer builds the core for chain and the server around it.
 func newServer(cfg config, chain *mqtthooks.Chain, logger *slog.Logger) (*server, error) {
 	s := &server{cfg: cfg, router: newRouter(), logger: logger, clients: map[*client]struct{}{},
-		sys: sysStats{started: time.Now()}, sysStop: make(chan struct{})}
+		sys: sysStats{started: time.Now()}, sysStop: make(chan struct{}), online: map[mqtthooks.SubscriberID]int{}}
+	s.router.online = s.isOnline
 	if cfg.maxConnecting > 0 {
 		s.connecting = make(chan struct{}, cfg.maxConnecting)
 	}
@@ -70,7 +73,6 @@ func newServer(cfg config, chain *mqtthooks.Chain, logger *slog.Logger) (*server
 		s.store, store = ps, ps
 	}
 	caps := mqtthooks.DefaultCapabilities()
-	caps.SharedSubscriptionAvailable = false // not implemented here
 	caps.MaximumPacketSize = cfg.maxPacketSize
 	caps.TopicAliasMaximum = cfg.topicAliasMax
 	core, err := mqtthooks.NewCore(chain, mqtthooks.Options{
@@ -151,6 +153,23 @@ func (s *server) serve() error {
 		})
 		s.mu.Unlock()
 	}
+}
+
+// setOnline counts a connection of id in (+1) or out (-1).
+func (s *server) setOnline(id mqtthooks.SubscriberID, d int) {
+	s.onlineMu.Lock()
+	defer s.onlineMu.Unlock()
+	if n := s.online[id] + d; n > 0 {
+		s.online[id] = n
+	} else {
+		delete(s.online, id)
+	}
+}
+
+func (s *server) isOnline(id mqtthooks.SubscriberID) bool {
+	s.onlineMu.Lock()
+	defer s.onlineMu.Unlock()
+	return s.online[id] > 0
 }
 
 // enterConnecting takes one of the slots of connections that have not had
