@@ -13,13 +13,12 @@ import (
 // sysStats are the broker's own counters behind the $SYS topics, besides
 // the core's Stats.
 type sysStats struct {
-	started                  time.Time
-	received, sent           atomic.Uint64 // PUBLISH packets from clients, and to them
-	bytesReceived, bytesSent atomic.Uint64
-	lastAt                   time.Time // of the last publishSys: the load averages' step
-	last                     [3]uint64 // received, sent, connects at lastAt
-	loads                    [3][3]float64
-	loadsReady               bool
+	started        time.Time
+	received, sent atomic.Uint64 // PUBLISH packets from clients, and to them
+	lastAt         time.Time     // of the last publishSys: the load averages' step
+	last           [3]uint64     // received, sent, connects at lastAt
+	loads          [3][3]float64
+	loadsReady     bool
 }
 
 // loadWindows are the windows of the $SYS load averages, as Mosquitto has

@@ -378,10 +378,6 @@ func seekSession(it *pebble.Iterator, prefix []byte) bool {
 	return it.SeekGE(prefix)
 }
 
-// absent marks, among the messages Load has looked for, one that is not
-// stored.
-var absent = new(mqtthooks.Message)
-
 // collect drops the messages no loaded entry refers to.
 func (s *Store) collect() error {
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kindMsg}, UpperBound: []byte{kindMsg + 1}})
