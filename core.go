@@ -78,6 +78,15 @@ type Options struct {
 	// Will is due, before the session's terminal hook, never under a lock.
 	// Nil drops Wills.
 	PublishWill func(ctx context.Context, id SubscriberID, will *Will)
+	// Discarded, if set, receives the messages a session held unacknowledged
+	// when it ended (gone or expired): pending, or sent and not acknowledged
+	// (a QoS 2 message past PUBREC has reached its client and is not among
+	// them). They count in Stats.Discarded and fire no OnMessageDrop. A
+	// broker may hand them to another subscriber, as MQTT 5 §4.8.2 asks for
+	// those of a shared subscription. The Core calls it after Router.RemoveAll
+	// for the session and before its terminal hook, never under a lock; a
+	// panic is recovered and logged.
+	Discarded func(ctx context.Context, id SubscriberID, msgs []*Message)
 	// Router is told when subscriptions start and end; nil means no router.
 	Router Router
 	// Store keeps the persistent sessions beyond the process, and NewCore

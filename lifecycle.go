@@ -251,10 +251,15 @@ func (c *Core) endSession(ctx context.Context, e *entry, st *sessionState, h hoo
 	subscribed := len(st.subs) > 0
 	st.clearSubscriptions()
 	st.ended = true
-	c.stats.discarded.Add(uint64(st.q.clear()))
+	var unacked []*Message // for Options.Discarded
+	var collect *[]*Message
+	if c.opts.Discarded != nil {
+		collect = &unacked
+	}
+	c.stats.discarded.Add(uint64(st.q.clear(collect)))
 	for _, s := range st.conns {
 		if s.q != &st.q {
-			c.stats.discarded.Add(uint64(s.q.clear()))
+			c.stats.discarded.Add(uint64(s.q.clear(collect)))
 		}
 	}
 	stored := st.stored && (replacedBy == nil || !replacedBy.stored)
@@ -269,6 +274,9 @@ func (c *Core) endSession(ctx context.Context, e *entry, st *sessionState, h hoo
 	}
 	if subscribed {
 		c.routerRemoveAll(st.rec.ID, st.rec.Generation)
+	}
+	if len(unacked) > 0 { // after the Router forgot the session: the broker may route them elsewhere
+		_ = c.guard("Discarded", st.rec.ID, func() { c.opts.Discarded(ctx, st.rec.ID, unacked) })
 	}
 	if h == hookOnSessionExpired {
 		c.chain.Snapshot().OnSessionExpired(ctx, ev)

@@ -489,8 +489,21 @@ func (q *queue) adopt(owner *Session, set QueueSettings) {
 func (q *queue) count() (pending, inflight int) { return q.pending.len(), len(q.inflight) }
 
 // clear empties the queue and returns how many messages it held.
-func (q *queue) clear() int {
+// clear empties the queue, returning how many messages it held and, when
+// unacked is not nil, appending to it those the client has not
+// acknowledged: pending, or in flight before PUBREC.
+func (q *queue) clear(unacked *[]*Message) int {
 	n := q.pending.len() + len(q.inflight)
+	if unacked != nil {
+		for _, f := range q.inflight {
+			if !f.pubrel {
+				*unacked = append(*unacked, f.msg)
+			}
+		}
+		for i := range q.pending.len() {
+			*unacked = append(*unacked, q.pending.at(i).msg)
+		}
+	}
 	owner, set := q.owner, q.set
 	*q = queue{owner: owner, set: set}
 	return n

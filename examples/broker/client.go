@@ -52,6 +52,35 @@ type client struct {
 	rateCount  uint32
 
 	aliases map[uint16]string // the client's topic aliases (MQTT 5), read loop only
+
+	sharedMu   sync.Mutex
+	sharedPids map[uint16]*mqtthooks.Message // shared deliveries sent and not yet acknowledged
+}
+
+// sentShared records a shared delivery as sent: QoS 0 is done with, QoS 1
+// and 2 wait for the client's PUBACK or PUBREC.
+func (c *client) sentShared(d *mqtthooks.Delivery) {
+	if d.QoS == 0 {
+		c.srv.shared.done(d.Message)
+		return
+	}
+	c.sharedMu.Lock()
+	defer c.sharedMu.Unlock()
+	if c.sharedPids == nil {
+		c.sharedPids = map[uint16]*mqtthooks.Message{}
+	}
+	c.sharedPids[d.PacketID] = d.Message
+}
+
+// ackedShared forgets the shared delivery id, if it was one: the client has it.
+func (c *client) ackedShared(id uint16) {
+	c.sharedMu.Lock()
+	m, ok := c.sharedPids[id]
+	delete(c.sharedPids, id)
+	c.sharedMu.Unlock()
+	if ok {
+		c.srv.shared.done(m)
+	}
 }
 
 func newClient(srv *server, nc net.Conn, listener string, connID uint64) *client {
@@ -488,6 +517,9 @@ func (c *client) writeLoop() {
 				} else if !d.Pubrel {
 					c.srv.sys.sent.Add(1)
 				}
+				if !d.Pubrel && c.srv.shared.has(d.Message) {
+					c.sentShared(d)
+				}
 			}
 			if c.flush() != nil { // one write for the batch
 				c.close()
@@ -571,8 +603,11 @@ func (c *client) handle(pk *packets.Packet) (code mqtthooks.ReasonCode, ok bool)
 	case packets.Publish:
 		return c.publish(pk)
 	case packets.Puback:
-		_ = s.Puback(pk.PacketID)
+		if s.Puback(pk.PacketID) == nil {
+			c.ackedShared(pk.PacketID)
+		}
 	case packets.Pubrec:
+		c.ackedShared(pk.PacketID)                   // the message reached the client: it is not handed on
 		if c.version == 5 && pk.ReasonCode >= 0x80 { // the client refused it: the flow ends here
 			if s.Pubrec(pk.PacketID, nil) == nil {
 				_ = s.Pubcomp(pk.PacketID)

@@ -314,6 +314,9 @@ func build(f *flags, logger *slog.Logger) (*broker, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := chain.Register("shared-drops", sharedDrops{&srv.shared}); err != nil {
+		return nil, err
+	}
 	b.srv = srv
 	return b, nil
 }

@@ -246,7 +246,8 @@ type match struct {
 	qos      byte
 	rap      bool // retain as published
 	identity []uint32
-	shared   bool // chosen as a share group's member: a delivery of its own
+	shared   bool   // chosen as a share group's member: a delivery of its own
+	share    string // then the shared subscription: $share/{name}/{filter}
 }
 
 // matches returns the sessions subscribed to topic on mountpoint, one entry
@@ -289,9 +290,7 @@ func (r *router) walk(n *node, levels []string, i int, dollar bool, from mqtthoo
 // and one member of each share group on n.
 func (r *router) collect(n *node, from mqtthooks.SubscriberID, out *[]match) {
 	for _, g := range n.shared {
-		m := g.pick(r.online)
-		*out = append(*out, match{id: m.id, gen: m.sub.gen, qos: m.sub.QoS, rap: m.sub.RetainAsPublished,
-			identity: identities(m.sub.Identifier), shared: true})
+		*out = append(*out, g.pick(r.online).match())
 	}
 	for id, sub := range n.subs {
 		if sub.NoLocal && id == from {
@@ -324,6 +323,33 @@ func (g *shareGroup) pick(online func(mqtthooks.SubscriberID) bool) sharedMember
 		}
 	}
 	return g.members[start%n]
+}
+
+func (m sharedMember) match() match {
+	return match{id: m.id, gen: m.sub.gen, qos: m.sub.QoS, rap: m.sub.RetainAsPublished,
+		identity: identities(m.sub.Identifier), shared: true, share: m.sub.Filter}
+}
+
+// pickShared returns the member whose turn it is in the shared subscription
+// filter ($share/{name}/{filter}) on mountpoint; false when it has none.
+func (r *router) pickShared(mountpoint, filter string) (match, bool) {
+	name, f, ok := parseShare(filter)
+	if !ok {
+		return match{}, false
+	}
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	n := r.trees[mountpoint]
+	for _, level := range strings.Split(f, "/") {
+		if n == nil {
+			return match{}, false
+		}
+		n = n.children[level]
+	}
+	if n == nil || n.shared[name] == nil {
+		return match{}, false
+	}
+	return n.shared[name].pick(r.online).match(), true
 }
 
 func identities(id uint32) []uint32 {

@@ -43,6 +43,7 @@ type server struct {
 	connIDs    atomic.Uint64
 	connecting chan struct{} // a slot per connection between accept and CONNACK; nil: no limit
 	sys        sysStats
+	shared     sharedInFlight // deliveries through share groups, not yet acknowledged
 	onlineMu   sync.Mutex
 	online     map[mqtthooks.SubscriberID]int // connections of each session; share groups prefer those with one
 	sysStop    chan struct{}
@@ -82,6 +83,7 @@ func newServer(cfg config, chain *mqtthooks.Chain, logger *slog.Logger) (*server
 		MaxOfflineMessages:  mqtthooks.Some(cfg.maxQueued),
 		Router:              s.router,
 		PublishWill:         s.publishWill,
+		Discarded:           s.discarded,
 		Logger:              logger,
 		Store:               store,
 		AuthExchangeTimeout: cfg.authTimeout,
@@ -225,8 +227,13 @@ func (s *server) route(from mqtthooks.SubscriberID, msg *mqtthooks.Message, r *m
 		s.router.retain(from.Mountpoint, msg)
 	}
 	for _, m := range s.router.matches(from.Mountpoint, msg.Topic, from) {
-		err := s.core.Deliver(m.id, msg, mqtthooks.DeliverOptions{QoS: min(msg.QoS, m.qos), Retain: m.rap && msg.Retain,
-			SubscriptionIdentifiers: m.identity, Generation: m.gen, Receipt: r})
+		var err error
+		if m.shared {
+			err = s.deliverShared(shareRef{from.Mountpoint, m.share}, m, msg, r)
+		} else {
+			err = s.core.Deliver(m.id, msg, mqtthooks.DeliverOptions{QoS: min(msg.QoS, m.qos), Retain: m.rap && msg.Retain,
+				SubscriptionIdentifiers: m.identity, Generation: m.gen, Receipt: r})
+		}
 		if err != nil && !errors.Is(err, mqtthooks.ErrSessionNotFound) {
 			s.logger.Warn("deliver", "session", m.id.String(), "err", err)
 		}

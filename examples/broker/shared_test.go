@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"testing"
@@ -114,4 +115,54 @@ func TestSharedSubscriptions(t *testing.T) {
 		t.Fatalf("a shared subscription got %q", m.Payload)
 	default: // the retained message was never offered to the group (it would have come first)
 	}
+}
+
+// A member whose session ends hands the messages it had not acknowledged to
+// another member of its group (MQTT 5 §4.8.2): the group as a whole gets
+// every message; acknowledged shared deliveries are forgotten.
+func TestSharedMemberLeavingHandsOver(t *testing.T) {
+	b := startBroker(t, flags{})
+	ctx := context.Background()
+	// m1 is raw, so that it never acknowledges: a clean session that ends
+	// when its connection does.
+	m1 := rawConnect(t, b.addr, 5, "m1", nil)
+	defer m1.Close()
+	_, err := m1.Write(frame(0x82, []byte{0, 1}, props(), strb("$share/g/job"), []byte{0x01}))
+	require.NoError(t, err)
+	require.Equal(t, packets.Suback, readRaw(t, m1, 5).FixedHeader.Type)
+	m2, err := v5Client(t, b.addr, &paho.Connect{ClientID: "m2", CleanStart: true}, nil)
+	require.NoError(t, err)
+	_, err = m2.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "$share/g/job", QoS: 1}}})
+	require.NoError(t, err)
+	pub, err := v5Client(t, b.addr, &paho.Connect{ClientID: "pub", CleanStart: true}, nil)
+	require.NoError(t, err)
+
+	const n = 6
+	for i := range n {
+		_, err := pub.Publish(ctx, &paho.Publish{Topic: "job", QoS: 1, Payload: fmt.Appendf(nil, "%d", i)})
+		require.NoError(t, err)
+	}
+	var got []string
+	for range n / 2 { // m2's turns
+		got = append(got, string(receive(t, m2.received, "m2's share").Payload))
+	}
+	r := bufio.NewReader(m1)
+	require.NoError(t, m1.SetReadDeadline(time.Now().Add(5*time.Second)))
+	for range n / 2 { // m1's turns, sent and never acknowledged
+		pk, _, err := readFrame(r, 5, 0)
+		require.NoError(t, err)
+		require.Equal(t, packets.Publish, pk.FixedHeader.Type)
+	}
+	require.NoError(t, m1.Close()) // m1's session ends
+
+	for range n / 2 {
+		got = append(got, string(receive(t, m2.received, "a message m1 left").Payload))
+	}
+	want := make([]string, n)
+	for i := range want {
+		want[i] = fmt.Sprint(i)
+	}
+	assert.ElementsMatch(t, want, got, "the group got every message once")
+	require.Eventually(t, func() bool { return b.srv.shared.len() == 0 }, 5*time.Second, time.Millisecond,
+		"every shared delivery acknowledged and forgotten")
 }

@@ -499,3 +499,59 @@ func TestInflightWindowSlides(t *testing.T) {
 	assert.Equal(t, uint64(total), f.core.Stats().Delivered)
 	checkNoLoss(t, f.core)
 }
+
+// Options.Discarded receives what a session held unacknowledged when it
+// ended, after the Router forgot it and before OnClientGone: pending
+// messages and deliveries not acknowledged, not a QoS 2 message past PUBREC.
+// The count stays in Stats.Discarded and no OnMessageDrop fires (OQ6). A
+// panic in it is recovered: the session still ends.
+func TestDiscardedCallback(t *testing.T) {
+	for _, panics := range []bool{false, true} {
+		t.Run(map[bool]string{false: "returns", true: "panics"}[panics], func(t *testing.T) {
+			var got []string
+			var order []string
+			var f *fixture
+			f = newFixture(t, mqtthooks.Options{Discarded: func(_ context.Context, id mqtthooks.SubscriberID, msgs []*mqtthooks.Message) {
+				assert.Equal(t, sid("s"), id)
+				for _, m := range msgs {
+					got = append(got, string(m.Payload))
+				}
+				for _, call := range f.rec.CallsFor(sid("s")) {
+					order = append(order, call.Hook)
+				}
+				if panics {
+					panic("a broker's bug")
+				}
+			}})
+			c := f.v5("s", true, 0)
+			requireAccepted(t, c)
+			require.NoError(t, c.Subscribe(t.Context(), "t"))
+			deliver := func(payload string, qos byte) {
+				msg := &mqtthooks.Message{Topic: "t", Payload: []byte(payload), QoS: qos}
+				require.NoError(t, f.core.Deliver(sid("s"), msg, mqtthooks.DeliverOptions{QoS: qos}))
+			}
+			deliver("released", 2)
+			deliver("sent", 1)
+			ds, err := c.Pull()
+			require.NoError(t, err)
+			require.Len(t, ds, 2)
+			require.NoError(t, c.Session.Pubrec(ds[0].PacketID, nil)) // "released" reached the client
+			deliver("pending-1", 1)
+			deliver("pending-2", 0)
+			f.rec.Reset()
+
+			require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection))
+
+			assert.Equal(t, []string{"sent", "pending-1", "pending-2"}, got)
+			assert.Contains(t, order, "RemoveAll", "the Router forgot the session first")
+			assert.NotContains(t, order, "OnClientGone", "the terminal hook comes after")
+			f.rec.ExpectHooks(t, sid("s"), "RemoveAll", "OnClientGone")
+			assert.Equal(t, uint64(4), f.core.Stats().Discarded)
+			assert.Zero(t, f.rec.Count(sid("s"), "OnMessageDrop"))
+			if panics {
+				assert.Contains(t, f.logs.String(), "panic in Discarded")
+			}
+			checkNoLoss(t, f.core)
+		})
+	}
+}
