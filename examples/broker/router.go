@@ -432,7 +432,7 @@ func (r *router) retainedFor(mountpoint, filter string) []*mqtthooks.Message {
 	r.rmu.RLock()
 	if root := r.retained[mountpoint]; root != nil {
 		w := retainedWalk{now: now, out: &out, expired: &expired}
-		w.walk(root, strings.Split(filter, "/"), 0, nil)
+		w.walk(root, strings.Split(filter, "/"), 0, make([]string, 0, 16)) // a topic's levels, in one array
 	}
 	r.rmu.RUnlock()
 	if len(expired) > 0 {
