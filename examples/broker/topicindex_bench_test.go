@@ -79,6 +79,8 @@ func BenchmarkFilterChurn(b *testing.B) {
 		x := mqtt.NewTopicsIndex()
 		run(b, func(k, i int) {
 			x.Subscribe(fmt.Sprintf("req-%d-%d", k, i), packets.Subscription{Filter: fmt.Sprintf("replies/%d-%d/status", k, i), Qos: 1})
-		}, func(k, i int) { x.Unsubscribe(fmt.Sprintf("replies/%d-%d/status", k, i), fmt.Sprintf("req-%d-%d", k, i)) })
+		}, func(k, i int) {
+			x.Unsubscribe(fmt.Sprintf("replies/%d-%d/status", k, i), fmt.Sprintf("req-%d-%d", k, i))
+		})
 	})
 }
