@@ -1,17 +1,18 @@
 // Command hostile measures what hostile or careless clients cost the
 // example broker and Mosquitto, each run as a process on this machine, on
-// the cases of issue 13:
+// the cases of issue 13. Run it from the repository root:
 //
-//		go run ./bench/cmd/hostile            # from the repository root
+//	go run ./bench/cmd/hostile
 //
-//	  - churn: rounds of clients that each subscribe a reply filter of their
-//	    own and leave (request/response); the broker's resident memory after
-//	    the first round and after the last.
-//	  - retained: 20,000 retained messages, then one SUBSCRIBE of 1,000
-//	    filters matching 200,000 of them; the broker's CPU time until the last
-//	    has arrived.
-//	  - connect: 200 connections at once, each sending a 1 MiB CONNECT of
-//	    empty User Properties; the broker's peak resident memory.
+// The cases:
+//   - churn: rounds of clients that each subscribe a reply filter of their
+//     own and leave (request/response); the broker's resident memory after
+//     the first round and after the last.
+//   - retained: 20,000 retained messages, then one SUBSCRIBE of 1,000
+//     filters matching 200,000 of them; the broker's CPU time until the last
+//     has arrived.
+//   - connect: 200 connections at once, each sending a 1 MiB CONNECT of
+//     empty User Properties; the broker's peak resident memory.
 //
 // Memory and CPU come from /proc (Linux). The load generator shares the
 // cores with the broker.
