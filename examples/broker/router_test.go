@@ -196,3 +196,19 @@ func BenchmarkRetainedLookup(b *testing.B) {
 		}
 	}
 }
+
+// A wildcard at the first level never matches a topic that starts with $
+// [MQTT-4.7.2-1]; a filter that names the $ level does.
+func TestDollarTopicsAndWildcards(t *testing.T) {
+	r := newRouter()
+	for i, f := range []string{"#", "+/broker/#", "+/+/uptime", "$SYS/#", "$SYS/+/uptime", "a/#"} {
+		r.Add(mqtthooks.SubscriberID{ClientID: fmt.Sprint("c", i)}, 1, mqtthooks.Subscription{Filter: f})
+	}
+	var got []string
+	for _, m := range r.matches("", "$SYS/broker/uptime", mqtthooks.SubscriberID{}) {
+		got = append(got, m.id.ClientID)
+	}
+	slices.Sort(got)
+	assert.Equal(t, []string{"c3", "c4"}, got)
+	assert.Len(t, r.matches("", "a/b", mqtthooks.SubscriberID{}), 2, "# and a/# match an ordinary topic")
+}
