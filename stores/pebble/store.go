@@ -109,7 +109,6 @@ type Store struct {
 	stop      chan struct{}
 	bg        sync.WaitGroup
 	commits   atomic.Uint64
-	syncWaits atomic.Uint64
 }
 
 // Stats are a Store's counters.
@@ -652,7 +651,6 @@ func (s *Store) apply(group map[string]pendingValue) error {
 			_ = pb.Set([]byte(k), v.val, nil)
 		}
 	}
-	s.syncWaits.Add(1)
 	return s.db.Apply(pb, opt)
 }
 
