@@ -72,11 +72,14 @@ func (h *Handshake) authStep(ctx context.Context, req *AuthRequest, owner string
 	req.Connect, req.Conn = h.connect, h.ci
 	var d Decision[AuthResult]
 	h.spend(ctx, func(cctx context.Context) {
+		m := &c.hookm[hookOnAuthM5]
+		start := m.start()
 		if owner == "" {
 			d = h.snap.OnAuthM5(cctx, req)
 		} else {
 			d = h.snap.OnAuthM5Plugin(cctx, owner, req)
 		}
+		m.decided(d.Err, d.passed, start)
 	})
 	if err := ctx.Err(); err != nil {
 		return h.abandon(err)
@@ -194,7 +197,10 @@ func (s *Session) Reauth(ctx context.Context, in *AuthPacket) (*AuthPacket, erro
 	s.mu.Unlock()
 
 	hctx, cancel := context.WithTimeout(ctx, c.opts.HookTimeout)
+	m := &c.hookm[hookOnAuthM5]
+	start := m.start()
 	d := c.chain.Snapshot().OnAuthM5Plugin(hctx, plugin, req)
+	m.decided(d.Err, d.passed, start)
 	cancel()
 	if err := s.usable(); err != nil {
 		// The connection ended while the plugin decided (the exchange's

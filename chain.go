@@ -42,6 +42,7 @@ type Chain struct {
 	seq     uint64     // registration counter, the tie-breaker of the order
 	plugins []*plugin  // in call order, owned by mu
 	snap    atomic.Pointer[Snapshot]
+	panics  [numHooks]atomic.Uint64 // plugins that panicked, by hook, over every snapshot
 }
 
 // ChainOptions configure a Chain. The zero value is ready to use.
@@ -186,7 +187,7 @@ func comparePlugins(a, b *plugin) int {
 }
 
 func (c *Chain) build(plugins []*plugin) *Snapshot {
-	s := &Snapshot{logger: c.log(), plugins: plugins, byName: make(map[string]*plugin, len(plugins))}
+	s := &Snapshot{logger: c.log(), plugins: plugins, byName: make(map[string]*plugin, len(plugins)), panics: &c.panics}
 	s.base = s
 	for _, p := range plugins {
 		s.byName[p.name] = p
@@ -242,6 +243,8 @@ type Decision[R RegisterResult | AuthResult] struct {
 	Plugin string
 	// Err is nil when the chain accepted, and says why it did not otherwise.
 	Err error
+
+	passed uint32 // the plugins that answered Next, for the Core's counters
 }
 
 // ReplyError returns the error that decides the reply code of d, for

@@ -286,11 +286,18 @@ func (h *Handshake) authorize(ctx context.Context) Step {
 	rreq := &h.rreq
 	var d Decision[RegisterResult]
 	h.spend(ctx, func(cctx context.Context) {
+		hook := hookAuthOnRegister
 		if req.ProtocolVersion.IsV5() {
+			hook = hookAuthOnRegisterM5
+		}
+		m := &c.hookm[hook]
+		start := m.start()
+		if hook == hookAuthOnRegisterM5 {
 			d = h.snap.AuthOnRegisterM5(cctx, rreq)
 		} else {
 			d = h.snap.AuthOnRegister(cctx, rreq)
 		}
+		m.decided(d.Err, d.passed, start)
 	})
 	if err := ctx.Err(); err != nil { // the client went away, not a plugin's say
 		return h.abandon(err)
@@ -545,7 +552,7 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 		if cleanup { // MQTT: such a session ends with its connection
 			c.endSession(ctx, e, st, hookOnClientGone, &ev, fresh)
 		} else {
-			c.chain.Snapshot().OnClientOffline(ctx, &ev)
+			c.sessionHook(ctx, hookOnClientOffline, &ev)
 			c.cancelTimers(st)
 			present = true
 		}
@@ -598,14 +605,21 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 	c.stats.connections.Add(1)
 
 	h.reg = RegisterEvent{SessionEvent: s.event(ReasonNone), SessionPresent: present, Conn: h.ci}
+	c.sessionHook(ctx, hookOnClientWakeup, &h.reg.SessionEvent)
 	snap := c.chain.Snapshot()
-	snap.OnClientWakeup(ctx, &h.reg.SessionEvent)
+	hook := hookOnRegister
 	if s.version.IsV5() {
+		hook = hookOnRegisterM5
 		h.reg.Connack = &p.connack
+	}
+	m := &c.hookm[hook]
+	start := m.start()
+	if hook == hookOnRegisterM5 {
 		snap.OnRegisterM5(ctx, &h.reg)
 	} else {
 		snap.OnRegister(ctx, &h.reg)
 	}
+	m.notified(start)
 	if err := h.regCtx.Err(); err != nil {
 		// The client went away after registration: a lost connection, Will and all.
 		c.endConnection(ctx, e, st, s, endCause{reason: ReasonNetworkError, will: true})

@@ -185,6 +185,10 @@ type Stats struct {
 	// in flight (SessionInfo). Nothing is lost: Routed + Restored = Delivered
 	// + Dropped + NotStoredQoS0 + Discarded + pending + in flight.
 	Routed, Restored, Delivered, Dropped, NotStoredQoS0, Discarded uint64
+
+	// Hooks are the counters of each hook the Core called, in a fixed
+	// order; Panics counts every panic of the Core's chain.
+	Hooks []HookStats
 }
 
 type counters struct {
@@ -216,6 +220,7 @@ type Core struct {
 	reg   *registry
 	sched *scheduler
 	stats counters
+	hookm [numHooks]hookMetrics // the hooks as the Core called them
 
 	connIDs atomic.Uint64
 	gens    atomic.Uint64 // generations, without a store
@@ -353,7 +358,7 @@ func (c *Core) restore() error {
 		for _, w := range l.wills {
 			c.publishWill(hctx, l.ev.SubscriberID, w)
 		}
-		c.chain.Snapshot().OnClientOffline(hctx, &l.ev)
+		c.sessionHook(hctx, hookOnClientOffline, &l.ev)
 		cancel()
 	}
 	for _, st := range restored { // in an operation: a timer that fires at once waits for the arming to end
@@ -460,6 +465,7 @@ func (c *Core) Stats() Stats {
 		SessionsExpired: s.expired.Load(), WillsPublished: s.willsPublished.Load(),
 		Routed: s.routed.Load(), Restored: s.restored.Load(), Delivered: s.delivered.Load(), Dropped: s.dropped.Load(),
 		NotStoredQoS0: s.notStoredQoS0.Load(), Discarded: s.discarded.Load(),
+		Hooks: c.hookStats(),
 	}
 }
 

@@ -200,7 +200,10 @@ func (c *Core) dropped(id SubscriberID, reason DropReason, msgs ...*Message) {
 	snap := c.chain.Snapshot()
 	ctx, cancel := context.WithTimeout(context.Background(), c.opts.HookTimeout)
 	defer cancel()
+	hm := &c.hookm[hookOnMessageDrop]
 	for _, m := range msgs {
+		start := hm.start()
 		snap.OnMessageDrop(ctx, &DropEvent{SubscriberID: id, Reason: reason, Message: m})
+		hm.notified(start)
 	}
 }

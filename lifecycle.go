@@ -278,11 +278,7 @@ func (c *Core) endSession(ctx context.Context, e *entry, st *sessionState, h hoo
 	if len(unacked) > 0 { // after the Router forgot the session: the broker may route them elsewhere
 		_ = c.guard("Discarded", st.rec.ID, func() { c.opts.Discarded(ctx, st.rec.ID, unacked) })
 	}
-	if h == hookOnSessionExpired {
-		c.chain.Snapshot().OnSessionExpired(ctx, ev)
-	} else {
-		c.chain.Snapshot().OnClientGone(ctx, ev)
-	}
+	c.sessionHook(ctx, h, ev) // OnSessionExpired or OnClientGone
 	e.mu.Lock()
 	if e.state.Load() == st {
 		e.state.Store(nil)
@@ -296,7 +292,7 @@ func (c *Core) endSession(ctx context.Context, e *entry, st *sessionState, h hoo
 // goOffline fires OnClientOffline and arms the session's expiry and delayed
 // Wills; the store learns when it expires.
 func (c *Core) goOffline(ctx context.Context, e *entry, st *sessionState, ev *SessionEvent, expiry time.Duration) {
-	c.chain.Snapshot().OnClientOffline(ctx, ev)
+	c.sessionHook(ctx, hookOnClientOffline, ev)
 	now := time.Now()
 	st.mu.Lock()
 	st.rec.ExpiresAt = time.Time{}

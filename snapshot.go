@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"sync/atomic"
 )
 
 // Snapshot is an immutable view of a Chain's plugins, and the dispatcher of
@@ -27,7 +28,8 @@ type Snapshot struct {
 	plugins []*plugin
 	byName  map[string]*plugin // the plugins the conditional hooks may ask
 	hooks   [numHooks][]*plugin
-	base    *Snapshot // the unrestricted snapshot; s itself when not restricted
+	base    *Snapshot                // the unrestricted snapshot; s itself when not restricted
+	panics  *[numHooks]atomic.Uint64 // the chain's count of panics
 }
 
 // Plugins returns the names of all the plugins in the order they run, for a
@@ -55,7 +57,7 @@ func (s *Snapshot) Restrict(sub *Subset) *Snapshot {
 		return r.view
 	}
 	v := &Snapshot{logger: base.logger, plugins: base.plugins, byName: make(map[string]*plugin, len(sub.names)),
-		hooks: base.hooks, base: base}
+		hooks: base.hooks, base: base, panics: base.panics}
 	for h := range numHooks {
 		if h.conditional() {
 			v.hooks[h] = nil
@@ -132,6 +134,7 @@ func (s *Snapshot) decideRegister(ctx context.Context, h hookID, req *RegisterRe
 		}
 		switch r.verdict {
 		case VerdictNext:
+			d.passed++
 			continue
 		case VerdictAccept, VerdictReject:
 			d.Result, d.Err = r, r.err
@@ -143,7 +146,7 @@ func (s *Snapshot) decideRegister(ctx context.Context, h hookID, req *RegisterRe
 	}
 	running = nil
 	if err := expired(ctx, nil); err != nil {
-		d = Decision[RegisterResult]{Plugin: d.Plugin, Err: err}
+		d = Decision[RegisterResult]{Plugin: d.Plugin, Err: err, passed: d.passed}
 	}
 	return d
 }
@@ -166,6 +169,7 @@ func (s *Snapshot) decideAuth(ctx context.Context, list []*plugin, req *AuthRequ
 		r := p.onAuthM5.OnAuthM5(ctx, req)
 		switch r.verdict {
 		case AuthVerdictNext:
+			d.passed++
 			continue
 		case AuthVerdictSuccess, AuthVerdictContinue, AuthVerdictReject:
 			d.Result, d.Err = r, r.err
@@ -177,7 +181,7 @@ func (s *Snapshot) decideAuth(ctx context.Context, list []*plugin, req *AuthRequ
 	}
 	running = nil
 	if err := expired(ctx, nil); err != nil {
-		d = Decision[AuthResult]{Plugin: d.Plugin, Err: err}
+		d = Decision[AuthResult]{Plugin: d.Plugin, Err: err, passed: d.passed}
 	}
 	return d
 }
@@ -216,6 +220,9 @@ var errNilContext = fmt.Errorf("%w: nil context", ErrInvalidArgument)
 // return normally: a panic value, or nil for runtime.Goexit, which cannot be
 // stopped and goes on unwinding the caller's goroutine.
 func (s *Snapshot) recovered(ctx context.Context, p *plugin, h hookID, v any) error {
+	if s.panics != nil {
+		s.panics[h].Add(1)
+	}
 	if v == nil {
 		s.logger.WarnContext(ctx, "mqtthooks: plugin called runtime.Goexit", "plugin", p.name, "hook", h.String())
 		return ErrPluginPanic

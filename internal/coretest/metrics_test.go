@@ -1,0 +1,103 @@
+package mqtthooks_test
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mqtthooks/mqtthooks"
+	"github.com/mqtthooks/mqtthooks/mqtthookstest"
+)
+
+// hookStats returns the counters of hook.
+func hookStats(t *testing.T, stats []mqtthooks.HookStats, hook string) mqtthooks.HookStats {
+	t.Helper()
+	for _, s := range stats {
+		if s.Hook == hook {
+			return s
+		}
+	}
+	t.Fatalf("no stats for %s", hook)
+	return mqtthooks.HookStats{}
+}
+
+// The Core counts each hook it calls: the verdicts of AuthOnRegister
+// (accept, reject, the plugins that passed, exhausted), a plugin that
+// panics, one that answers past the deadline, and notifications with their
+// panics; one call in LatencySampling, at random, is timed into the
+// histogram. Time is synctest's.
+func TestHookStats(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		chain := mqtthooks.NewChain(mqtthooks.ChainOptions{Logger: slog.New(slog.DiscardHandler)})
+		var answer func() mqtthooks.RegisterResult
+		require.NoError(t, chain.Register("pass", mqtthooks.AuthOnRegisterFunc(
+			func(context.Context, *mqtthooks.RegisterRequest) mqtthooks.RegisterResult { return mqtthooks.Next() })))
+		require.NoError(t, chain.Register("decide", mqtthooks.AuthOnRegisterFunc(
+			func(context.Context, *mqtthooks.RegisterRequest) mqtthooks.RegisterResult { return answer() })))
+		require.NoError(t, chain.Register("gone", mqtthooks.OnClientGoneFunc(func(_ context.Context, ev *mqtthooks.SessionEvent) {
+			if ev.SubscriberID.ClientID == "panic" {
+				panic("a plugin's bug")
+			}
+		})))
+		core, err := mqtthooks.NewCore(chain, mqtthooks.Options{Logger: slog.New(slog.DiscardHandler)})
+		require.NoError(t, err)
+		defer func() { _ = core.Shutdown(context.Background()) }()
+		connect := func(id string, r func() mqtthooks.RegisterResult) *mqtthookstest.Client {
+			answer = r
+			c := mqtthookstest.NewClient(core)
+			c.Connect(t.Context(), mqtthookstest.V3(id, "u", true))
+			return c
+		}
+		for range 20 {
+			c := connect("ok", mqtthooks.Accept)
+			require.True(t, c.Accepted())
+			require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection))
+		}
+		for range 3 {
+			connect("bad", func() mqtthooks.RegisterResult { return mqtthooks.Reject(mqtthooks.ErrInvalidCredentials) })
+		}
+		connect("nobody", mqtthooks.Next)
+		connect("bug", func() mqtthooks.RegisterResult { panic("a plugin's bug") })
+		connect("slow", func() mqtthooks.RegisterResult { time.Sleep(6 * time.Second); return mqtthooks.Accept() })
+		c := connect("panic", mqtthooks.Accept)
+		require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection))
+
+		stats := core.Stats().Hooks
+		auth := hookStats(t, stats, "AuthOnRegister")
+		assert.Equal(t, uint64(27), auth.Calls)
+		assert.Equal(t, uint64(21), auth.Accepted)
+		assert.Equal(t, uint64(3), auth.Rejected)
+		assert.Equal(t, uint64(1), auth.Exhausted)
+		assert.Equal(t, uint64(1), auth.Panics)
+		assert.Equal(t, uint64(1), auth.Timeouts, "ConnectTimeout is 5 s")
+		assert.Equal(t, uint64(26+1), auth.Next, "pass answered Next every time (the panicking call aside), decide once")
+		var sum uint64
+		for _, n := range auth.Latency.Counts {
+			sum += n
+		}
+		assert.Equal(t, len(auth.Latency.Bounds)+1, len(auth.Latency.Counts))
+		assert.Equal(t, auth.Latency.Count, sum)
+		assert.LessOrEqual(t, auth.Latency.Count, auth.Calls)
+
+		gone := hookStats(t, stats, "OnClientGone")
+		assert.Equal(t, uint64(21), gone.Calls)
+		assert.Equal(t, uint64(1), gone.Panics)
+		assert.Zero(t, gone.Accepted+gone.Rejected+gone.Exhausted, "a notification has no verdict")
+		assert.Equal(t, uint64(21), hookStats(t, stats, "OnRegister").Calls)
+		assert.Equal(t, uint64(21), hookStats(t, stats, "OnClientWakeup").Calls)
+		assert.Zero(t, hookStats(t, stats, "OnAuthM5").Calls)
+
+		// One call in LatencySampling is timed, at random: over 1,600 calls,
+		// about 100 (the bounds are more than five standard deviations away).
+		for range 1600 {
+			connect("ok", mqtthooks.Accept).Drop(t.Context(), nil)
+		}
+		auth = hookStats(t, core.Stats().Hooks, "AuthOnRegister")
+		assert.InDelta(t, 100, float64(auth.Latency.Count), 50)
+	})
+}
