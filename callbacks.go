@@ -69,6 +69,7 @@ func (c *Core) publishWill(ctx context.Context, id SubscriberID, w *Will) {
 // disconnect asks the broker to end s's connection with code, on a goroutine
 // of its own, since Conn.Disconnect may block.
 func (c *Core) disconnect(s *Session, code ReasonCode) {
+	c.codes.disconnects[code].Add(1)
 	c.conns.Add(1)
 	go func() {
 		defer c.conns.Done()

@@ -250,6 +250,9 @@ func (h *Handshake) rejectAs(reply, err error) Step {
 		ack.Properties.ReasonString = re.Reason
 		ack.Properties.ServerReference = re.ServerReference
 	}
+	if h.connect != nil {
+		h.core.countConnack(h.connect.ProtocolVersion, ack)
+	}
 	return Step{Kind: SendConnack, Connack: ack, Err: err}
 }
 
@@ -631,6 +634,7 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 	if s.version.IsV5() {
 		h.connack.Properties = p.connack
 	}
+	c.countConnack(s.version, &h.connack)
 	return Step{Kind: SendConnack, Connack: &h.connack, Session: s}
 }
 

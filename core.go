@@ -189,6 +189,11 @@ type Stats struct {
 	// Hooks are the counters of each hook the Core called, in a fixed
 	// order; Panics counts every panic of the Core's chain.
 	Hooks []HookStats
+	// Connacks counts the CONNACKs the Core decided, by protocol version and
+	// code, and Disconnects the connections it ended, by reason code; both
+	// leave out the counts that are zero.
+	Connacks    []ConnackCount
+	Disconnects []DisconnectCount
 }
 
 type counters struct {
@@ -221,6 +226,7 @@ type Core struct {
 	sched *scheduler
 	stats counters
 	hookm [numHooks]hookMetrics // the hooks as the Core called them
+	codes codeCounters
 
 	connIDs atomic.Uint64
 	gens    atomic.Uint64 // generations, without a store
@@ -465,7 +471,7 @@ func (c *Core) Stats() Stats {
 		SessionsExpired: s.expired.Load(), WillsPublished: s.willsPublished.Load(),
 		Routed: s.routed.Load(), Restored: s.restored.Load(), Delivered: s.delivered.Load(), Dropped: s.dropped.Load(),
 		NotStoredQoS0: s.notStoredQoS0.Load(), Discarded: s.discarded.Load(),
-		Hooks: c.hookStats(),
+		Hooks: c.hookStats(), Connacks: c.connackStats(), Disconnects: c.disconnectStats(),
 	}
 }
 

@@ -171,3 +171,59 @@ func (c *Core) hookStats() []HookStats {
 	}
 	return out
 }
+
+// ConnackCount is how many CONNACKs of one protocol version carried one
+// code: the MQTT 3 return code, or the MQTT 5 reason code.
+type ConnackCount struct {
+	Version ProtocolVersion
+	Code    byte
+	Count   uint64
+}
+
+// DisconnectCount is how many times the Core ended connections with one
+// reason code (an MQTT 3 connection is closed instead of sent it).
+type DisconnectCount struct {
+	Code  ReasonCode
+	Count uint64
+}
+
+// codeCounters count CONNACKs by version and code, and DISCONNECTs by code.
+type codeCounters struct {
+	connacks    [3][256]atomic.Uint64 // MQTT 3.1, 3.1.1, 5
+	disconnects [256]atomic.Uint64
+}
+
+// countConnack records the CONNACK ack for a CONNECT of version v.
+func (c *Core) countConnack(v ProtocolVersion, ack *Connack) {
+	switch v {
+	case MQTT31, MQTT311:
+		c.codes.connacks[v-MQTT31][ack.ReturnCode].Add(1)
+	case MQTT5:
+		c.codes.connacks[2][ack.ReasonCode].Add(1)
+	}
+}
+
+// connackStats returns the CONNACK counts that are not zero, by version and
+// code.
+func (c *Core) connackStats() []ConnackCount {
+	var out []ConnackCount
+	for i, v := range []ProtocolVersion{MQTT31, MQTT311, MQTT5} {
+		for code := range 256 {
+			if n := c.codes.connacks[i][code].Load(); n > 0 {
+				out = append(out, ConnackCount{Version: v, Code: byte(code), Count: n})
+			}
+		}
+	}
+	return out
+}
+
+// disconnectStats returns the DISCONNECT counts that are not zero, by code.
+func (c *Core) disconnectStats() []DisconnectCount {
+	var out []DisconnectCount
+	for code := range 256 {
+		if n := c.codes.disconnects[code].Load(); n > 0 {
+			out = append(out, DisconnectCount{Code: ReasonCode(code), Count: n})
+		}
+	}
+	return out
+}

@@ -101,3 +101,36 @@ func TestHookStats(t *testing.T) {
 		assert.InDelta(t, 100, float64(auth.Latency.Count), 50)
 	})
 }
+
+// CONNACKs are counted by protocol version and code (an accepted and a
+// 0x86-rejected MQTT 5 CONNECT read 1 and 1), and the connections the Core
+// ends by reason code.
+func TestConnackAndDisconnectCounts(t *testing.T) {
+	f := newFixture(t, mqtthooks.Options{})
+	f.rec.AuthOnRegisterM5Func = func(_ context.Context, r *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
+		if r.Connect.Username == "wrong" {
+			return mqtthooks.Reject(mqtthooks.ErrInvalidCredentials)
+		}
+		return mqtthooks.Accept()
+	}
+	f.rec.AuthOnRegisterFunc = func(context.Context, *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
+		return mqtthooks.Reject(mqtthooks.ErrInvalidCredentials)
+	}
+	requireAccepted(t, f.connect(mqtthookstest.V5("ok", "u", true, 0)))
+	assert.False(t, f.connect(mqtthookstest.V5("bad", "wrong", true, 0)).Accepted())
+	assert.False(t, f.connect(mqtthookstest.V3("v3", "u", true)).Accepted())
+	taken := f.connect(mqtthookstest.V5("ok", "u", false, 0)) // takes "ok" over: 0x8E
+	requireAccepted(t, taken)
+	require.NoError(t, f.core.DisconnectWith(t.Context(), sid("ok"), mqtthooks.DisconnectOptions{Code: mqtthooks.CodeNotAuthorized}))
+
+	st := f.core.Stats()
+	assert.ElementsMatch(t, []mqtthooks.ConnackCount{
+		{Version: mqtthooks.MQTT5, Code: byte(mqtthooks.CodeSuccess), Count: 2},
+		{Version: mqtthooks.MQTT5, Code: byte(mqtthooks.CodeBadUserNameOrPassword), Count: 1},
+		{Version: mqtthooks.MQTT311, Code: byte(mqtthooks.RefusedBadUsernameOrPassword), Count: 1},
+	}, st.Connacks)
+	assert.ElementsMatch(t, []mqtthooks.DisconnectCount{
+		{Code: mqtthooks.CodeSessionTakenOver, Count: 1},
+		{Code: mqtthooks.CodeNotAuthorized, Count: 1},
+	}, st.Disconnects)
+}
