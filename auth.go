@@ -102,11 +102,15 @@ func (h *Handshake) authStep(ctx context.Context, req *AuthRequest, owner string
 	if d.Result.Verdict() == AuthVerdictReject {
 		var re *RejectError
 		if errors.As(d.Err, &re) {
-			return h.reject(re)
+			step := h.reject(re)
+			step.Plugin = d.Plugin
+			return step
 		}
 	}
 	c.logger.Warn("mqtthooks: enhanced authentication failed", "plugin", d.Plugin, "err", d.Err)
-	return h.reject(d.Err)
+	step := h.reject(d.Err)
+	step.Plugin = d.Plugin
+	return step
 }
 
 // reauth is what a session that connected with enhanced authentication keeps

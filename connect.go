@@ -47,6 +47,9 @@ type Step struct {
 	// Session is the connected client's session, for an accepted CONNACK.
 	// Call its Start once the CONNACK is sent.
 	Session *Session
+	// Plugin names, for a refusal a plugin decided, the plugin; "" when the
+	// core refused (a protocol error, a limit, no plugin deciding).
+	Plugin string
 	// Err says why the CONNECT failed or was abandoned; nil when accepted or
 	// while the exchange goes on.
 	Err error
@@ -311,12 +314,16 @@ func (h *Handshake) authorize(ctx context.Context) Step {
 		err = nil
 	}
 	if err != nil {
-		return h.rejectAs(err, d.Err)
+		step := h.rejectAs(err, d.Err)
+		step.Plugin = d.Plugin
+		return step
 	}
 	p, err := h.makePlan(d.Result.Modifiers())
 	if err != nil {
 		c.logger.Warn("mqtthooks: CONNECT rejected", "plugin", d.Plugin, "err", err)
-		return h.reject(err)
+		step := h.reject(err)
+		step.Plugin = d.Plugin
+		return step
 	}
 	return h.register(ctx, p)
 }

@@ -428,6 +428,14 @@ func (c *client) serve() {
 	if step.Kind == mqtthooks.CloseConnection {
 		return
 	}
+	if step.Session == nil { // refused: one line an operator can search for
+		code := int(step.Connack.ReasonCode)
+		if c.version != 5 {
+			code = int(step.Connack.ReturnCode)
+		}
+		c.srv.logger.Info("CONNECT refused", "client", req.ClientID, "user", req.Username, "peer", c.info.Peer,
+			"version", c.version, "code", fmt.Sprintf("0x%02x", code), "plugin", step.Plugin, "err", step.Err)
+	}
 	if err := c.write(connackPacket(c.version, step.Connack)); err != nil || step.Session == nil {
 		if step.Session != nil {
 			step.Session.Lost(c.ctx, err)

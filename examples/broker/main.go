@@ -42,7 +42,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/mqtthooks/mqtthooks"
+	mqttprom "github.com/mqtthooks/mqtthooks/metrics/prometheus"
 	"github.com/mqtthooks/mqtthooks/plugins/passwd"
 	"github.com/mqtthooks/mqtthooks/plugins/scram"
 	"github.com/mqtthooks/mqtthooks/stores/pebble"
@@ -65,7 +70,7 @@ type flags struct {
 	allowAnonymousSet                              bool
 	maxPacketSize                                  uint
 	maxQueued                                      int
-	debugAddr                                      string
+	debugAddr, metricsAddr                         string
 	verbose                                        bool
 	dataDir, sync                                  string
 	passwdTellWrong                                bool
@@ -110,6 +115,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 		"time a new connection has to send its CONNECT (TLS handshake included) before it is closed")
 	fs.DurationVar(&f.authTimeout, "auth-timeout", 10*time.Second,
 		"time an MQTT 5 enhanced-authentication exchange (SCRAM) has to complete before the connection is closed")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics")
 	fs.StringVar(&f.debugAddr, "debug-addr", "", "serve the core's counters as JSON at http://ADDR/stats, and pprof at /debug/pprof/")
 	fs.BoolVar(&f.verbose, "v", false, "log every hook call")
 	if err := fs.Parse(args); err != nil {
@@ -163,6 +169,14 @@ func run(args []string, stdin io.Reader, stderr io.Writer) error {
 			return err
 		}
 		defer stop()
+	}
+	if f.metricsAddr != "" {
+		addr, stop, err := serveMetrics(f.metricsAddr, b.srv)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		logger.Info("metrics", "url", "http://"+addr+"/metrics")
 	}
 
 	sigs := make(chan os.Signal, 1)
@@ -411,6 +425,23 @@ func (h hookLogger) OnSessionExpired(ctx context.Context, e *mqtthooks.SessionEv
 }
 func (h hookLogger) OnMessageDrop(ctx context.Context, e *mqtthooks.DropEvent) {
 	h.l.DebugContext(ctx, "OnMessageDrop", "id", e.SubscriberID.String(), "reason", e.Reason.String())
+}
+
+// serveMetrics serves the core's counters to Prometheus at /metrics (see
+// metrics/prometheus), with the Go runtime's and the process's.
+func serveMetrics(addr string, srv *server) (bound string, stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", nil, err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(mqttprom.New(srv.core, mqttprom.Options{}), collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = hs.Serve(ln) }()
+	return ln.Addr().String(), func() { _ = hs.Close() }, nil
 }
 
 // serveStats serves the core's counters, the goroutine count and the heap as

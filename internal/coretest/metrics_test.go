@@ -117,7 +117,10 @@ func TestConnackAndDisconnectCounts(t *testing.T) {
 		return mqtthooks.Reject(mqtthooks.ErrInvalidCredentials)
 	}
 	requireAccepted(t, f.connect(mqtthookstest.V5("ok", "u", true, 0)))
-	assert.False(t, f.connect(mqtthookstest.V5("bad", "wrong", true, 0)).Accepted())
+	bad := mqtthookstest.NewClient(f.core)
+	step := bad.Connect(t.Context(), mqtthookstest.V5("bad", "wrong", true, 0))
+	assert.False(t, bad.Accepted())
+	assert.Equal(t, "P", step.Plugin, "the step names the plugin that refused")
 	assert.False(t, f.connect(mqtthookstest.V3("v3", "u", true)).Accepted())
 	taken := f.connect(mqtthookstest.V5("ok", "u", false, 0)) // takes "ok" over: 0x8E
 	requireAccepted(t, taken)
