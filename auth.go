@@ -80,6 +80,7 @@ func (h *Handshake) authStep(ctx context.Context, req *AuthRequest, owner string
 			d = h.snap.OnAuthM5Plugin(cctx, owner, req)
 		}
 		m.decided(d.Err, d.passed, start)
+		c.logTimeout(cctx, hookOnAuthM5, d.Err, d.Plugin, req.SubscriberID)
 	})
 	if err := ctx.Err(); err != nil {
 		return h.abandon(err)
@@ -205,6 +206,7 @@ func (s *Session) Reauth(ctx context.Context, in *AuthPacket) (*AuthPacket, erro
 	start := m.start()
 	d := c.chain.Snapshot().OnAuthM5Plugin(hctx, plugin, req)
 	m.decided(d.Err, d.passed, start)
+	c.logTimeout(hctx, hookOnAuthM5, d.Err, d.Plugin, req.SubscriberID)
 	cancel()
 	if err := s.usable(); err != nil {
 		// The connection ended while the plugin decided (the exchange's

@@ -304,6 +304,7 @@ func (h *Handshake) authorize(ctx context.Context) Step {
 			d = h.snap.AuthOnRegister(cctx, rreq)
 		}
 		m.decided(d.Err, d.passed, start)
+		c.logTimeout(cctx, hook, d.Err, d.Plugin, rreq.SubscriberID)
 	})
 	if err := ctx.Err(); err != nil { // the client went away, not a plugin's say
 		return h.abandon(err)

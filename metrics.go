@@ -227,3 +227,13 @@ func (c *Core) disconnectStats() []DisconnectCount {
 	}
 	return out
 }
+
+// logTimeout logs a conditional hook's call that ended past its deadline:
+// the plugin that was deciding keeps a client waiting, which an operator
+// wants to see.
+func (c *Core) logTimeout(ctx context.Context, h hookID, err error, plugin string, id SubscriberID) {
+	if err == ErrHookTimeout {
+		c.logger.WarnContext(ctx, "mqtthooks: hook deadline exceeded", "hook", h.String(), "plugin", plugin,
+			"client", id.String())
+	}
+}

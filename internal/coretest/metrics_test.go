@@ -137,3 +137,19 @@ func TestConnackAndDisconnectCounts(t *testing.T) {
 		{Code: mqtthooks.CodeNotAuthorized, Count: 1},
 	}, st.Disconnects)
 }
+
+// A conditional hook that ends past its deadline is logged, with the hook,
+// the plugin and the client, at Warn. Time is synctest's.
+func TestHookTimeoutLogged(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t, mqtthooks.Options{})
+		f.rec.AuthOnRegisterFunc = func(context.Context, *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
+			time.Sleep(6 * time.Second) // ConnectTimeout is 5 s
+			return mqtthooks.Accept()
+		}
+		assert.False(t, f.v3("slow", true).Accepted())
+		logs := f.logs.String()
+		assert.Contains(t, logs, "level=WARN msg=\"mqtthooks: hook deadline exceeded\" hook=AuthOnRegister plugin=P client=slow")
+		assert.Equal(t, uint64(1), hookStats(t, f.core.Stats().Hooks, "AuthOnRegister").Timeouts)
+	})
+}
