@@ -194,6 +194,10 @@ type Stats struct {
 	// leave out the counts that are zero.
 	Connacks    []ConnackCount
 	Disconnects []DisconnectCount
+	// Drops are the dropped messages by reason (they add up to Dropped).
+	Drops []DropCount
+	// Store are the writes to the SessionStore; zero without one.
+	Store StoreStats
 }
 
 type counters struct {
@@ -472,6 +476,7 @@ func (c *Core) Stats() Stats {
 		Routed: s.routed.Load(), Restored: s.restored.Load(), Delivered: s.delivered.Load(), Dropped: s.dropped.Load(),
 		NotStoredQoS0: s.notStoredQoS0.Load(), Discarded: s.discarded.Load(),
 		Hooks: c.hookStats(), Connacks: c.connackStats(), Disconnects: c.disconnectStats(),
+		Drops: c.dropStats(), Store: c.storeStats(),
 	}
 }
 

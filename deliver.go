@@ -197,6 +197,9 @@ func (c *Core) count(id SubscriberID, res enqueueResult, m, old *Message) {
 // dropped counts the dropped messages and fires OnMessageDrop for each.
 func (c *Core) dropped(id SubscriberID, reason DropReason, msgs ...*Message) {
 	c.stats.dropped.Add(uint64(len(msgs)))
+	if int(reason) < len(c.codes.drops) {
+		c.codes.drops[reason].Add(uint64(len(msgs)))
+	}
 	snap := c.chain.Snapshot()
 	ctx, cancel := context.WithTimeout(context.Background(), c.opts.HookTimeout)
 	defer cancel()

@@ -133,9 +133,14 @@ func (j *journal) commit(done func(error)) {
 // flight for Shutdown.
 func (c *Core) commit(b StoreBatch, id SubscriberID, done func(error)) {
 	c.writes.Add(1)
+	sw := &c.codes.storeWrites
+	sw.commits.Add(1)
+	start := sw.latency.start()
 	err := c.guard("SessionStore.Commit", id, func() {
 		b.Commit(func(err error) {
+			sw.latency.done(start)
 			if err != nil {
+				sw.failed.Add(1)
 				c.logger.Error("mqtthooks: session store: write failed", "session", id.String(), "err", err)
 			}
 			if done != nil {
@@ -145,6 +150,7 @@ func (c *Core) commit(b StoreBatch, id SubscriberID, done func(error)) {
 		})
 	})
 	if err != nil {
+		sw.failed.Add(1)
 		c.writes.Done()
 		if done != nil {
 			done(err)

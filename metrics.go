@@ -191,6 +191,31 @@ type DisconnectCount struct {
 type codeCounters struct {
 	connacks    [3][256]atomic.Uint64 // MQTT 3.1, 3.1.1, 5
 	disconnects [256]atomic.Uint64
+	drops       [DropTooLarge + 1]atomic.Uint64 // by DropReason
+	storeWrites storeMetrics
+}
+
+// storeMetrics count the store's commits and time them, from Commit to the
+// callback that reports them durable.
+type storeMetrics struct {
+	commits, failed atomic.Uint64
+	latency         hookMetrics // only its histogram
+}
+
+// StoreStats are the Core's writes to its SessionStore.
+type StoreStats struct {
+	// Commits counts the batches committed; Failed those the store refused
+	// or failed.
+	Commits, Failed uint64
+	// Latency is how long a commit took to be reported done (durable under
+	// the store's policy), for one commit in LatencySampling.
+	Latency Histogram
+}
+
+// DropCount is how many messages were dropped for one reason.
+type DropCount struct {
+	Reason DropReason
+	Count  uint64
 }
 
 // countConnack records the CONNACK ack for a CONNECT of version v.
@@ -236,4 +261,20 @@ func (c *Core) logTimeout(ctx context.Context, h hookID, err error, plugin strin
 		c.logger.WarnContext(ctx, "mqtthooks: hook deadline exceeded", "hook", h.String(), "plugin", plugin,
 			"client", id.String())
 	}
+}
+
+// dropStats returns the drops by reason, every reason listed.
+func (c *Core) dropStats() []DropCount {
+	out := make([]DropCount, 0, DropTooLarge)
+	for r := DropQueueFull; r <= DropTooLarge; r++ {
+		out = append(out, DropCount{Reason: r, Count: c.codes.drops[r].Load()})
+	}
+	return out
+}
+
+// storeStats returns the Core's writes to its store.
+func (c *Core) storeStats() StoreStats {
+	w := &c.codes.storeWrites
+	h := w.latency.stats(hookOnClientGone, 0).Latency
+	return StoreStats{Commits: w.commits.Load(), Failed: w.failed.Load(), Latency: h}
 }

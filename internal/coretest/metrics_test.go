@@ -153,3 +153,31 @@ func TestHookTimeoutLogged(t *testing.T) {
 		assert.Equal(t, uint64(1), hookStats(t, f.core.Stats().Hooks, "AuthOnRegister").Timeouts)
 	})
 }
+
+// Drops are counted by reason, adding up to Dropped; the store's commits
+// are counted, timed one in LatencySampling, and its failures counted.
+func TestDropAndStoreStats(t *testing.T) {
+	store := new(mqtthookstest.Store)
+	f := newFixture(t, mqtthooks.Options{Store: store, MaxOfflineMessages: mqtthooks.Some(1)})
+	f.offline(t, "s")
+	f.publish(t, sid("s"), 1, 3) // one queued, two dropped: the queue is full
+
+	st := f.core.Stats()
+	assert.Equal(t, []mqtthooks.DropCount{{Reason: mqtthooks.DropQueueFull, Count: 2},
+		{Reason: mqtthooks.DropExpired}, {Reason: mqtthooks.DropTooLarge}}, st.Drops)
+	assert.Equal(t, uint64(2), st.Dropped)
+	require.NotZero(t, st.Store.Commits)
+	assert.Zero(t, st.Store.Failed)
+	assert.LessOrEqual(t, st.Store.Latency.Count, st.Store.Commits)
+
+	store.Crash(t) // from now on every write fails
+	c := f.v3("s", false)
+	ds, err := c.Receive() // its Puback is a write
+	require.NoError(t, err)
+	require.Len(t, ds, 1)
+	st = f.core.Stats()
+	assert.NotZero(t, st.Store.Failed)
+
+	g := newFixture(t, mqtthooks.Options{})
+	assert.Zero(t, g.core.Stats().Store.Commits, "no store, no writes")
+}

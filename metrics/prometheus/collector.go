@@ -40,6 +40,8 @@ type Collector struct {
 	connacks, disconnects                   *prom.Desc
 	hookCalls, hookPanics, hookTimeouts     *prom.Desc
 	hookVerdicts, hookPassed, hookDurations *prom.Desc
+	drops, storeCommits, storeFailed        *prom.Desc
+	storeDurations                          *prom.Desc
 }
 
 // New returns a Collector of src's counters.
@@ -67,6 +69,11 @@ func New(src Source, opts Options) *Collector {
 		hookVerdicts:  d("hook_verdicts_total", "Calls of a conditional hook by verdict: accept, reject, exhausted, invalid.", "hook", "verdict"),
 		hookPassed:    d("hook_passed_total", "Plugins that answered Next in a conditional hook.", "hook"),
 		hookDurations: d("hook_duration_seconds", "Latency of a hook's calls, one in 16 sampled.", "hook"),
+		drops:         d("messages_dropped_total", "Dropped messages by reason: queue-full, expired, too-large.", "reason"),
+		storeCommits:  d("store_commits_total", "Batches committed to the session store."),
+		storeFailed:   d("store_commit_failures_total", "Batches the session store refused or failed."),
+		storeDurations: d("store_commit_duration_seconds",
+			"Time from a commit to its report as durable, one in 16 sampled."),
 	}
 }
 
@@ -74,7 +81,7 @@ func New(src Source, opts Options) *Collector {
 func (c *Collector) Describe(ch chan<- *prom.Desc) {
 	for _, d := range []*prom.Desc{c.sessions, c.connections, c.connects, c.sessionEvents, c.wills, c.msgs,
 		c.connacks, c.disconnects, c.hookCalls, c.hookPanics, c.hookTimeouts, c.hookVerdicts, c.hookPassed,
-		c.hookDurations} {
+		c.hookDurations, c.drops, c.storeCommits, c.storeFailed, c.storeDurations} {
 		ch <- d
 	}
 }
@@ -108,6 +115,12 @@ func (c *Collector) Collect(ch chan<- prom.Metric) {
 	for _, d := range st.Disconnects {
 		counter(c.disconnects, d.Count, code(byte(d.Code)))
 	}
+	for _, d := range st.Drops {
+		counter(c.drops, d.Count, d.Reason.String())
+	}
+	counter(c.storeCommits, st.Store.Commits)
+	counter(c.storeFailed, st.Store.Failed)
+	histogram(ch, c.storeDurations, st.Store.Latency)
 	for _, h := range st.Hooks {
 		counter(c.hookCalls, h.Calls, h.Hook)
 		counter(c.hookPanics, h.Panics, h.Hook)
@@ -119,14 +132,19 @@ func (c *Collector) Collect(ch chan<- prom.Metric) {
 			counter(c.hookVerdicts, h.Invalid, h.Hook, "invalid")
 			counter(c.hookPassed, h.Next, h.Hook)
 		}
-		buckets := make(map[float64]uint64, len(h.Latency.Bounds))
-		var cum uint64
-		for i, b := range h.Latency.Bounds {
-			cum += h.Latency.Counts[i]
-			buckets[b.Seconds()] = cum
-		}
-		ch <- prom.MustNewConstHistogram(c.hookDurations, h.Latency.Count, h.Latency.Sum.Seconds(), buckets, h.Hook)
+		histogram(ch, c.hookDurations, h.Latency, h.Hook)
 	}
+}
+
+// histogram sends h as a constant histogram, its buckets made cumulative.
+func histogram(ch chan<- prom.Metric, d *prom.Desc, h mqtthooks.Histogram, labels ...string) {
+	buckets := make(map[float64]uint64, len(h.Bounds))
+	var cum uint64
+	for i, b := range h.Bounds {
+		cum += h.Counts[i]
+		buckets[b.Seconds()] = cum
+	}
+	ch <- prom.MustNewConstHistogram(d, h.Count, h.Sum.Seconds(), buckets, labels...)
 }
 
 // conditional reports whether hook decides, and so has verdicts.

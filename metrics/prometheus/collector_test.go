@@ -89,6 +89,8 @@ mqtthooks_connacks_total{code="0x86",version="5"} 1
 		assert.Equal(t, float64(h.Calls), values["mqtthooks_hook_calls_total,hook="+h.Hook], h.Hook)
 		assert.Equal(t, float64(h.Latency.Count), values["mqtthooks_hook_duration_seconds,hook="+h.Hook], h.Hook)
 	}
+	assert.Equal(t, float64(st.Store.Commits), values["mqtthooks_store_commits_total"])
+	assert.Equal(t, float64(0), values["mqtthooks_messages_dropped_total,reason=queue-full"])
 	assert.Equal(t, float64(1), values["mqtthooks_hook_verdicts_total,hook=AuthOnRegisterM5,verdict=accept"])
 	assert.Equal(t, float64(1), values["mqtthooks_hook_verdicts_total,hook=AuthOnRegisterM5,verdict=reject"])
 	for key := range values {
