@@ -171,9 +171,9 @@ type Stats struct {
 	// ConnectsAccepted and ConnectsRejected count CONNECT outcomes;
 	// ConnectsAbandoned those that got no CONNACK.
 	ConnectsAccepted, ConnectsRejected, ConnectsAbandoned uint64
-	// SessionsCreated, SessionsResumed, Takeovers, SessionsExpired count
-	// lifecycle events.
-	SessionsCreated, SessionsResumed, Takeovers, SessionsExpired uint64
+	// SessionsCreated, SessionsResumed, Takeovers, SessionsExpired and
+	// SessionsGone (ended with OnClientGone) count lifecycle events.
+	SessionsCreated, SessionsResumed, Takeovers, SessionsExpired, SessionsGone uint64
 	// WillsPublished counts Wills handed to PublishWill.
 	WillsPublished uint64
 
@@ -203,7 +203,7 @@ type Stats struct {
 type counters struct {
 	sessions, connections                                          atomic.Int64
 	accepted, rejected, abandoned                                  atomic.Uint64
-	created, resumed, takeovers, expired, willsPublished           atomic.Uint64
+	created, resumed, takeovers, expired, gone, willsPublished     atomic.Uint64
 	routed, restored, delivered, dropped, notStoredQoS0, discarded atomic.Uint64
 }
 
@@ -472,7 +472,7 @@ func (c *Core) Stats() Stats {
 		Sessions: s.sessions.Load(), Connections: s.connections.Load(),
 		ConnectsAccepted: s.accepted.Load(), ConnectsRejected: s.rejected.Load(), ConnectsAbandoned: s.abandoned.Load(),
 		SessionsCreated: s.created.Load(), SessionsResumed: s.resumed.Load(), Takeovers: s.takeovers.Load(),
-		SessionsExpired: s.expired.Load(), WillsPublished: s.willsPublished.Load(),
+		SessionsExpired: s.expired.Load(), SessionsGone: s.gone.Load(), WillsPublished: s.willsPublished.Load(),
 		Routed: s.routed.Load(), Restored: s.restored.Load(), Delivered: s.delivered.Load(), Dropped: s.dropped.Load(),
 		NotStoredQoS0: s.notStoredQoS0.Load(), Discarded: s.discarded.Load(),
 		Hooks: c.hookStats(), Connacks: c.connackStats(), Disconnects: c.disconnectStats(),

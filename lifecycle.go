@@ -278,6 +278,9 @@ func (c *Core) endSession(ctx context.Context, e *entry, st *sessionState, h hoo
 	if len(unacked) > 0 { // after the Router forgot the session: the broker may route them elsewhere
 		_ = c.guard("Discarded", st.rec.ID, func() { c.opts.Discarded(ctx, st.rec.ID, unacked) })
 	}
+	if h == hookOnClientGone {
+		c.stats.gone.Add(1)
+	}
 	c.sessionHook(ctx, h, ev) // OnSessionExpired or OnClientGone
 	e.mu.Lock()
 	if e.state.Load() == st {

@@ -86,6 +86,7 @@ func TestHookStats(t *testing.T) {
 
 		gone := hookStats(t, stats, "OnClientGone")
 		assert.Equal(t, uint64(21), gone.Calls)
+		assert.Equal(t, uint64(21), core.Stats().SessionsGone)
 		assert.Equal(t, uint64(1), gone.Panics)
 		assert.Zero(t, gone.Accepted+gone.Rejected+gone.Exhausted, "a notification has no verdict")
 		assert.Equal(t, uint64(21), hookStats(t, stats, "OnRegister").Calls)

@@ -57,7 +57,7 @@ func New(src Source, opts Options) *Collector {
 		sessions:      d("sessions", "Sessions, online and offline."),
 		connections:   d("connections", "Connections attached to sessions."),
 		connects:      d("connects_total", "CONNECTs by result: accepted, rejected, or abandoned (no CONNACK).", "result"),
-		sessionEvents: d("session_events_total", "Session events: created, resumed, taken_over, expired.", "event"),
+		sessionEvents: d("session_events_total", "Session events: created, resumed, taken_over, expired, gone.", "event"),
 		wills:         d("wills_published_total", "Wills published."),
 		msgs: d("messages_total", "Messages by outcome: routed, restored, delivered, dropped, not_stored_qos0, "+
 			"discarded.", "outcome"),
@@ -104,6 +104,7 @@ func (c *Collector) Collect(ch chan<- prom.Metric) {
 	counter(c.sessionEvents, st.SessionsResumed, "resumed")
 	counter(c.sessionEvents, st.Takeovers, "taken_over")
 	counter(c.sessionEvents, st.SessionsExpired, "expired")
+	counter(c.sessionEvents, st.SessionsGone, "gone")
 	counter(c.wills, st.WillsPublished)
 	for outcome, v := range map[string]uint64{"routed": st.Routed, "restored": st.Restored, "delivered": st.Delivered,
 		"dropped": st.Dropped, "not_stored_qos0": st.NotStoredQoS0, "discarded": st.Discarded} {
