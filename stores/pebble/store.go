@@ -524,17 +524,23 @@ func (b *batch) Commit(done func(error)) {
 		}
 		return
 	}
+	// The pending group goes to Pebble first, on its own: dropSession reads
+	// the session's entries from Pebble, and must see the group's puts and
+	// deletions. Its commits are reported by the writer, as always.
+	if len(s.pend) > 0 {
+		if err := s.applyGroup(s.pend, pebble.NoSync); err != nil {
+			s.failed = fmt.Errorf("pebble store: write failed, refusing further writes: %w", err)
+			s.mu.Unlock()
+			if done != nil {
+				done(s.failed)
+			}
+			return
+		}
+		clear(s.pend)
+	}
 	pb := s.db.NewBatch()
 	defer pb.Close()
-	pw := pebbleWriter{pb}
-	for k, v := range s.pend { // what the group holds goes first, in the same batch
-		if v.del {
-			pw.del([]byte(k))
-		} else {
-			pw.put([]byte(k), v.val, false)
-		}
-	}
-	_, gens, refs, err := s.prepare(b.ops, pw)
+	_, gens, refs, err := s.prepare(b.ops, pebbleWriter{pb})
 	if err == nil {
 		err = s.db.Apply(pb, pebble.NoSync)
 	}
@@ -545,7 +551,6 @@ func (b *batch) Commit(done func(error)) {
 		}
 		return
 	}
-	clear(s.pend)
 	s.install(gens, refs)
 	s.pendDone = append(s.pendDone, done) // synced (Always) and reported by the writer, in order
 	s.cond.Broadcast()
@@ -607,9 +612,13 @@ func (s *Store) writeLoop() {
 		group, dones := s.pend, s.pendDone
 		s.pend, s.pendDone = spare, s.doneSpare[:0]
 		s.flushing = group
+		failed := s.failed
 		s.mu.Unlock()
 
-		err := s.apply(group)
+		err := failed // after a failed write, what follows may depend on it: refused too
+		if err == nil {
+			err = s.apply(group)
+		}
 
 		s.mu.Lock()
 		s.flushing = nil
@@ -642,6 +651,11 @@ func (s *Store) apply(group map[string]pendingValue) error {
 		}
 		return nil
 	}
+	return s.applyGroup(group, opt)
+}
+
+// applyGroup writes group to Pebble in one batch.
+func (s *Store) applyGroup(group map[string]pendingValue, opt *pebble.WriteOptions) error {
 	pb := s.db.NewBatch()
 	defer pb.Close()
 	for k, v := range group {
@@ -841,6 +855,7 @@ func (s *Store) dropSession(pb writer, id mqtthooks.SubscriberID, ref func(uint6
 			return err
 		}
 		ref(msgID, -1)
+		entries[string(it.Key())] = 0 // gone with the life: a new life reusing the seq starts from nothing
 	}
 	if err := it.Close(); err != nil {
 		return err
