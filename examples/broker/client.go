@@ -515,18 +515,22 @@ func (c *client) writeLoop() {
 				} else {
 					pk = publishPacket(c.version, d)
 				}
+				shared := !d.Pubrel && c.srv.shared.has(d.Message)
+				if shared { // before it is on the wire: its PUBACK may come at once
+					c.sentShared(d)
+				}
 				sent, err := c.sendLimited(pk, false, c.peerMax)
 				if err != nil {
 					c.close()
 					return
 				}
 				if !sent {
+					if shared {
+						c.ackedShared(d.PacketID) // it will not be acknowledged
+					}
 					c.tooLarge(d) // MQTT 5 §3.1.2.11.4: discarded as if sent
 				} else if !d.Pubrel {
 					c.srv.sys.sent.Add(1)
-				}
-				if !d.Pubrel && c.srv.shared.has(d.Message) {
-					c.sentShared(d)
 				}
 			}
 			if c.flush() != nil { // one write for the batch

@@ -2,8 +2,10 @@ package main
 
 import (
 	"encoding/binary"
+	"errors"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/stretchr/testify/assert"
@@ -142,4 +144,67 @@ func TestProtocolChecks(t *testing.T) {
 
 	// After all that, the broker still serves.
 	assert.Equal(t, byte(0), connackCode(t, b.addr, connect5(clean, props())))
+}
+
+// Every MQTT 5 packet with properties is checked: a property twice in a
+// DISCONNECT or a PUBACK is a protocol error, and an AUTH before the
+// CONNACK may not carry more than 1,024 of them (found by review).
+func TestPropertiesOfEveryPacket(t *testing.T) {
+	b := startBroker(t, flags{})
+	nc := rawConnect(t, b.addr, 5, "d", nil)
+	defer nc.Close()
+	reason := []byte{0x1F, 0, 1, 'a', 0x1F, 0, 1, 'b'}                 // Reason String twice
+	_, err := nc.Write(frame(0x40, []byte{0, 9, 0}, props(reason...))) // PUBACK
+	require.NoError(t, err)
+	d := readRaw(t, nc, 5)
+	require.Equal(t, packets.Disconnect, d.FixedHeader.Type)
+	assert.Equal(t, byte(0x82), d.ReasonCode)
+
+	nc2 := rawConnect(t, b.addr, 5, "d2", nil)
+	defer nc2.Close()
+	_, err = nc2.Write(frame(0xE0, []byte{0}, props(reason...))) // DISCONNECT
+	require.NoError(t, err)
+	closedOrDisconnect(t, nc2)
+
+	// An AUTH in the middle of an exchange, full of User Properties.
+	bomb := make([]byte, 0, 1100*5)
+	for range 1100 {
+		bomb = append(bomb, 0x26, 0, 0, 0, 0)
+	}
+	body := append([]byte{0x18}, varintBytes(len(bomb))...)
+	body = append(body, bomb...)
+	var pk packets.Packet
+	pk.FixedHeader.Type = packets.Auth
+	pk.ProtocolVersion = 5
+	assert.ErrorContains(t, precheck(&pk, body), "more than 1024 properties")
+}
+
+func varintBytes(n int) []byte {
+	var out []byte
+	for {
+		b := byte(n % 128)
+		n /= 128
+		if n > 0 {
+			b |= 0x80
+		}
+		out = append(out, b)
+		if n == 0 {
+			return out
+		}
+	}
+}
+
+// closedOrDisconnect reads until the server closes nc, accepting a DISCONNECT
+// first.
+func closedOrDisconnect(t *testing.T, nc net.Conn) {
+	t.Helper()
+	require.NoError(t, nc.SetReadDeadline(time.Now().Add(5*time.Second)))
+	buf := make([]byte, 64)
+	for {
+		if _, err := nc.Read(buf); err != nil {
+			var ne net.Error
+			require.False(t, errors.As(err, &ne) && ne.Timeout(), "the server kept the connection")
+			return
+		}
+	}
 }

@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/mqtthooks/mqtthooks"
 )
@@ -22,7 +24,8 @@ type sharedInFlight struct {
 // shareRef is the shared subscription a delivery came through.
 type shareRef struct {
 	mountpoint string
-	filter     string // $share/{name}/{filter}
+	filter     string    // $share/{name}/{filter}
+	at         time.Time // when the message was routed: its expiry runs from then
 }
 
 // track records that m went to a member of the shared subscription ref.
@@ -63,10 +66,20 @@ func (t *sharedInFlight) len() int { return int(t.n.Load()) }
 // unacknowledged when it ended. Those it got through a share group go to
 // another member of the group, if one is left.
 func (s *server) discarded(_ context.Context, _ mqtthooks.SubscriberID, msgs []*mqtthooks.Message) {
+	now := time.Now()
 	for _, m := range msgs {
 		ref, ok := s.shared.done(m)
 		if !ok {
 			continue
+		}
+		if exp := m.Properties.MessageExpiryInterval; exp.Set { // what is left of it, from the routing on
+			left := time.Duration(exp.V)*time.Second - now.Sub(ref.at)
+			if left <= 0 {
+				continue // expired while it waited for the member that left
+			}
+			cp := *m
+			cp.Properties.MessageExpiryInterval = mqtthooks.Some(uint32((left + time.Second - 1) / time.Second))
+			m = &cp
 		}
 		next, ok := s.router.pickShared(ref.mountpoint, ref.filter)
 		if !ok {
@@ -77,16 +90,29 @@ func (s *server) discarded(_ context.Context, _ mqtthooks.SubscriberID, msgs []*
 }
 
 // deliverShared gives member of the shared subscription ref its own copy
-// of msg; r, if not nil, learns when the copy is durable.
+// of msg; r, if not nil, learns when the copy is durable. A QoS 1 or 2 copy
+// is tracked until acknowledged (QoS 0 has no acknowledgement to wait for).
+// If the member's session ended in between, the next member gets it.
 func (s *server) deliverShared(ref shareRef, member match, msg *mqtthooks.Message, r *mqtthooks.Receipt) error {
-	cp := *msg
-	s.shared.track(&cp, ref)
-	err := s.core.Deliver(member.id, &cp, mqtthooks.DeliverOptions{QoS: min(msg.QoS, member.qos),
-		Retain: member.rap && msg.Retain, SubscriptionIdentifiers: member.identity, Generation: member.gen, Receipt: r})
-	if err != nil {
+	for range 2 {
+		cp := *msg
+		qos := min(msg.QoS, member.qos)
+		if qos > 0 {
+			s.shared.track(&cp, ref)
+		}
+		err := s.core.Deliver(member.id, &cp, mqtthooks.DeliverOptions{QoS: qos, Retain: member.rap && msg.Retain,
+			SubscriptionIdentifiers: member.identity, Generation: member.gen, Receipt: r})
+		if err == nil {
+			return nil
+		}
 		s.shared.done(&cp)
+		next, ok := s.router.pickShared(ref.mountpoint, ref.filter)
+		if !errors.Is(err, mqtthooks.ErrSessionNotFound) || !ok || next.id == member.id {
+			return err
+		}
+		member = next
 	}
-	return err
+	return mqtthooks.ErrSessionNotFound
 }
 
 // sharedDrops is a plugin that forgets the shared deliveries the Core

@@ -166,3 +166,25 @@ func TestSharedMemberLeavingHandsOver(t *testing.T) {
 	require.Eventually(t, func() bool { return b.srv.shared.len() == 0 }, 5*time.Second, time.Millisecond,
 		"every shared delivery acknowledged and forgotten")
 }
+
+// QoS 0 shared deliveries are not tracked (they have no acknowledgement to
+// wait for), so those a core does not store for an offline member leave
+// nothing behind (found by review).
+func TestSharedQoS0LeavesNothing(t *testing.T) {
+	b := startBroker(t, flags{})
+	ctx := context.Background()
+	m, err := v5Client(t, b.addr, &paho.Connect{ClientID: "offline-member", CleanStart: true, Properties: sei(3600)}, nil)
+	require.NoError(t, err)
+	_, err = m.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "$share/g/job", QoS: 1}}})
+	require.NoError(t, err)
+	require.NoError(t, m.Disconnect(&paho.Disconnect{}))
+	pub, err := v5Client(t, b.addr, &paho.Connect{ClientID: "pub", CleanStart: true}, nil)
+	require.NoError(t, err)
+	for range 50 {
+		_, err := pub.Publish(ctx, &paho.Publish{Topic: "job", QoS: 0, Payload: []byte("x")})
+		require.NoError(t, err)
+	}
+	_, err = pub.Publish(ctx, &paho.Publish{Topic: "sync", QoS: 1, Payload: []byte("x")}) // the broker read all before
+	require.NoError(t, err)
+	assert.Zero(t, b.srv.shared.len())
+}

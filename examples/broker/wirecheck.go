@@ -195,6 +195,21 @@ func precheck(pk *packets.Packet, body []byte) error {
 	switch pk.FixedHeader.Type {
 	case packets.Subscribe:
 		return checkSubscribe(pk, body)
+	case packets.Auth, packets.Disconnect: // a reason code, then properties
+		if pk.ProtocolVersion == 5 && len(body) > 1 {
+			_, _, err := checkProperties(body[1:])
+			return err
+		}
+	case packets.Puback, packets.Pubrec, packets.Pubrel, packets.Pubcomp: // id, reason code, properties
+		if pk.ProtocolVersion == 5 && len(body) > 3 {
+			_, _, err := checkProperties(body[3:])
+			return err
+		}
+	case packets.Unsubscribe: // id, properties
+		if pk.ProtocolVersion == 5 && len(body) > 2 {
+			_, _, err := checkProperties(body[2:])
+			return err
+		}
 	case packets.Connect:
 		l, err := prefixed(body) // the protocol name
 		if err != nil || l+4 > len(body) || body[l] != 5 {
