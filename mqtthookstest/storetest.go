@@ -58,6 +58,7 @@ func TestSessionStore(t *testing.T, h StoreHarness) {
 	t.Run("MessageHeldUntilReleased", st.held)
 	t.Run("Generations", st.generations)
 	t.Run("ConcurrentCommits", st.concurrent)
+	t.Run("PipelinedCommits", st.pipelined)
 	if h.Crash != nil {
 		t.Run("Crash", st.crash)
 	}
@@ -652,6 +653,90 @@ func (st *storeTest) concurrent(t *testing.T) {
 		if n := len(got[r.ID.String()].Entries); n != perWriter {
 			t.Errorf("%s has %d entries, want %d", r.ID, n, perWriter)
 		}
+	}
+}
+
+// pipelined: commits made without waiting for each other, as the core makes
+// them, across sessions that share messages: acknowledgements, a session's
+// drop and a new life that reuses the old life's sequence numbers, all
+// before the earlier ones are done. Messages another session refers to stay.
+func (st *storeTest) pipelined(t *testing.T) {
+	s := st.h.Open(t)
+	x, y, z := storeRecord("px", s.NextGeneration()), storeRecord("py", s.NextGeneration()), storeRecord("pz", s.NextGeneration())
+	var pending []chan error
+	send := func(b mqtthooks.StoreBatch) {
+		ch := make(chan error, 1)
+		b.Commit(func(err error) { ch <- err })
+		pending = append(pending, ch)
+	}
+	b := s.Batch()
+	for _, r := range []*mqtthooks.SessionRecord{x, y, z} {
+		b.CreateSession(r)
+	}
+	for i := uint64(1); i <= 20; i++ {
+		b.PutMessage(100+i, storeMessage(fmt.Sprint(100+i)))
+		for _, r := range []*mqtthooks.SessionRecord{x, y, z} {
+			b.PutEntry(r.ID, r.Generation, storeEntry(i, 100+i, mqtthooks.EntryPending))
+		}
+		b.ReleaseMessage(100 + i)
+	}
+	send(b)
+	for i := uint64(1); i <= 10; i++ { // x acknowledges the first half, one by one
+		b := s.Batch()
+		b.DeleteEntry(x.ID, x.Generation, i, 100+i)
+		send(b)
+	}
+	b = s.Batch() // and goes
+	b.DeleteSession(x.ID, x.Generation)
+	send(b)
+	for i := uint64(11); i <= 15; i++ { // y marks some sent
+		b := s.Batch()
+		b.PutEntry(y.ID, y.Generation, storeEntry(i, 100+i, mqtthooks.EntrySent))
+		send(b)
+	}
+	z2 := storeRecord("pz", s.NextGeneration()) // z starts a new life, reusing seq 1 and 2
+	b = s.Batch()
+	b.CreateSession(z2)
+	b.PutMessage(200, storeMessage("200"))
+	b.PutEntry(z2.ID, z2.Generation, storeEntry(1, 200, mqtthooks.EntryPending))
+	b.PutEntry(z2.ID, z2.Generation, storeEntry(2, 101, mqtthooks.EntryPending))
+	b.ReleaseMessage(200)
+	send(b)
+	for _, ch := range pending {
+		select {
+		case err := <-ch:
+			if err != nil {
+				t.Fatalf("Commit: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a Commit never called done")
+		}
+	}
+
+	s = st.h.Reopen(t, s)
+	got := load(t, s)
+	if _, ok := got[x.ID.String()]; ok {
+		t.Errorf("%s was dropped, and is back", x.ID)
+	}
+	ys := got[y.ID.String()]
+	if ys == nil || len(ys.Entries) != 20 {
+		t.Fatalf("%s: want its 20 entries, got %+v", y.ID, ys)
+	}
+	for i, e := range ys.Entries {
+		want := mqtthooks.EntryPending
+		if e.Seq >= 11 && e.Seq <= 15 {
+			want = mqtthooks.EntrySent
+		}
+		if e.Seq != uint64(i+1) || e.MessageID != 100+e.Seq || e.State != want || e.Message == nil ||
+			string(e.Message.Payload) != fmt.Sprint(100+e.Seq) {
+			t.Errorf("%s entry %d: %+v", y.ID, i, e)
+		}
+	}
+	zs := got[z2.ID.String()]
+	if zs == nil || zs.Record.Generation != z2.Generation || len(zs.Entries) != 2 ||
+		zs.Entries[0].Message == nil || string(zs.Entries[0].Message.Payload) != "200" ||
+		zs.Entries[1].Message == nil || string(zs.Entries[1].Message.Payload) != "101" {
+		t.Errorf("%s: want the new life with messages 200 and 101, got %+v", z2.ID, zs)
 	}
 }
 
