@@ -61,8 +61,8 @@ func New(src Source, opts Options) *Collector {
 		wills:         d("wills_published_total", "Wills published."),
 		msgs: d("messages_total", "Messages by outcome: routed, restored, delivered, dropped, not_stored_qos0, "+
 			"discarded.", "outcome"),
-		connacks:      d("connacks_total", "CONNACKs by protocol version (3, 4, 5) and code.", "version", "code"),
-		disconnects:   d("disconnects_total", "Connections the core ended, by reason code.", "code"),
+		connacks:      d("connack_sent_total", "CONNACKs by protocol version (3, 4, 5) and code.", "version", "code"),
+		disconnects:   d("disconnect_sent_total", "Connections the core ended, by reason code.", "code"),
 		hookCalls:     d("hook_calls_total", "Calls of a hook by the core.", "hook"),
 		hookPanics:    d("hook_panics_total", "Plugins that panicked in a hook.", "hook"),
 		hookTimeouts:  d("hook_timeouts_total", "Calls of a conditional hook that ended past their deadline.", "hook"),

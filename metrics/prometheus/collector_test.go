@@ -53,12 +53,12 @@ func TestCollector(t *testing.T) {
 	assert.Empty(t, problems)
 
 	want := `
-# HELP mqtthooks_connacks_total CONNACKs by protocol version (3, 4, 5) and code.
-# TYPE mqtthooks_connacks_total counter
-mqtthooks_connacks_total{code="0x00",version="5"} 1
-mqtthooks_connacks_total{code="0x86",version="5"} 1
+# HELP mqtthooks_connack_sent_total CONNACKs by protocol version (3, 4, 5) and code.
+# TYPE mqtthooks_connack_sent_total counter
+mqtthooks_connack_sent_total{code="0x00",version="5"} 1
+mqtthooks_connack_sent_total{code="0x86",version="5"} 1
 `
-	assert.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(want), "mqtthooks_connacks_total"))
+	assert.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(want), "mqtthooks_connack_sent_total"))
 
 	st := core.Stats()
 	reg := prom.NewPedanticRegistry()
