@@ -1,0 +1,110 @@
+package webhooks
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+)
+
+// maxResponse bounds what is read of an endpoint's answer.
+const maxResponse = 1 << 20
+
+// answer is an endpoint's decoded reply: Result is "ok" or "next", or
+// Error is set.
+type answer struct {
+	Result    string
+	Error     json.RawMessage // the "error" of {"result": {"error": …}}
+	Code      *int            // its "reason_code", if any
+	Modifiers map[string]json.RawMessage
+}
+
+// post sends body to e for hook and decodes the answer. An error wraps
+// ErrTransport (unreachable, timed out) or ErrInvalidResponse.
+func (p *Plugin) post(ctx context.Context, hook string, e *endpoint, body any) (answer, error) {
+	var a answer
+	data, err := json.Marshal(body)
+	if err != nil {
+		return a, fmt.Errorf("%w: encoding the request: %w", ErrInvalidResponse, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, e.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.URL, bytes.NewReader(data))
+	if err != nil {
+		return a, fmt.Errorf("%w: %w", ErrTransport, err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("vernemq-hook", hook)
+	start := time.Now()
+	e.stats.requests.Add(1)
+	defer func() { e.stats.elapsed.Add(int64(time.Since(start))) }()
+	resp, err := p.client.Do(req)
+	if err == nil {
+		defer resp.Body.Close()
+		var raw []byte
+		raw, err = io.ReadAll(io.LimitReader(resp.Body, maxResponse))
+		if err == nil {
+			if resp.StatusCode != http.StatusOK {
+				e.stats.errors.Add(1)
+				return a, fmt.Errorf("%w: status %d", ErrInvalidResponse, resp.StatusCode)
+			}
+			if err := decodeAnswer(raw, &a); err != nil {
+				e.stats.errors.Add(1)
+				return a, err
+			}
+			if a.Error != nil {
+				e.stats.errors.Add(1)
+			}
+			return a, nil
+		}
+	}
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		e.stats.timeouts.Add(1)
+	case errors.Is(err, context.Canceled):
+		e.stats.canceled.Add(1) // the client went away: not the endpoint's error
+		return a, fmt.Errorf("%w: %w", ErrTransport, err)
+	default:
+		e.stats.errors.Add(1)
+	}
+	return a, fmt.Errorf("%w: %w", ErrTransport, err)
+}
+
+// decodeAnswer reads {"result": "ok"|"next"|{"error": …, "reason_code": n},
+// "modifiers": {…}}.
+func decodeAnswer(raw []byte, a *answer) error {
+	var top struct {
+		Result    json.RawMessage            `json:"result"`
+		Modifiers map[string]json.RawMessage `json:"modifiers"`
+	}
+	if err := json.Unmarshal(raw, &top); err != nil {
+		return fmt.Errorf("%w: not JSON: %w", ErrInvalidResponse, err)
+	}
+	if top.Result == nil {
+		return fmt.Errorf("%w: no result", ErrInvalidResponse)
+	}
+	var s string
+	if json.Unmarshal(top.Result, &s) == nil {
+		if s != "ok" && s != "next" {
+			return fmt.Errorf("%w: result %q", ErrInvalidResponse, s)
+		}
+		a.Result, a.Modifiers = s, top.Modifiers
+		return nil
+	}
+	var e struct {
+		Error json.RawMessage `json:"error"`
+		Code  *int            `json:"reason_code"`
+	}
+	if err := json.Unmarshal(top.Result, &e); err != nil {
+		return fmt.Errorf("%w: result %s", ErrInvalidResponse, top.Result)
+	}
+	a.Error, a.Code = e.Error, e.Code
+	if a.Error == nil {
+		a.Error = json.RawMessage(`"unknown_error"`) // as VerneMQ names it
+	}
+	return nil
+}

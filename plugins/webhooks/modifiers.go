@@ -1,0 +1,174 @@
+package webhooks
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"math"
+
+	"github.com/mqtthooks/mqtthooks"
+)
+
+// ignored are modifiers VerneMQ's webhooks accept that have no counterpart
+// here; an endpoint may send them, and they change nothing.
+var ignored = map[string]bool{"allow_register": true, "allow_publish": true, "allow_subscribe": true,
+	"allow_unsubscribe": true, "max_connection_lifetime": true, "retry_interval": true, "max_drain_time": true,
+	"max_msgs_per_drain_step": true, "shared_subscription_policy": true}
+
+// modifiers maps an endpoint's modifiers onto mqtthooks.Modifiers, as
+// VerneMQ names them; nil for none. A key outside VerneMQ's list, or a
+// value of the wrong type, is an error naming it (the core validates the
+// values themselves, as for any plugin).
+func modifiers(raw map[string]json.RawMessage, v5 bool) (*mqtthooks.Modifiers, error) {
+	if len(raw) == 0 {
+		return nil, nil
+	}
+	m := new(mqtthooks.Modifiers)
+	var clientID, mountpoint *string
+	for key, v := range raw {
+		var err error
+		switch key {
+		case "username":
+			var s string
+			if err = json.Unmarshal(v, &s); err == nil {
+				m.Username = mqtthooks.Some(s)
+			}
+		case "client_id", "mountpoint":
+			var s string
+			if err = json.Unmarshal(v, &s); err == nil {
+				if key == "client_id" {
+					clientID = &s
+				} else {
+					mountpoint = &s
+				}
+			}
+		case "subscriber_id":
+			var id struct {
+				ClientID   *string `json:"client_id"`
+				Mountpoint *string `json:"mountpoint"`
+			}
+			if err = json.Unmarshal(v, &id); err == nil && (id.ClientID == nil || id.Mountpoint == nil) {
+				err = fmt.Errorf("wants client_id and mountpoint")
+			}
+			clientID, mountpoint = id.ClientID, id.Mountpoint
+		case "clean_session", "clean_start":
+			var b bool
+			if err = json.Unmarshal(v, &b); err == nil {
+				m.CleanStart = mqtthooks.Some(b)
+				if key == "clean_session" && !v5 {
+					m.Persistent = mqtthooks.Some(!b) // MQTT 3: also whether the session outlives the connection
+				}
+			}
+		case "session_expiry_interval":
+			err = number(v, func(n int64) { m.SessionExpiryInterval = mqtthooks.Some(uint32(n)) })
+		case "max_message_size":
+			err = number(v, func(n int64) {
+				if n > 0 {
+					m.MaximumPacketSize = mqtthooks.Some(uint32(n))
+				}
+			})
+		case "max_inflight_messages":
+			err = number(v, func(n int64) { m.MaxInflightMessages = mqtthooks.Some(int(n)) })
+		case "max_online_messages":
+			err = number(v, func(n int64) { m.MaxOnlineMessages = mqtthooks.Some(int(n)) })
+		case "max_offline_messages":
+			err = number(v, func(n int64) { m.MaxOfflineMessages = mqtthooks.Some(int(n)) })
+		case "max_message_rate":
+			err = number(v, func(n int64) { m.MaxMessageRate = mqtthooks.Some(uint32(n)) })
+		case "upgrade_qos", "allow_multiple_sessions":
+			var b bool
+			if err = json.Unmarshal(v, &b); err == nil {
+				if key == "upgrade_qos" {
+					m.UpgradeQoS = mqtthooks.Some(b)
+				} else {
+					m.AllowMultipleSessions = mqtthooks.Some(b)
+				}
+			}
+		case "queue_type":
+			var s string
+			if err = json.Unmarshal(v, &s); err == nil {
+				switch s {
+				case "fifo":
+					m.QueueType = mqtthooks.Some(mqtthooks.QueueFIFO)
+				case "lifo":
+					m.QueueType = mqtthooks.Some(mqtthooks.QueueLIFO)
+				default:
+					err = fmt.Errorf("%q is neither fifo nor lifo", s)
+				}
+			}
+		case "queue_deliver_mode":
+			var s string
+			if err = json.Unmarshal(v, &s); err == nil {
+				switch s {
+				case "fanout":
+					m.QueueDeliverMode = mqtthooks.Some(mqtthooks.DeliverFanout)
+				case "balance":
+					m.QueueDeliverMode = mqtthooks.Some(mqtthooks.DeliverBalance)
+				default:
+					err = fmt.Errorf("%q is neither fanout nor balance", s)
+				}
+			}
+		case "properties":
+			if !v5 {
+				err = fmt.Errorf("only for MQTT 5")
+				break
+			}
+			err = properties(v, m)
+		default:
+			if !ignored[key] {
+				err = fmt.Errorf("not a modifier")
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: modifier %q: %v", ErrInvalidResponse, key, err)
+		}
+	}
+	switch {
+	case clientID != nil && mountpoint != nil:
+		m.SubscriberID = mqtthooks.Some(mqtthooks.SubscriberID{Mountpoint: *mountpoint, ClientID: *clientID})
+	case clientID != nil || mountpoint != nil:
+		return nil, fmt.Errorf("%w: client_id and mountpoint go together", ErrInvalidResponse)
+	}
+	return m, nil
+}
+
+// number reads a JSON number, rounding a fraction as VerneMQ does.
+func number(v json.RawMessage, set func(int64)) error {
+	var f float64
+	if err := json.Unmarshal(v, &f); err != nil {
+		return err
+	}
+	if math.IsNaN(f) || math.Abs(f) > math.MaxInt32 {
+		return fmt.Errorf("%v is out of range", f)
+	}
+	set(int64(math.Round(f)))
+	return nil
+}
+
+// properties reads the properties modifier: p_user_property (base64 keys
+// and values) and p_session_expiry_interval.
+func properties(v json.RawMessage, m *mqtthooks.Modifiers) error {
+	var p struct {
+		UserProperties []userProperty `json:"p_user_property"`
+		SEI            *float64       `json:"p_session_expiry_interval"`
+	}
+	if err := json.Unmarshal(v, &p); err != nil {
+		return err
+	}
+	if p.SEI != nil {
+		m.SessionExpiryInterval = mqtthooks.Some(uint32(math.Round(*p.SEI)))
+	}
+	if p.UserProperties != nil {
+		ups := make([]mqtthooks.UserProperty, len(p.UserProperties))
+		for i, u := range p.UserProperties {
+			k, err1 := base64.StdEncoding.DecodeString(u.Key)
+			val, err2 := base64.StdEncoding.DecodeString(u.Val)
+			if err1 != nil || err2 != nil {
+				return fmt.Errorf("p_user_property %d is not base64", i)
+			}
+			ups[i] = mqtthooks.UserProperty{Key: string(k), Value: string(val)}
+		}
+		m.UserProperties = mqtthooks.Some(ups)
+	}
+	return nil
+}

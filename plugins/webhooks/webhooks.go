@@ -1,0 +1,164 @@
+// Package webhooks is an mqtthooks plugin that calls HTTP endpoints for the
+// session hooks, speaking VerneMQ's vmq_webhooks protocol: a JSON POST per
+// call with the header "vernemq-hook: <hook>", answered by
+// {"result": "ok"}, {"result": "next"} or {"result": {"error": ...}}, with
+// modifiers. An endpoint written for VerneMQ works unchanged.
+//
+// Where VerneMQ fails silently this plugin answers: an auth endpoint that
+// answers with a status other than 200, with a body that is not JSON, or
+// without a result rejects the client with a CONNACK (MQTT 3: 5, MQTT 5:
+// 0x86) rather than closing the connection; an error may carry a
+// "reason_code" the core validates like any plugin's; every call has a
+// deadline; a transport failure rejects, or, with OnTransportFailure Next,
+// passes to the next endpoint.
+//
+//	p, err := webhooks.New(webhooks.Options{Hooks: map[string][]webhooks.Endpoint{
+//		"auth_on_register":    {{URL: "http://auth.internal/mqtt"}},
+//		"auth_on_register_m5": {{URL: "http://auth.internal/mqtt"}},
+//		"on_client_gone":      {{URL: "http://audit.internal/gone"}},
+//	}})
+//	chain.Register("webhooks", p)
+package webhooks
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"slices"
+	"sync/atomic"
+	"time"
+)
+
+// The hooks an endpoint may be registered for, by their VerneMQ names.
+const (
+	HookAuthOnRegister   = "auth_on_register"
+	HookAuthOnRegisterM5 = "auth_on_register_m5"
+	HookOnRegister       = "on_register"
+	HookOnRegisterM5     = "on_register_m5"
+	HookOnClientWakeup   = "on_client_wakeup"
+	HookOnClientOffline  = "on_client_offline"
+	HookOnClientGone     = "on_client_gone"
+	HookOnSessionExpired = "on_session_expired"
+)
+
+var knownHooks = []string{HookAuthOnRegister, HookAuthOnRegisterM5, HookOnRegister, HookOnRegisterM5,
+	HookOnClientWakeup, HookOnClientOffline, HookOnClientGone, HookOnSessionExpired}
+
+// ErrConfig is the error of an invalid Options.
+var ErrConfig = errors.New("webhooks: invalid configuration")
+
+// ErrInvalidResponse is the error an auth hook rejects with when its
+// endpoint's answer is not one of the protocol's: a status other than 200,
+// a body that is not JSON, a missing or unknown result, or modifiers that
+// are not valid.
+var ErrInvalidResponse = errors.New("webhooks: invalid endpoint response")
+
+// ErrTransport is the error an auth hook rejects with when its endpoint
+// could not be reached, or did not answer within its timeout.
+var ErrTransport = errors.New("webhooks: endpoint unreachable")
+
+// TransportPolicy says what an auth hook does when its endpoint cannot be
+// reached or does not answer in time.
+type TransportPolicy uint8
+
+const (
+	// Reject the client (the default): an unreachable authority says no.
+	Reject TransportPolicy = iota
+	// Next passes to the next endpoint, or the next plugin.
+	Next
+)
+
+// Endpoint is one URL called for one hook.
+type Endpoint struct {
+	URL string
+	// Timeout bounds one call, within the hook's own deadline; default 5 s.
+	Timeout time.Duration
+	// OnTransportFailure is what an auth hook does when the endpoint cannot
+	// be reached or times out; default Reject. Notification hooks only log.
+	OnTransportFailure TransportPolicy
+}
+
+// Options configure a Plugin.
+type Options struct {
+	// Hooks lists, for each hook (HookAuthOnRegister, …), its endpoints, in
+	// the order they are called: "next" goes on to the following one.
+	Hooks map[string][]Endpoint
+	// Client makes the requests; default a client with keep-alive
+	// connections, shared by all endpoints.
+	Client *http.Client
+	// Logger receives the failures of notification hooks and of transport;
+	// default slog.Default().
+	Logger *slog.Logger
+}
+
+// Plugin calls the configured endpoints. It is safe for concurrent use.
+type Plugin struct {
+	hooks  map[string][]*endpoint
+	client *http.Client
+	logger *slog.Logger
+}
+
+// endpoint is an Endpoint with its counters.
+type endpoint struct {
+	Endpoint
+	stats endpointCounters
+}
+
+type endpointCounters struct {
+	requests, errors, timeouts, canceled atomic.Uint64
+	elapsed                              atomic.Int64 // nanoseconds, in all
+}
+
+// EndpointStats are one endpoint's counters for one hook.
+type EndpointStats struct {
+	Hook, URL                            string
+	Requests, Errors, Timeouts, Canceled uint64
+	// Elapsed is the time spent in all calls.
+	Elapsed time.Duration
+}
+
+// New checks opts and returns the plugin. Every hook name must be one of
+// the Hook constants and every URL absolute http or https.
+func New(opts Options) (*Plugin, error) {
+	p := &Plugin{hooks: map[string][]*endpoint{}, client: opts.Client, logger: opts.Logger}
+	if p.client == nil {
+		p.client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 100, IdleConnTimeout: time.Minute}}
+	}
+	if p.logger == nil {
+		p.logger = slog.Default()
+	}
+	for hook, eps := range opts.Hooks {
+		if !slices.Contains(knownHooks, hook) {
+			return nil, fmt.Errorf("%w: unknown hook %q", ErrConfig, hook)
+		}
+		for _, e := range eps {
+			u, err := url.Parse(e.URL)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				return nil, fmt.Errorf("%w: hook %s: endpoint %q is not an http or https URL", ErrConfig, hook, e.URL)
+			}
+			if e.Timeout < 0 {
+				return nil, fmt.Errorf("%w: hook %s: negative timeout", ErrConfig, hook)
+			}
+			if e.Timeout == 0 {
+				e.Timeout = 5 * time.Second
+			}
+			p.hooks[hook] = append(p.hooks[hook], &endpoint{Endpoint: e})
+		}
+	}
+	return p, nil
+}
+
+// Stats returns the counters of every endpoint, by hook.
+func (p *Plugin) Stats() []EndpointStats {
+	var out []EndpointStats
+	for _, hook := range knownHooks {
+		for _, e := range p.hooks[hook] {
+			out = append(out, EndpointStats{Hook: hook, URL: e.URL, Requests: e.stats.requests.Load(),
+				Errors: e.stats.errors.Load(), Timeouts: e.stats.timeouts.Load(), Canceled: e.stats.canceled.Load(),
+				Elapsed: time.Duration(e.stats.elapsed.Load())})
+		}
+	}
+	return out
+}

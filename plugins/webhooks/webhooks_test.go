@@ -1,0 +1,267 @@
+package webhooks_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/mqtthooks/mqtthooks"
+	"github.com/mqtthooks/mqtthooks/mqtthookstest"
+	"github.com/mqtthooks/mqtthooks/plugins/webhooks"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// endpoint is an httptest server that records what it receives and answers
+// with answer.
+type endpoint struct {
+	*httptest.Server
+	mu     sync.Mutex
+	hooks  []string
+	bodies []string
+	calls  atomic.Int32
+}
+
+func newEndpoint(t *testing.T, answer func(w http.ResponseWriter)) *endpoint {
+	e := &endpoint{}
+	e.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		e.mu.Lock()
+		e.hooks = append(e.hooks, r.Header.Get("vernemq-hook"))
+		e.bodies = append(e.bodies, string(body))
+		e.mu.Unlock()
+		e.calls.Add(1)
+		assert.Equal(t, http.MethodPost, r.Method)
+		assert.Equal(t, "application/json", r.Header.Get("Content-Type"))
+		answer(w)
+	}))
+	t.Cleanup(e.Close)
+	return e
+}
+
+func says(body string) func(http.ResponseWriter) {
+	return func(w http.ResponseWriter) { _, _ = io.WriteString(w, body) }
+}
+
+// connect runs a CONNECT through a Core whose only plugin is p.
+func connect(t *testing.T, p *webhooks.Plugin, req *mqtthooks.ConnectRequest, opts mqtthooks.Options) (*mqtthooks.Core, *mqtthookstest.Client, mqtthooks.Step) {
+	t.Helper()
+	chain := mqtthooks.NewChain(mqtthooks.ChainOptions{})
+	require.NoError(t, chain.Register("webhooks", p))
+	core, err := mqtthooks.NewCore(chain, opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = core.Shutdown(context.Background()) })
+	c := mqtthookstest.NewClient(core)
+	c.Info.Peer = netip.MustParseAddrPort("10.0.0.5:40000")
+	step := c.Connect(t.Context(), req)
+	return core, c, step
+}
+
+func hooks(urls map[string]string) *webhooks.Plugin {
+	m := map[string][]webhooks.Endpoint{}
+	for h, u := range urls {
+		m[h] = []webhooks.Endpoint{{URL: u}}
+	}
+	p, err := webhooks.New(webhooks.Options{Hooks: m})
+	if err != nil {
+		panic(err)
+	}
+	return p
+}
+
+// W1, W2: a v3 CONNECT posts VerneMQ's auth_on_register body, key for key,
+// with null for absent credentials.
+func TestW1W2AuthOnRegisterBody(t *testing.T) {
+	e := newEndpoint(t, says(`{"result":"ok"}`))
+	p := hooks(map[string]string{webhooks.HookAuthOnRegister: e.URL})
+	req := mqtthookstest.V3("c1", "u", true)
+	req.Password, req.HasPassword = []byte("p"), true
+	_, c, _ := connect(t, p, req, mqtthooks.Options{})
+	require.True(t, c.Accepted())
+	require.Equal(t, []string{"auth_on_register"}, e.hooks)
+	assert.JSONEq(t, `{"peer_addr":"10.0.0.5","peer_port":40000,"mountpoint":"","client_id":"c1","username":"u","password":"p","clean_session":true}`, e.bodies[0])
+	assert.Equal(t, `{"peer_addr":"10.0.0.5","peer_port":40000,"mountpoint":"","client_id":"c1","username":"u","password":"p","clean_session":true}`, e.bodies[0], "in VerneMQ's order")
+
+	e2 := newEndpoint(t, says(`{"result":"ok"}`))
+	p2 := hooks(map[string]string{webhooks.HookAuthOnRegister: e2.URL})
+	anon := mqtthookstest.V3("c2", "", true)
+	anon.HasUsername = false
+	_, _, _ = connect(t, p2, anon, mqtthooks.Options{})
+	assert.JSONEq(t, `{"peer_addr":"10.0.0.5","peer_port":40000,"mountpoint":"","client_id":"c2","username":null,"password":null,"clean_session":true}`, e2.bodies[0])
+}
+
+// W3: a v5 CONNECT: auth_on_register_m5, clean_start, properties with user
+// properties in base64.
+func TestW3AuthOnRegisterM5Body(t *testing.T) {
+	e := newEndpoint(t, says(`{"result":"ok"}`))
+	p := hooks(map[string]string{webhooks.HookAuthOnRegisterM5: e.URL})
+	req := mqtthookstest.V5("c1", "u", true, 60)
+	req.Properties.UserProperties = []mqtthooks.UserProperty{{Key: "k1", Value: "v1"}}
+	_, c, _ := connect(t, p, req, mqtthooks.Options{})
+	require.True(t, c.Accepted())
+	require.Equal(t, []string{"auth_on_register_m5"}, e.hooks)
+	var body map[string]any
+	require.NoError(t, json.Unmarshal([]byte(e.bodies[0]), &body))
+	assert.Equal(t, true, body["clean_start"])
+	assert.NotContains(t, body, "clean_session")
+	props := body["properties"].(map[string]any)
+	assert.Equal(t, float64(60), props["p_session_expiry_interval"])
+	assert.Equal(t, []any{map[string]any{"key": "azE=", "val": "djE="}}, props["p_user_property"])
+}
+
+// W4, W12: the answers. ok accepts; next passes on; an error rejects (3: 5,
+// 5: 0x86); a reason_code is used; ok with a username modifier changes it;
+// an answer without result, {} or not JSON, or a status other than 200
+// rejects with a CONNACK.
+func TestW4W12Answers(t *testing.T) {
+	for _, tc := range []struct {
+		name, answer string
+		status       int
+		v5           bool
+		accepted     bool
+		code         byte // CONNACK return or reason code when refused
+	}{
+		{"ok", `{"result":"ok"}`, 200, false, true, 0},
+		{"next", `{"result":"next"}`, 200, false, false, byte(mqtthooks.RefusedNotAuthorized)},
+		{"error v3", `{"result":{"error":"not_allowed"}}`, 200, false, false, byte(mqtthooks.RefusedNotAuthorized)},
+		{"error v5", `{"result":{"error":"not_allowed"}}`, 200, true, false, byte(mqtthooks.CodeBadUserNameOrPassword)},
+		{"reason code", `{"result":{"error":"banned","reason_code":138}}`, 200, true, false, 0x8A},
+		{"no result", `{}`, 200, true, false, byte(mqtthooks.CodeBadUserNameOrPassword)},
+		{"not json", `<html>`, 200, false, false, byte(mqtthooks.RefusedNotAuthorized)},
+		{"status 500", `{"result":"ok"}`, 500, true, false, byte(mqtthooks.CodeBadUserNameOrPassword)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEndpoint(t, func(w http.ResponseWriter) {
+				w.WriteHeader(tc.status)
+				_, _ = io.WriteString(w, tc.answer)
+			})
+			hook, req := webhooks.HookAuthOnRegister, mqtthookstest.V3("c1", "u", true)
+			if tc.v5 {
+				hook, req = webhooks.HookAuthOnRegisterM5, mqtthookstest.V5("c1", "u", true, 0)
+			}
+			_, c, step := connect(t, hooks(map[string]string{hook: e.URL}), req, mqtthooks.Options{})
+			require.Equal(t, mqtthooks.SendConnack, step.Kind, "always a CONNACK, never a silent close")
+			assert.Equal(t, tc.accepted, c.Accepted())
+			if !tc.accepted {
+				got := byte(step.Connack.ReturnCode)
+				if tc.v5 {
+					got = byte(step.Connack.ReasonCode)
+				}
+				assert.Equal(t, tc.code, got)
+			}
+		})
+	}
+	e := newEndpoint(t, says(`{"result":"ok","modifiers":{"username":"x"}}`))
+	core, c, _ := connect(t, hooks(map[string]string{webhooks.HookAuthOnRegister: e.URL}),
+		mqtthookstest.V3("c1", "u", false), mqtthooks.Options{})
+	require.True(t, c.Accepted())
+	info, ok := core.Lookup(mqtthooks.SubscriberID{ClientID: "c1"})
+	require.True(t, ok)
+	assert.Equal(t, "x", info.Username)
+}
+
+// W5: the first of two endpoints fails (500, or refuses the connection):
+// reject, and the second is not called. With OnTransportFailure Next, a
+// refused connection passes to the second.
+func TestW5FailureStopsTheChain(t *testing.T) {
+	second := newEndpoint(t, says(`{"result":"ok"}`))
+	failing := newEndpoint(t, func(w http.ResponseWriter) { w.WriteHeader(500) })
+	dead := httptest.NewServer(http.NotFoundHandler())
+	deadURL := dead.URL
+	dead.Close()
+	for _, first := range []string{failing.URL, deadURL} {
+		p, err := webhooks.New(webhooks.Options{Hooks: map[string][]webhooks.Endpoint{
+			webhooks.HookAuthOnRegister: {{URL: first}, {URL: second.URL}}}})
+		require.NoError(t, err)
+		_, c, _ := connect(t, p, mqtthookstest.V3("c1", "u", true), mqtthooks.Options{})
+		assert.False(t, c.Accepted())
+	}
+	assert.Zero(t, second.calls.Load())
+
+	p, err := webhooks.New(webhooks.Options{Hooks: map[string][]webhooks.Endpoint{
+		webhooks.HookAuthOnRegister: {{URL: deadURL, OnTransportFailure: webhooks.Next}, {URL: second.URL}}}})
+	require.NoError(t, err)
+	_, c, _ := connect(t, p, mqtthookstest.V3("c1", "u", true), mqtthooks.Options{})
+	assert.True(t, c.Accepted())
+	assert.Equal(t, int32(1), second.calls.Load())
+}
+
+// W6: an endpoint slower than its timeout: reject within the timeout, and
+// the timeout is counted.
+func TestW6Timeout(t *testing.T) {
+	release := make(chan struct{})
+	slow := newEndpoint(t, func(w http.ResponseWriter) { <-release; _, _ = io.WriteString(w, `{"result":"ok"}`) })
+	defer close(release)
+	p, err := webhooks.New(webhooks.Options{Hooks: map[string][]webhooks.Endpoint{
+		webhooks.HookAuthOnRegister: {{URL: slow.URL, Timeout: 50 * time.Millisecond}}}})
+	require.NoError(t, err)
+	start := time.Now()
+	_, c, _ := connect(t, p, mqtthookstest.V3("c1", "u", true), mqtthooks.Options{})
+	assert.False(t, c.Accepted())
+	assert.Less(t, time.Since(start), 2*time.Second)
+	st := p.Stats()
+	require.Len(t, st, 1)
+	assert.Equal(t, uint64(1), st[0].Timeouts)
+}
+
+// W9: modifiers as VerneMQ has them: client_id alone rejects; with a
+// mountpoint it is the session key; an unknown key rejects; a fraction is
+// rounded.
+func TestW9Modifiers(t *testing.T) {
+	for _, tc := range []struct {
+		mods     string
+		accepted bool
+		check    func(t *testing.T, core *mqtthooks.Core)
+	}{
+		{`{"client_id":"x"}`, false, nil},
+		{`{"client_id":"x","mountpoint":"m"}`, true, func(t *testing.T, core *mqtthooks.Core) {
+			_, ok := core.Lookup(mqtthooks.SubscriberID{Mountpoint: "m", ClientID: "x"})
+			assert.True(t, ok)
+		}},
+		{`{"reg_view":"r"}`, false, nil},
+		{`{"max_message_size":1000.4}`, true, nil},
+		{`{"allow_publish":true}`, true, nil},
+	} {
+		e := newEndpoint(t, says(`{"result":"ok","modifiers":`+tc.mods+`}`))
+		core, c, _ := connect(t, hooks(map[string]string{webhooks.HookAuthOnRegister: e.URL}),
+			mqtthookstest.V3("c1", "u", false), mqtthooks.Options{})
+		assert.Equal(t, tc.accepted, c.Accepted(), tc.mods)
+		if c.Accepted() && tc.check != nil {
+			tc.check(t, core)
+		}
+		if tc.mods == `{"max_message_size":1000.4}` {
+			assert.Equal(t, uint32(1000), c.Session.Limits().MaximumPacketSize)
+		}
+	}
+}
+
+// W10: on_client_gone posts {"mountpoint","client_id"}; a failing answer
+// changes nothing.
+func TestW10Notifications(t *testing.T) {
+	gone := newEndpoint(t, func(w http.ResponseWriter) { w.WriteHeader(500) })
+	p := hooks(map[string]string{webhooks.HookOnClientGone: gone.URL})
+	_, c, _ := connect(t, p, mqtthookstest.V3("c1", "", true), mqtthooks.Options{Listeners: map[string]mqtthooks.ListenerOptions{"default": {AllowAnonymous: true}}})
+	require.True(t, c.Accepted())
+	require.NoError(t, c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection))
+	require.Equal(t, []string{"on_client_gone"}, gone.hooks)
+	assert.Equal(t, `{"mountpoint":"","client_id":"c1"}`, gone.bodies[0])
+}
+
+// Bad configurations are refused with an error that says what.
+func TestConfig(t *testing.T) {
+	_, err := webhooks.New(webhooks.Options{Hooks: map[string][]webhooks.Endpoint{"auth_on_publish": {{URL: "http://x"}}}})
+	assert.ErrorIs(t, err, webhooks.ErrConfig)
+	_, err = webhooks.New(webhooks.Options{Hooks: map[string][]webhooks.Endpoint{webhooks.HookOnClientGone: {{URL: "ftp://x"}}}})
+	assert.ErrorContains(t, err, "not an http or https URL")
+}
