@@ -21,6 +21,7 @@ type answer struct {
 	Error     json.RawMessage // the "error" of {"result": {"error": …}}
 	Code      *int            // its "reason_code", if any
 	Modifiers map[string]json.RawMessage
+	MaxAge    time.Duration // from Cache-Control; 0: not to be cached
 }
 
 // post sends body to e for hook and decodes the answer. An error wraps
@@ -56,6 +57,7 @@ func (p *Plugin) post(ctx context.Context, hook string, e *endpoint, body any) (
 				e.stats.errors.Add(1)
 				return a, err
 			}
+			a.MaxAge, _ = maxAge(resp.Header.Get("Cache-Control"))
 			if a.Error != nil {
 				e.stats.errors.Add(1)
 			}

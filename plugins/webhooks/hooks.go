@@ -3,6 +3,7 @@ package webhooks
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -126,12 +127,42 @@ func (p *Plugin) AuthOnRegisterM5(ctx context.Context, r *mqtthooks.RegisterRequ
 		CleanStart: c.CleanStart, Properties: connectProperties(&c.Properties)})
 }
 
+// keyed is a request body that can name its cache entry: the request
+// without the peer's port.
+type keyed interface{ cacheKey() []byte }
+
+func (b registerBody) cacheKey() []byte {
+	b.PeerPort = 0
+	k, _ := json.Marshal(b)
+	return k
+}
+
+func (b registerM5Body) cacheKey() []byte {
+	b.PeerPort = 0
+	k, _ := json.Marshal(b)
+	return k
+}
+
 // decide calls the endpoints of an auth hook in order until one decides.
-func (p *Plugin) decide(ctx context.Context, hook string, v5 bool, body any) mqtthooks.RegisterResult {
+func (p *Plugin) decide(ctx context.Context, hook string, v5 bool, body keyed) mqtthooks.RegisterResult {
 	for _, e := range p.hooks[hook] {
-		a, err := p.post(ctx, hook, e, body)
+		var key string
+		var a answer
+		var err error
+		if p.cache != nil {
+			key = cacheKey(e.URL, hook, body.cacheKey())
+			if mods, ok := p.cache.get(key); ok {
+				a.Result, a.Modifiers = "ok", mods
+				goto decided
+			}
+		}
+		a, err = p.post(ctx, hook, e, body)
+	decided:
 		switch {
-		case errors.Is(err, ErrTransport) && e.OnTransportFailure == Next && ctx.Err() == nil:
+		case err != nil && ctx.Err() != nil: // the client went away (or the hook's deadline passed)
+			p.logger.DebugContext(ctx, "webhooks: call abandoned", "hook", hook, "url", e.URL, "err", err)
+			return reject(v5, err)
+		case errors.Is(err, ErrTransport) && e.OnTransportFailure == Next:
 			p.logger.WarnContext(ctx, "webhooks: endpoint failed, next", "hook", hook, "url", e.URL, "err", err)
 			continue
 		case errors.Is(err, ErrTransport):
@@ -152,6 +183,9 @@ func (p *Plugin) decide(ctx context.Context, hook string, v5 bool, body any) mqt
 		if err != nil {
 			p.logger.WarnContext(ctx, "webhooks: invalid modifiers", "hook", hook, "url", e.URL, "err", err)
 			return reject(v5, err)
+		}
+		if key != "" && a.MaxAge > 0 { // only an "ok" the modifiers of which hold
+			p.cache.put(key, a.Modifiers, a.MaxAge)
 		}
 		if m == nil {
 			return mqtthooks.Accept()

@@ -21,6 +21,7 @@
 package webhooks
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -91,13 +92,24 @@ type Options struct {
 	// Logger receives the failures of notification hooks and of transport;
 	// default slog.Default().
 	Logger *slog.Logger
+	// MaxCacheEntries bounds the cache of auth answers (see Plugin);
+	// default DefaultMaxCacheEntries; negative turns the cache off.
+	MaxCacheEntries int
+	// Now is the clock of the cache; default time.Now.
+	Now func() time.Time
 }
 
 // Plugin calls the configured endpoints. It is safe for concurrent use.
+//
+// An auth endpoint's "ok" sent with Cache-Control: max-age=N is kept for N
+// seconds, keyed by endpoint, hook and request without the peer's port (a
+// reconnecting client comes from a new port): the same CONNECT within N
+// seconds gets the same answer without a call.
 type Plugin struct {
 	hooks  map[string][]*endpoint
 	client *http.Client
 	logger *slog.Logger
+	cache  *cache // nil: off
 }
 
 // endpoint is an Endpoint with its counters.
@@ -129,6 +141,12 @@ func New(opts Options) (*Plugin, error) {
 	if p.logger == nil {
 		p.logger = slog.Default()
 	}
+	if opts.MaxCacheEntries >= 0 {
+		p.cache = &cache{max: cmp.Or(opts.MaxCacheEntries, DefaultMaxCacheEntries), now: opts.Now}
+		if p.cache.now == nil {
+			p.cache.now = time.Now
+		}
+	}
 	for hook, eps := range opts.Hooks {
 		if !slices.Contains(knownHooks, hook) {
 			return nil, fmt.Errorf("%w: unknown hook %q", ErrConfig, hook)
@@ -148,6 +166,20 @@ func New(opts Options) (*Plugin, error) {
 		}
 	}
 	return p, nil
+}
+
+// CacheStats are the counters of the answer cache.
+type CacheStats struct {
+	Entries      int
+	Hits, Misses uint64
+}
+
+// CacheStats returns the cache's counters.
+func (p *Plugin) CacheStats() CacheStats {
+	if p.cache == nil {
+		return CacheStats{}
+	}
+	return CacheStats{Entries: p.cache.len(), Hits: p.cache.hits.Load(), Misses: p.cache.misses.Load()}
 }
 
 // Stats returns the counters of every endpoint, by hook.

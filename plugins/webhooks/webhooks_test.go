@@ -265,3 +265,77 @@ func TestConfig(t *testing.T) {
 	_, err = webhooks.New(webhooks.Options{Hooks: map[string][]webhooks.Endpoint{webhooks.HookOnClientGone: {{URL: "ftp://x"}}}})
 	assert.ErrorContains(t, err, "not an http or https URL")
 }
+
+// W7: the client goes away while the auth call waits: the call is
+// canceled, no CONNACK, counted as canceled, not as an error.
+func TestW7ClientGoesAway(t *testing.T) {
+	arrived, release := make(chan struct{}), make(chan struct{})
+	slow := newEndpoint(t, func(w http.ResponseWriter) {
+		close(arrived)
+		<-release
+	})
+	defer close(release)
+	p := hooks(map[string]string{webhooks.HookAuthOnRegister: slow.URL})
+	chain := mqtthooks.NewChain(mqtthooks.ChainOptions{})
+	require.NoError(t, chain.Register("webhooks", p))
+	core, err := mqtthooks.NewCore(chain, mqtthooks.Options{})
+	require.NoError(t, err)
+	defer func() { _ = core.Shutdown(context.Background()) }()
+	ctx, cancel := context.WithCancel(t.Context())
+	go func() { <-arrived; cancel() }() // the client's socket closes
+	c := mqtthookstest.NewClient(core)
+	step := c.Connect(ctx, mqtthookstest.V3("c1", "u", true))
+	assert.Equal(t, mqtthooks.CloseConnection, step.Kind, "no CONNACK for a client that left")
+	st := p.Stats()[0]
+	assert.Equal(t, uint64(1), st.Canceled)
+	assert.Zero(t, st.Errors)
+}
+
+// W8: an "ok" with Cache-Control: max-age=30 is reused for the same
+// credentials from another port within 30 s; another password calls; next
+// and errors are never kept; after 31 s the endpoint is called again. The
+// clock is injected.
+func TestW8Cache(t *testing.T) {
+	answer := `{"result":"ok","modifiers":{"username":"cached"}}`
+	e := newEndpoint(t, func(w http.ResponseWriter) {
+		w.Header().Set("Cache-Control", "  max-age=30,private")
+		_, _ = io.WriteString(w, answer)
+	})
+	now := time.Unix(1_000_000, 0)
+	p, err := webhooks.New(webhooks.Options{Hooks: map[string][]webhooks.Endpoint{webhooks.HookAuthOnRegister: {{URL: e.URL}}},
+		Now: func() time.Time { return now }})
+	require.NoError(t, err)
+	chain := mqtthooks.NewChain(mqtthooks.ChainOptions{})
+	require.NoError(t, chain.Register("webhooks", p))
+	core, err := mqtthooks.NewCore(chain, mqtthooks.Options{})
+	require.NoError(t, err)
+	defer func() { _ = core.Shutdown(context.Background()) }()
+	try := func(port uint16, pass string) bool {
+		c := mqtthookstest.NewClient(core)
+		c.Info.Peer = netip.AddrPortFrom(netip.MustParseAddr("10.0.0.5"), port)
+		req := mqtthookstest.V3("c1", "u", true)
+		req.Password, req.HasPassword = []byte(pass), true
+		c.Connect(t.Context(), req)
+		if c.Accepted() {
+			_ = c.Disconnect(t.Context(), mqtthooks.CodeNormalDisconnection)
+		}
+		return c.Accepted()
+	}
+	require.True(t, try(40000, "p"))
+	require.True(t, try(40001, "p"))
+	assert.Equal(t, int32(1), e.calls.Load(), "the second CONNECT, from another port, came from the cache")
+	require.True(t, try(40002, "other"))
+	assert.Equal(t, int32(2), e.calls.Load(), "another password is another key")
+	now = now.Add(31 * time.Second)
+	require.True(t, try(40003, "p"))
+	assert.Equal(t, int32(3), e.calls.Load(), "expired")
+	st := p.CacheStats()
+	assert.Equal(t, uint64(1), st.Hits)
+	assert.Equal(t, uint64(3), st.Misses)
+
+	answer = `{"result":{"error":"no"}}`
+	now = now.Add(time.Hour)
+	assert.False(t, try(40004, "x"))
+	assert.False(t, try(40005, "x"))
+	assert.Equal(t, int32(5), e.calls.Load(), "an error is never cached")
+}
