@@ -63,3 +63,5 @@ replace github.com/mqtthooks/mqtthooks/examples/broker => ../examples/broker
 replace github.com/mqtthooks/mqtthooks/stores/pebble => ../stores/pebble
 
 replace github.com/mqtthooks/mqtthooks/metrics/prometheus => ../metrics/prometheus
+
+replace github.com/mqtthooks/mqtthooks/plugins/webhooks => ../plugins/webhooks

@@ -11,6 +11,7 @@ require (
 	github.com/mqtthooks/mqtthooks/metrics/prometheus v0.0.0-00010101000000-000000000000
 	github.com/mqtthooks/mqtthooks/plugins/passwd v0.0.0-00010101000000-000000000000
 	github.com/mqtthooks/mqtthooks/plugins/scram v0.0.0-00010101000000-000000000000
+	github.com/mqtthooks/mqtthooks/plugins/webhooks v0.0.0-00010101000000-000000000000
 	github.com/mqtthooks/mqtthooks/stores/pebble v0.0.0-00010101000000-000000000000
 	github.com/prometheus/client_golang v1.25.0
 	github.com/stretchr/testify v1.12.1
@@ -67,3 +68,5 @@ replace (
 )
 
 replace github.com/mqtthooks/mqtthooks/metrics/prometheus => ../../metrics/prometheus
+
+replace github.com/mqtthooks/mqtthooks/plugins/webhooks => ../../plugins/webhooks

@@ -50,6 +50,7 @@ import (
 	mqttprom "github.com/mqtthooks/mqtthooks/metrics/prometheus"
 	"github.com/mqtthooks/mqtthooks/plugins/passwd"
 	"github.com/mqtthooks/mqtthooks/plugins/scram"
+	"github.com/mqtthooks/mqtthooks/plugins/webhooks"
 	"github.com/mqtthooks/mqtthooks/stores/pebble"
 )
 
@@ -79,6 +80,22 @@ type flags struct {
 	maxConnecting                                  int
 	topicAliasMax                                  uint
 	sysInterval                                    time.Duration
+	webhooks                                       webhookFlags
+	webhookTimeout                                 time.Duration
+}
+
+// webhookFlags collects -webhook HOOK=URL, repeatable, in order.
+type webhookFlags []string
+
+func (w *webhookFlags) String() string { return strings.Join(*w, ",") }
+
+func (w *webhookFlags) Set(v string) error {
+	hook, url, ok := strings.Cut(v, "=")
+	if !ok || hook == "" || url == "" {
+		return fmt.Errorf("want HOOK=URL, such as auth_on_register=http://127.0.0.1:8080/auth")
+	}
+	*w = append(*w, v)
+	return nil
 }
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
@@ -92,6 +109,10 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.BoolVar(&f.passwdTellWrong, "passwd-tell-wrong-password", false, "answer a known user's wrong password with "+
 		"\"bad user name or password\" (v3 4, v5 0x86); by default it gets \"not authorized\" (5, 0x87), as an unknown "+
 		"user does, so that the answer does not tell who exists")
+	fs.Var(&f.webhooks, "webhook", "call URL for HOOK, VerneMQ's webhook protocol (auth_on_register, auth_on_register_m5, "+
+		"on_register, on_register_m5, on_client_wakeup, on_client_offline, on_client_gone, on_session_expired); "+
+		"repeat it for more, called in order")
+	fs.DurationVar(&f.webhookTimeout, "webhook-timeout", 5*time.Second, "deadline of one webhook call")
 	fs.StringVar(&f.scram, "scram", "", "SCRAM-SHA-256 credential file (user:SCRAM-SHA-256$iter:salt$StoredKey:ServerKey)")
 	fs.StringVar(&f.scramAdd, "scram-adduser", "", "add this user to the -scram file, password from stdin, and exit")
 	fs.BoolVar(&f.allowAnonymous, "allow-anonymous", false,
@@ -272,6 +293,23 @@ func build(f *flags, logger *slog.Logger) (*broker, error) {
 			return nil, err
 		}
 		b.passwd, auth = p, true
+	}
+	if len(f.webhooks) > 0 {
+		hooks := map[string][]webhooks.Endpoint{}
+		for _, w := range f.webhooks {
+			hook, url, _ := strings.Cut(w, "=")
+			hooks[hook] = append(hooks[hook], webhooks.Endpoint{URL: url, Timeout: f.webhookTimeout})
+		}
+		p, err := webhooks.New(webhooks.Options{Hooks: hooks, Logger: logger})
+		if err != nil {
+			return nil, err
+		}
+		if err := chain.Register("webhooks", p); err != nil {
+			return nil, err
+		}
+		if hooks[webhooks.HookAuthOnRegister] != nil || hooks[webhooks.HookAuthOnRegisterM5] != nil {
+			auth = true
+		}
 	}
 	if f.scram != "" {
 		store, err := scram.LoadFile(f.scram)
