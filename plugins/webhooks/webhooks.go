@@ -36,6 +36,7 @@ import (
 const (
 	HookAuthOnRegister   = "auth_on_register"
 	HookAuthOnRegisterM5 = "auth_on_register_m5"
+	HookOnAuthM5         = "on_auth_m5"
 	HookOnRegister       = "on_register"
 	HookOnRegisterM5     = "on_register_m5"
 	HookOnClientWakeup   = "on_client_wakeup"
@@ -44,7 +45,7 @@ const (
 	HookOnSessionExpired = "on_session_expired"
 )
 
-var knownHooks = []string{HookAuthOnRegister, HookAuthOnRegisterM5, HookOnRegister, HookOnRegisterM5,
+var knownHooks = []string{HookAuthOnRegister, HookAuthOnRegisterM5, HookOnAuthM5, HookOnRegister, HookOnRegisterM5,
 	HookOnClientWakeup, HookOnClientOffline, HookOnClientGone, HookOnSessionExpired}
 
 // ErrConfig is the error of an invalid Options.

@@ -339,3 +339,46 @@ func TestW8Cache(t *testing.T) {
 	assert.False(t, try(40005, "x"))
 	assert.Equal(t, int32(5), e.calls.Load(), "an error is never cached")
 }
+
+// W11: on_auth_m5 during a CONNECT: username null, client_id "undefined",
+// the Authentication Data in base64 both ways; reason_code 24 continues the
+// exchange with the same endpoint, 0 completes it.
+func TestW11OnAuthM5(t *testing.T) {
+	var mu sync.Mutex
+	var bodies []map[string]any
+	auth := newEndpoint(t, func(w http.ResponseWriter) {})
+	auth.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body map[string]any
+		data, _ := io.ReadAll(r.Body)
+		require.NoError(t, json.Unmarshal(data, &body))
+		mu.Lock()
+		bodies = append(bodies, body)
+		step := len(bodies)
+		mu.Unlock()
+		if step == 1 {
+			_, _ = io.WriteString(w, `{"result":"ok","modifiers":{"properties":{"p_authentication_method":"M","p_authentication_data":"QVVUSF9EQVRBMQ=="},"reason_code":24}}`)
+			return
+		}
+		_, _ = io.WriteString(w, `{"result":"ok","modifiers":{"properties":{"p_authentication_data":"ZG9uZQ=="},"reason_code":0}}`)
+	})
+	register := newEndpoint(t, says(`{"result":"ok"}`))
+	p, err := webhooks.New(webhooks.Options{Hooks: map[string][]webhooks.Endpoint{
+		webhooks.HookOnAuthM5: {{URL: auth.URL}}, webhooks.HookAuthOnRegisterM5: {{URL: register.URL}}}})
+	require.NoError(t, err)
+	req := mqtthookstest.V5("c1", "", true, 0)
+	req.HasUsername = false
+	req.Properties.AuthenticationMethod, req.Properties.AuthenticationData = "M", []byte("AUTH_DATA0")
+	_, c, step := connect(t, p, req, mqtthooks.Options{})
+	require.Equal(t, mqtthooks.SendAuth, step.Kind)
+	assert.Equal(t, []byte("AUTH_DATA1"), step.Auth.Data)
+	step = c.Auth(t.Context(), []byte("AUTH_DATA2"))
+	require.True(t, c.Accepted(), "%+v", step)
+	assert.Equal(t, []byte("done"), c.Connack().Properties.AuthenticationData)
+
+	require.Len(t, bodies, 2)
+	assert.Nil(t, bodies[0]["username"])
+	assert.Equal(t, "undefined", bodies[0]["client_id"])
+	assert.Equal(t, map[string]any{"p_authentication_method": "M", "p_authentication_data": "QVVUSF9EQVRBMA=="},
+		bodies[0]["properties"])
+	assert.Equal(t, "QVVUSF9EQVRBMg==", bodies[1]["properties"].(map[string]any)["p_authentication_data"])
+}
