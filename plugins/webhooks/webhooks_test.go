@@ -3,7 +3,9 @@ package webhooks_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -381,4 +383,49 @@ func TestW11OnAuthM5(t *testing.T) {
 	assert.Equal(t, map[string]any{"p_authentication_method": "M", "p_authentication_data": "QVVUSF9EQVRBMA=="},
 		bodies[0]["properties"])
 	assert.Equal(t, "QVVUSF9EQVRBMg==", bodies[1]["properties"].(map[string]any)["p_authentication_data"])
+}
+
+// 200 CONNECTs at once against a slow endpoint and a dead one: each is
+// answered within the timeout and a margin, and no goroutine is left behind
+// (goleak, at the end of the package).
+func TestManyConnectsSlowAndDeadEndpoints(t *testing.T) {
+	release := make(chan struct{})
+	slow := newEndpoint(t, func(w http.ResponseWriter) { <-release })
+	dead := httptest.NewServer(http.NotFoundHandler())
+	deadURL := dead.URL
+	dead.Close()
+	defer close(release)
+	const timeout = 200 * time.Millisecond
+	for _, url := range []string{slow.URL, deadURL} {
+		p, err := webhooks.New(webhooks.Options{Hooks: map[string][]webhooks.Endpoint{
+			webhooks.HookAuthOnRegister: {{URL: url, Timeout: timeout}}}, Logger: slog.New(slog.DiscardHandler)})
+		require.NoError(t, err)
+		chain := mqtthooks.NewChain(mqtthooks.ChainOptions{})
+		require.NoError(t, chain.Register("webhooks", p))
+		core, err := mqtthooks.NewCore(chain, mqtthooks.Options{})
+		require.NoError(t, err)
+		var wg sync.WaitGroup
+		var slowest atomic.Int64
+		for i := range 200 {
+			wg.Go(func() {
+				start := time.Now()
+				c := mqtthookstest.NewClient(core)
+				step := c.Connect(t.Context(), mqtthookstest.V3(fmt.Sprint("c", i), "u", true))
+				assert.Equal(t, mqtthooks.SendConnack, step.Kind)
+				assert.False(t, c.Accepted())
+				d := int64(time.Since(start))
+				for {
+					cur := slowest.Load()
+					if d <= cur || slowest.CompareAndSwap(cur, d) {
+						break
+					}
+				}
+			})
+		}
+		wg.Wait()
+		t.Logf("%s: the slowest of 200 CONNECTs was answered after %v", url, time.Duration(slowest.Load()))
+		assert.Less(t, time.Duration(slowest.Load()), timeout+100*time.Millisecond+time.Second,
+			"every CONNECT answered within the timeout (and the machine's slack under -race)")
+		require.NoError(t, core.Shutdown(context.Background()))
+	}
 }
