@@ -82,6 +82,7 @@ type flags struct {
 	sysInterval                                    time.Duration
 	webhooks                                       webhookFlags
 	webhookTimeout                                 time.Duration
+	webhookCA, webhookCert, webhookKey             string
 }
 
 // webhookFlags collects -webhook HOOK=URL, repeatable, in order.
@@ -113,6 +114,9 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 		"on_register, on_register_m5, on_client_wakeup, on_client_offline, on_client_gone, on_session_expired); "+
 		"repeat it for more, called in order")
 	fs.DurationVar(&f.webhookTimeout, "webhook-timeout", 5*time.Second, "deadline of one webhook call")
+	fs.StringVar(&f.webhookCA, "webhook-ca", "", "CA certificates (PEM) to trust for https webhooks, instead of the system's")
+	fs.StringVar(&f.webhookCert, "webhook-cert", "", "client certificate (PEM) for https webhooks that ask for one")
+	fs.StringVar(&f.webhookKey, "webhook-key", "", "its private key (PEM)")
 	fs.StringVar(&f.scram, "scram", "", "SCRAM-SHA-256 credential file (user:SCRAM-SHA-256$iter:salt$StoredKey:ServerKey)")
 	fs.StringVar(&f.scramAdd, "scram-adduser", "", "add this user to the -scram file, password from stdin, and exit")
 	fs.BoolVar(&f.allowAnonymous, "allow-anonymous", false,
@@ -192,7 +196,7 @@ func run(args []string, stdin io.Reader, stderr io.Writer) error {
 		defer stop()
 	}
 	if f.metricsAddr != "" {
-		addr, stop, err := serveMetrics(f.metricsAddr, b.srv)
+		addr, stop, err := serveMetrics(f.metricsAddr, b.srv, b.webhooks)
 		if err != nil {
 			return err
 		}
@@ -229,9 +233,10 @@ func run(args []string, stdin io.Reader, stderr io.Writer) error {
 
 // broker is a configured server with its plugins.
 type broker struct {
-	srv    *server
-	chain  *mqtthooks.Chain
-	passwd *passwd.Plugin
+	srv      *server
+	chain    *mqtthooks.Chain
+	passwd   *passwd.Plugin
+	webhooks *webhooks.Plugin // nil without -webhook
 }
 
 func (b *broker) reload(logger *slog.Logger) {
@@ -300,13 +305,18 @@ func build(f *flags, logger *slog.Logger) (*broker, error) {
 			hook, url, _ := strings.Cut(w, "=")
 			hooks[hook] = append(hooks[hook], webhooks.Endpoint{URL: url, Timeout: f.webhookTimeout})
 		}
-		p, err := webhooks.New(webhooks.Options{Hooks: hooks, Logger: logger})
+		tlsCfg, err := webhooks.LoadTLS(f.webhookCA, f.webhookCert, f.webhookKey)
+		if err != nil {
+			return nil, err
+		}
+		p, err := webhooks.New(webhooks.Options{Hooks: hooks, Logger: logger, TLS: tlsCfg})
 		if err != nil {
 			return nil, err
 		}
 		if err := chain.Register("webhooks", p); err != nil {
 			return nil, err
 		}
+		b.webhooks = p
 		if hooks[webhooks.HookAuthOnRegister] != nil || hooks[webhooks.HookAuthOnRegisterM5] != nil {
 			auth = true
 		}
@@ -467,7 +477,7 @@ func (h hookLogger) OnMessageDrop(ctx context.Context, e *mqtthooks.DropEvent) {
 
 // serveMetrics serves the core's counters to Prometheus at /metrics (see
 // metrics/prometheus), with the Go runtime's and the process's.
-func serveMetrics(addr string, srv *server) (bound string, stop func(), err error) {
+func serveMetrics(addr string, srv *server, wh *webhooks.Plugin) (bound string, stop func(), err error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return "", nil, err
@@ -475,6 +485,9 @@ func serveMetrics(addr string, srv *server) (bound string, stop func(), err erro
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(mqttprom.New(srv.core, mqttprom.Options{}), collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if wh != nil {
+		reg.MustRegister(webhookCollector{wh})
+	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}

@@ -34,7 +34,7 @@ func TestFlags(t *testing.T) {
 	assert.ErrorIs(t, run([]string{"-help"}, nil, &out), flag.ErrHelp)
 	for _, name := range []string{"-addr", "-tls-cert", "-tls-key", "-passwd", "-scram", "-allow-anonymous", "-max-packet-size", "-v",
 		"-connect-timeout", "-auth-timeout", "-passwd-tell-wrong-password", "-max-connect-size", "-max-connecting",
-		"-topic-alias-maximum", "-sys-interval", "-metrics-addr", "-webhook", "-webhook-timeout"} {
+		"-topic-alias-maximum", "-sys-interval", "-metrics-addr", "-webhook", "-webhook-timeout", "-webhook-ca", "-webhook-cert", "-webhook-key"} {
 		assert.Contains(t, out.String(), name)
 	}
 	discard := slog.New(slog.NewTextHandler(io.Discard, nil))

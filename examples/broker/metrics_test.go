@@ -15,7 +15,7 @@ import (
 // them.
 func TestMetricsEndpoint(t *testing.T) {
 	b := startBroker(t, flags{passwd: passwdFile(t)})
-	addr, stop, err := serveMetrics("127.0.0.1:0", b.srv)
+	addr, stop, err := serveMetrics("127.0.0.1:0", b.srv, nil)
 	require.NoError(t, err)
 	defer stop()
 	_, err = v5Client(t, b.addr, &paho.Connect{ClientID: "good", CleanStart: true, Username: "alice",

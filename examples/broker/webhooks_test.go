@@ -11,6 +11,7 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 	pahopackets "github.com/eclipse/paho.mqtt.golang/packets"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -64,4 +65,22 @@ func TestWebhooksEndToEnd(t *testing.T) {
 		return len(gone) == 2
 	}, 5*time.Second, time.Millisecond)
 	assert.ElementsMatch(t, []string{"v3", "v5"}, gone)
+
+	// Its counters are on /metrics, beside the core's, and lint-clean.
+	require.NotNil(t, b.webhooks)
+	problems, err := testutil.CollectAndLint(webhookCollector{b.webhooks})
+	require.NoError(t, err)
+	assert.Empty(t, problems)
+	requests := map[string]uint64{}
+	for _, st := range b.webhooks.Stats() {
+		requests[st.Hook] = st.Requests
+	}
+	assert.Equal(t, map[string]uint64{"auth_on_register": 2, "auth_on_register_m5": 2, "on_client_gone": 2}, requests)
+	assert.Equal(t, 6, testutil.CollectAndCount(webhookCollector{b.webhooks}, "mqtthooks_webhook_requests_total",
+		"mqtthooks_webhook_errors_total"), "two metrics for each of the three endpoints")
+	for _, st := range b.webhooks.Stats() {
+		if st.Hook == "on_client_gone" {
+			assert.Zero(t, st.Errors, "{} is the answer to a notification")
+		}
+	}
 }

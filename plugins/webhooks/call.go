@@ -25,8 +25,10 @@ type answer struct {
 }
 
 // post sends body to e for hook and decodes the answer. An error wraps
-// ErrTransport (unreachable, timed out) or ErrInvalidResponse.
-func (p *Plugin) post(ctx context.Context, hook string, e *endpoint, body any) (answer, error) {
+// ErrTransport (unreachable, timed out) or ErrInvalidResponse. The answer
+// of a notification (decode false) is not read beyond its status: VerneMQ
+// documents {} and ignores the rest.
+func (p *Plugin) post(ctx context.Context, hook string, e *endpoint, body any, decode ...bool) (answer, error) {
 	var a answer
 	data, err := json.Marshal(body)
 	if err != nil {
@@ -52,6 +54,9 @@ func (p *Plugin) post(ctx context.Context, hook string, e *endpoint, body any) (
 			if resp.StatusCode != http.StatusOK {
 				e.stats.errors.Add(1)
 				return a, fmt.Errorf("%w: status %d", ErrInvalidResponse, resp.StatusCode)
+			}
+			if len(decode) > 0 && !decode[0] {
+				return a, nil
 			}
 			if err := decodeAnswer(raw, &a); err != nil {
 				e.stats.errors.Add(1)

@@ -211,7 +211,7 @@ func reject(v5 bool, err error) mqtthooks.RegisterResult {
 // failures logged.
 func (p *Plugin) notify(ctx context.Context, hook string, body any) {
 	for _, e := range p.hooks[hook] {
-		if _, err := p.post(ctx, hook, e, body); err != nil {
+		if _, err := p.post(ctx, hook, e, body, false); err != nil {
 			p.logger.WarnContext(ctx, "webhooks: notification failed", "hook", hook, "url", e.URL, "err", err)
 		}
 	}

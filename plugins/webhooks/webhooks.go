@@ -22,11 +22,14 @@ package webhooks
 
 import (
 	"cmp"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -88,8 +91,11 @@ type Options struct {
 	// the order they are called: "next" goes on to the following one.
 	Hooks map[string][]Endpoint
 	// Client makes the requests; default a client with keep-alive
-	// connections, shared by all endpoints.
+	// connections, shared by all endpoints, using TLS for https.
 	Client *http.Client
+	// TLS configures https endpoints of the default client: the CAs to
+	// trust (RootCAs, e.g. from LoadTLS) and a client certificate.
+	TLS *tls.Config
 	// Logger receives the failures of notification hooks and of transport;
 	// default slog.Default().
 	Logger *slog.Logger
@@ -137,7 +143,8 @@ type EndpointStats struct {
 func New(opts Options) (*Plugin, error) {
 	p := &Plugin{hooks: map[string][]*endpoint{}, client: opts.Client, logger: opts.Logger}
 	if p.client == nil {
-		p.client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 100, IdleConnTimeout: time.Minute}}
+		p.client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 100, IdleConnTimeout: time.Minute,
+			TLSClientConfig: opts.TLS, ForceAttemptHTTP2: true}}
 	}
 	if p.logger == nil {
 		p.logger = slog.Default()
@@ -181,6 +188,34 @@ func (p *Plugin) CacheStats() CacheStats {
 		return CacheStats{}
 	}
 	return CacheStats{Entries: p.cache.len(), Hits: p.cache.hits.Load(), Misses: p.cache.misses.Load()}
+}
+
+// LoadTLS returns a TLS configuration for https endpoints: caFile (PEM),
+// if not empty, replaces the system's CAs; certFile and keyFile, if not
+// empty, are the client certificate the endpoints may ask for.
+func LoadTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("webhooks: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%w: %s holds no PEM certificate", ErrConfig, caFile)
+		}
+	}
+	if (certFile == "") != (keyFile == "") {
+		return nil, fmt.Errorf("%w: a client certificate needs its key, and the other way round", ErrConfig)
+	}
+	if certFile != "" {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("webhooks: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
 }
 
 // Stats returns the counters of every endpoint, by hook.

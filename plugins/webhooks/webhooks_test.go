@@ -3,12 +3,15 @@ package webhooks_test
 import (
 	"context"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -428,4 +431,31 @@ func TestManyConnectsSlowAndDeadEndpoints(t *testing.T) {
 			"every CONNECT answered within the timeout (and the machine's slack under -race)")
 		require.NoError(t, core.Shutdown(context.Background()))
 	}
+}
+
+// An https endpoint with the CA given by LoadTLS; without it the
+// certificate is not trusted and the client is refused.
+func TestHTTPSEndpoint(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, `{"result":"ok"}`)
+	}))
+	defer srv.Close()
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	require.NoError(t, os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE",
+		Bytes: srv.Certificate().Raw}), 0o600))
+	cfg, err := webhooks.LoadTLS(caFile, "", "")
+	require.NoError(t, err)
+	for _, trusted := range []bool{true, false} {
+		opts := webhooks.Options{Hooks: map[string][]webhooks.Endpoint{webhooks.HookAuthOnRegister: {{URL: srv.URL}}},
+			Logger: slog.New(slog.DiscardHandler)}
+		if trusted {
+			opts.TLS = cfg
+		}
+		p, err := webhooks.New(opts)
+		require.NoError(t, err)
+		_, c, _ := connect(t, p, mqtthookstest.V3("c1", "u", true), mqtthooks.Options{})
+		assert.Equal(t, trusted, c.Accepted())
+	}
+	_, err = webhooks.LoadTLS("", "cert.pem", "")
+	assert.ErrorIs(t, err, webhooks.ErrConfig)
 }
