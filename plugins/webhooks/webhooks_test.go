@@ -360,7 +360,7 @@ func TestW11OnAuthM5(t *testing.T) {
 		bodies = append(bodies, body)
 		step := len(bodies)
 		mu.Unlock()
-		if step == 1 {
+		if step%2 == 1 {
 			_, _ = io.WriteString(w, `{"result":"ok","modifiers":{"properties":{"p_authentication_method":"M","p_authentication_data":"QVVUSF9EQVRBMQ=="},"reason_code":24}}`)
 			return
 		}
@@ -380,7 +380,16 @@ func TestW11OnAuthM5(t *testing.T) {
 	require.True(t, c.Accepted(), "%+v", step)
 	assert.Equal(t, []byte("done"), c.Connack().Properties.AuthenticationData)
 
-	require.Len(t, bodies, 2)
+	// A re-authentication names the client: its id is known by then.
+	reply, err := c.Reauth(t.Context(), "M", []byte("AUTH_DATA0"))
+	require.NoError(t, err)
+	assert.Equal(t, mqtthooks.CodeContinueAuthentication, reply.ReasonCode)
+	reply, err = c.ReauthContinue(t.Context(), "M", []byte("AUTH_DATA2"))
+	require.NoError(t, err)
+	assert.Equal(t, mqtthooks.CodeSuccess, reply.ReasonCode)
+	require.Len(t, bodies, 4)
+	assert.Equal(t, "c1", bodies[2]["client_id"])
+
 	assert.Nil(t, bodies[0]["username"])
 	assert.Equal(t, "undefined", bodies[0]["client_id"])
 	assert.Equal(t, map[string]any{"p_authentication_method": "M", "p_authentication_data": "QVVUSF9EQVRBMA=="},
