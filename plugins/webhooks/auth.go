@@ -19,7 +19,10 @@ type authBody struct {
 // exchange is the state an enhanced-authentication exchange carries from
 // step to step: the endpoint that answered the first, which answers the
 // rest.
-type exchange struct{ endpoint *endpoint }
+type exchange struct {
+	endpoint *endpoint
+	reauth   bool // a re-authentication: the client is known by its id and name
+}
 
 // OnAuthM5 calls the on_auth_m5 endpoints for a step of an MQTT 5 enhanced
 // authentication, during a CONNECT or a re-authentication, as VerneMQ does:
@@ -30,18 +33,19 @@ type exchange struct{ endpoint *endpoint }
 // completes it; "next" passes; an error rejects with its reason_code, or
 // 0x87. Later steps go to the endpoint that answered the first.
 func (p *Plugin) OnAuthM5(ctx context.Context, r *mqtthooks.AuthRequest) mqtthooks.AuthResult {
-	clientID := r.SubscriberID.ClientID
-	if r.Step != mqtthooks.AuthStepReauth {
-		clientID = "undefined" // as VerneMQ sends it before the CONNACK
+	st, _ := r.State.(exchange)
+	reauth := r.Step == mqtthooks.AuthStepReauth || st.reauth
+	clientID, username := r.SubscriberID.ClientID, optional(r.Username, r.HasUsername)
+	if !reauth { // before the CONNACK, as VerneMQ sends them
+		clientID, username = "undefined", nil
 	}
 	props := map[string]any{"p_authentication_method": r.Method}
 	if len(r.Data) > 0 {
 		props["p_authentication_data"] = base64.StdEncoding.EncodeToString(r.Data)
 	}
-	body := &authBody{Username: optional(r.Username, r.HasUsername), Mountpoint: r.SubscriberID.Mountpoint,
-		ClientID: clientID, Properties: props}
+	body := &authBody{Username: username, Mountpoint: r.SubscriberID.Mountpoint, ClientID: clientID, Properties: props}
 	eps := p.hooks[HookOnAuthM5]
-	if st, ok := r.State.(exchange); ok && st.endpoint != nil {
+	if st.endpoint != nil {
 		eps = []*endpoint{st.endpoint}
 	}
 	for _, e := range eps {
@@ -90,7 +94,7 @@ func (p *Plugin) OnAuthM5(ctx context.Context, r *mqtthooks.AuthRequest) mqtthoo
 		case code == nil || *code == int(mqtthooks.CodeSuccess):
 			return mqtthooks.AuthSuccess(data, nil)
 		case *code == int(mqtthooks.CodeContinueAuthentication):
-			return mqtthooks.AuthContinue(data, exchange{endpoint: e})
+			return mqtthooks.AuthContinue(data, exchange{endpoint: e, reauth: reauth})
 		default:
 			return mqtthooks.AuthReject(mqtthooks.ReasonCode(*code), "")
 		}

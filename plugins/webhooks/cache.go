@@ -19,6 +19,7 @@ type cache struct {
 	entries      map[string]cached
 	max          int
 	now          func() time.Time
+	sweptAt      time.Time // the last sweep of a full cache: at most one a second
 	hits, misses atomic.Uint64
 }
 
@@ -55,6 +56,10 @@ func (c *cache) put(key string, mods map[string]json.RawMessage, maxAge time.Dur
 	defer c.mu.Unlock()
 	now := c.now()
 	if len(c.entries) >= c.max {
+		if now.Sub(c.sweptAt) < time.Second {
+			return // full, and swept a moment ago: not kept
+		}
+		c.sweptAt = now
 		for k, e := range c.entries {
 			if !now.Before(e.expires) {
 				delete(c.entries, k)

@@ -85,11 +85,20 @@ func (p *Plugin) post(ctx context.Context, hook string, e *endpoint, body any, d
 // "modifiers": {…}}.
 func decodeAnswer(raw []byte, a *answer) error {
 	var top struct {
-		Result    json.RawMessage            `json:"result"`
-		Modifiers map[string]json.RawMessage `json:"modifiers"`
+		Result    json.RawMessage `json:"result"`
+		Modifiers json.RawMessage `json:"modifiers"`
 	}
 	if err := json.Unmarshal(raw, &top); err != nil {
 		return fmt.Errorf("%w: not JSON: %w", ErrInvalidResponse, err)
+	}
+	var mods map[string]json.RawMessage
+	var list []json.RawMessage
+	switch {
+	case top.Modifiers == nil, string(top.Modifiers) == "null":
+	case json.Unmarshal(top.Modifiers, &list) == nil && len(list) == 0: // VerneMQ's "no modifiers"
+	case json.Unmarshal(top.Modifiers, &mods) == nil:
+	default:
+		return fmt.Errorf("%w: modifiers %s", ErrInvalidResponse, top.Modifiers)
 	}
 	if top.Result == nil {
 		return fmt.Errorf("%w: no result", ErrInvalidResponse)
@@ -99,7 +108,7 @@ func decodeAnswer(raw []byte, a *answer) error {
 		if s != "ok" && s != "next" {
 			return fmt.Errorf("%w: result %q", ErrInvalidResponse, s)
 		}
-		a.Result, a.Modifiers = s, top.Modifiers
+		a.Result, a.Modifiers = s, mods
 		return nil
 	}
 	var e struct {
@@ -110,6 +119,9 @@ func decodeAnswer(raw []byte, a *answer) error {
 		return fmt.Errorf("%w: result %s", ErrInvalidResponse, top.Result)
 	}
 	a.Error, a.Code = e.Error, e.Code
+	if a.Code != nil && (*a.Code < 0 || *a.Code > 255) {
+		return fmt.Errorf("%w: reason_code %d", ErrInvalidResponse, *a.Code)
+	}
 	if a.Error == nil {
 		a.Error = json.RawMessage(`"unknown_error"`) // as VerneMQ names it
 	}

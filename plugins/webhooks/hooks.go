@@ -35,12 +35,16 @@ type registerM5Body struct {
 }
 
 type onRegisterBody struct {
-	PeerAddr   *string        `json:"peer_addr"`
-	PeerPort   int            `json:"peer_port"`
-	Mountpoint string         `json:"mountpoint"`
-	ClientID   string         `json:"client_id"`
-	Username   *string        `json:"username"`
-	Properties map[string]any `json:"properties,omitempty"`
+	PeerAddr   *string `json:"peer_addr"`
+	PeerPort   int     `json:"peer_port"`
+	Mountpoint string  `json:"mountpoint"`
+	ClientID   string  `json:"client_id"`
+	Username   *string `json:"username"`
+}
+
+type onRegisterM5Body struct {
+	onRegisterBody
+	Properties map[string]any `json:"properties"` // always sent, as VerneMQ does
 }
 
 type sessionBody struct {
@@ -59,6 +63,13 @@ func peer(ap netip.AddrPort) (*string, int) {
 	}
 	s := ap.Addr().Unmap().String()
 	return &s, int(ap.Port())
+}
+
+func connPeer(ci *mqtthooks.ConnInfo) (*string, int) {
+	if ci == nil {
+		return nil, 0
+	}
+	return peer(ci.Peer)
 }
 
 func optional(s string, set bool) *string {
@@ -110,7 +121,7 @@ func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) 
 // AuthOnRegister calls the auth_on_register endpoints.
 func (p *Plugin) AuthOnRegister(ctx context.Context, r *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
 	c := r.Connect
-	addr, port := peer(r.Conn.Peer)
+	addr, port := connPeer(r.Conn)
 	return p.decide(ctx, HookAuthOnRegister, false, &registerBody{PeerAddr: addr, PeerPort: port,
 		Mountpoint: r.SubscriberID.Mountpoint, ClientID: r.SubscriberID.ClientID,
 		Username: optional(c.Username, c.HasUsername), Password: optional(string(c.Password), c.HasPassword),
@@ -120,7 +131,7 @@ func (p *Plugin) AuthOnRegister(ctx context.Context, r *mqtthooks.RegisterReques
 // AuthOnRegisterM5 calls the auth_on_register_m5 endpoints.
 func (p *Plugin) AuthOnRegisterM5(ctx context.Context, r *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
 	c := r.Connect
-	addr, port := peer(r.Conn.Peer)
+	addr, port := connPeer(r.Conn)
 	return p.decide(ctx, HookAuthOnRegisterM5, true, &registerM5Body{PeerAddr: addr, PeerPort: port,
 		Mountpoint: r.SubscriberID.Mountpoint, ClientID: r.SubscriberID.ClientID,
 		Username: optional(c.Username, c.HasUsername), Password: optional(string(c.Password), c.HasPassword),
@@ -232,9 +243,9 @@ func (p *Plugin) OnRegisterM5(ctx context.Context, ev *mqtthooks.RegisterEvent) 
 	if ev.Connack != nil && ev.Connack.SessionExpiryInterval.Set {
 		props["p_session_expiry_interval"] = ev.Connack.SessionExpiryInterval.V
 	}
-	p.notify(ctx, HookOnRegisterM5, &onRegisterBody{PeerAddr: addr, PeerPort: port,
+	p.notify(ctx, HookOnRegisterM5, &onRegisterM5Body{onRegisterBody{PeerAddr: addr, PeerPort: port,
 		Mountpoint: ev.SubscriberID.Mountpoint, ClientID: ev.SubscriberID.ClientID,
-		Username: optional(ev.Username, ev.HasUsername), Properties: props})
+		Username: optional(ev.Username, ev.HasUsername)}, props})
 }
 
 func (p *Plugin) session(ctx context.Context, hook string, ev *mqtthooks.SessionEvent) {

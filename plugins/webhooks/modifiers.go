@@ -51,38 +51,30 @@ func modifiers(raw map[string]json.RawMessage, v5 bool) (*mqtthooks.Modifiers, e
 				err = fmt.Errorf("wants client_id and mountpoint")
 			}
 			clientID, mountpoint = id.ClientID, id.Mountpoint
-		case "clean_session", "clean_start":
+		case "clean_session":
 			var b bool
-			if err = json.Unmarshal(v, &b); err == nil {
+			if err = json.Unmarshal(v, &b); err == nil && !v5 { // MQTT 5 ignores it, as VerneMQ does
 				m.CleanStart = mqtthooks.Some(b)
-				if key == "clean_session" && !v5 {
-					m.Persistent = mqtthooks.Some(!b) // MQTT 3: also whether the session outlives the connection
-				}
+				m.Persistent = mqtthooks.Some(!b) // MQTT 3: also whether the session outlives the connection
 			}
-		case "session_expiry_interval":
-			err = number(v, func(n int64) { m.SessionExpiryInterval = mqtthooks.Some(uint32(n)) })
 		case "max_message_size":
-			err = number(v, func(n int64) {
+			err = number(v, 0, func(n int64) {
 				if n > 0 {
 					m.MaximumPacketSize = mqtthooks.Some(uint32(n))
 				}
 			})
 		case "max_inflight_messages":
-			err = number(v, func(n int64) { m.MaxInflightMessages = mqtthooks.Some(int(n)) })
+			err = number(v, 0, func(n int64) { m.MaxInflightMessages = mqtthooks.Some(int(n)) })
 		case "max_online_messages":
-			err = number(v, func(n int64) { m.MaxOnlineMessages = mqtthooks.Some(int(n)) })
+			err = number(v, -1, func(n int64) { m.MaxOnlineMessages = mqtthooks.Some(int(n)) })
 		case "max_offline_messages":
-			err = number(v, func(n int64) { m.MaxOfflineMessages = mqtthooks.Some(int(n)) })
+			err = number(v, -1, func(n int64) { m.MaxOfflineMessages = mqtthooks.Some(int(n)) })
 		case "max_message_rate":
-			err = number(v, func(n int64) { m.MaxMessageRate = mqtthooks.Some(uint32(n)) })
-		case "upgrade_qos", "allow_multiple_sessions":
+			err = number(v, 0, func(n int64) { m.MaxMessageRate = mqtthooks.Some(uint32(n)) })
+		case "upgrade_qos":
 			var b bool
 			if err = json.Unmarshal(v, &b); err == nil {
-				if key == "upgrade_qos" {
-					m.UpgradeQoS = mqtthooks.Some(b)
-				} else {
-					m.AllowMultipleSessions = mqtthooks.Some(b)
-				}
+				m.UpgradeQoS = mqtthooks.Some(b)
 			}
 		case "queue_type":
 			var s string
@@ -94,18 +86,6 @@ func modifiers(raw map[string]json.RawMessage, v5 bool) (*mqtthooks.Modifiers, e
 					m.QueueType = mqtthooks.Some(mqtthooks.QueueLIFO)
 				default:
 					err = fmt.Errorf("%q is neither fifo nor lifo", s)
-				}
-			}
-		case "queue_deliver_mode":
-			var s string
-			if err = json.Unmarshal(v, &s); err == nil {
-				switch s {
-				case "fanout":
-					m.QueueDeliverMode = mqtthooks.Some(mqtthooks.DeliverFanout)
-				case "balance":
-					m.QueueDeliverMode = mqtthooks.Some(mqtthooks.DeliverBalance)
-				default:
-					err = fmt.Errorf("%q is neither fanout nor balance", s)
 				}
 			}
 		case "properties":
@@ -132,16 +112,18 @@ func modifiers(raw map[string]json.RawMessage, v5 bool) (*mqtthooks.Modifiers, e
 	return m, nil
 }
 
-// number reads a JSON number, rounding a fraction as VerneMQ does.
-func number(v json.RawMessage, set func(int64)) error {
+// number reads a JSON number of at least min, rounding a fraction as
+// VerneMQ does.
+func number(v json.RawMessage, min int64, set func(int64)) error {
 	var f float64
 	if err := json.Unmarshal(v, &f); err != nil {
 		return err
 	}
-	if math.IsNaN(f) || math.Abs(f) > math.MaxInt32 {
+	n := math.Round(f)
+	if math.IsNaN(f) || n < float64(min) || n > math.MaxInt32 {
 		return fmt.Errorf("%v is out of range", f)
 	}
-	set(int64(math.Round(f)))
+	set(int64(n))
 	return nil
 }
 
@@ -156,7 +138,11 @@ func properties(v json.RawMessage, m *mqtthooks.Modifiers) error {
 		return err
 	}
 	if p.SEI != nil {
-		m.SessionExpiryInterval = mqtthooks.Some(uint32(math.Round(*p.SEI)))
+		n := math.Round(*p.SEI)
+		if n < 0 || n > math.MaxUint32 {
+			return fmt.Errorf("p_session_expiry_interval %v is out of range", *p.SEI)
+		}
+		m.SessionExpiryInterval = mqtthooks.Some(uint32(n))
 	}
 	if p.UserProperties != nil {
 		ups := make([]mqtthooks.UserProperty, len(p.UserProperties))

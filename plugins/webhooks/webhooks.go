@@ -78,7 +78,10 @@ const (
 // Endpoint is one URL called for one hook.
 type Endpoint struct {
 	URL string
-	// Timeout bounds one call, within the hook's own deadline; default 5 s.
+	// Timeout bounds one call, within the hook's own deadline; default 4 s,
+	// below the core's default ConnectTimeout (5 s), so that an endpoint's
+	// timeout is answered as such (and OnTransportFailure applies) before
+	// the CONNECT's own deadline passes. Keep it below ConnectTimeout.
 	Timeout time.Duration
 	// OnTransportFailure is what an auth hook does when the endpoint cannot
 	// be reached or times out; default Reject. Notification hooks only log.
@@ -144,7 +147,10 @@ func New(opts Options) (*Plugin, error) {
 	p := &Plugin{hooks: map[string][]*endpoint{}, client: opts.Client, logger: opts.Logger}
 	if p.client == nil {
 		p.client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 100, IdleConnTimeout: time.Minute,
-			TLSClientConfig: opts.TLS, ForceAttemptHTTP2: true}}
+			TLSClientConfig: opts.TLS, ForceAttemptHTTP2: true},
+			// A redirect is an answer other than 200, as VerneMQ has it: never
+			// followed, so a password is not posted to another host.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
 	if p.logger == nil {
 		p.logger = slog.Default()
@@ -168,7 +174,7 @@ func New(opts Options) (*Plugin, error) {
 				return nil, fmt.Errorf("%w: hook %s: negative timeout", ErrConfig, hook)
 			}
 			if e.Timeout == 0 {
-				e.Timeout = 5 * time.Second
+				e.Timeout = 4 * time.Second
 			}
 			p.hooks[hook] = append(p.hooks[hook], &endpoint{Endpoint: e})
 		}

@@ -370,8 +370,7 @@ func TestW11OnAuthM5(t *testing.T) {
 	p, err := webhooks.New(webhooks.Options{Hooks: map[string][]webhooks.Endpoint{
 		webhooks.HookOnAuthM5: {{URL: auth.URL}}, webhooks.HookAuthOnRegisterM5: {{URL: register.URL}}}})
 	require.NoError(t, err)
-	req := mqtthookstest.V5("c1", "", true, 0)
-	req.HasUsername = false
+	req := mqtthookstest.V5("c1", "u", true, 0) // a user name, sent as null before the CONNACK, as VerneMQ does
 	req.Properties.AuthenticationMethod, req.Properties.AuthenticationData = "M", []byte("AUTH_DATA0")
 	_, c, step := connect(t, p, req, mqtthooks.Options{})
 	require.Equal(t, mqtthooks.SendAuth, step.Kind)
@@ -389,6 +388,7 @@ func TestW11OnAuthM5(t *testing.T) {
 	assert.Equal(t, mqtthooks.CodeSuccess, reply.ReasonCode)
 	require.Len(t, bodies, 4)
 	assert.Equal(t, "c1", bodies[2]["client_id"])
+	assert.Equal(t, "c1", bodies[3]["client_id"], "the continue step of a re-authentication too")
 
 	assert.Nil(t, bodies[0]["username"])
 	assert.Equal(t, "undefined", bodies[0]["client_id"])
@@ -467,4 +467,44 @@ func TestHTTPSEndpoint(t *testing.T) {
 	}
 	_, err = webhooks.LoadTLS("", "cert.pem", "")
 	assert.ErrorIs(t, err, webhooks.ErrConfig)
+}
+
+// Found by review: a redirect is not followed (and so a password is not
+// posted to another host); "modifiers": [] is no modifiers; numbers out of
+// range and keys VerneMQ refuses reject; a request without ConnInfo does
+// not panic; on_register_m5 always sends its properties.
+func TestReviewFindings(t *testing.T) {
+	var elsewhere atomic.Int32
+	other := newEndpoint(t, func(w http.ResponseWriter) { elsewhere.Add(1); _, _ = io.WriteString(w, `{"result":"ok"}`) })
+	for _, status := range []int{http.StatusFound, http.StatusTemporaryRedirect} {
+		redirect := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, other.URL, status)
+		}))
+		_, c, _ := connect(t, hooks(map[string]string{webhooks.HookAuthOnRegister: redirect.URL}),
+			mqtthookstest.V3("c1", "u", true), mqtthooks.Options{})
+		assert.False(t, c.Accepted(), "redirect %d", status)
+		redirect.Close()
+	}
+	assert.Zero(t, elsewhere.Load(), "never followed")
+
+	for mods, accepted := range map[string]bool{`[]`: true, `{"session_expiry_interval":-1}`: false,
+		`{"max_message_rate":-1}`: false, `{"max_online_messages":-1}`: true, `{"clean_start":true}`: false,
+		`{"queue_deliver_mode":"balance"}`: false} {
+		e := newEndpoint(t, says(`{"result":"ok","modifiers":`+mods+`}`))
+		_, c, _ := connect(t, hooks(map[string]string{webhooks.HookAuthOnRegister: e.URL}),
+			mqtthookstest.V3("c1", "u", false), mqtthooks.Options{})
+		assert.Equal(t, accepted, c.Accepted(), mods)
+	}
+
+	e := newEndpoint(t, says(`{"result":"ok"}`))
+	p := hooks(map[string]string{webhooks.HookAuthOnRegister: e.URL, webhooks.HookOnRegisterM5: e.URL})
+	r := p.AuthOnRegister(t.Context(), &mqtthooks.RegisterRequest{Connect: mqtthookstest.V3("c1", "u", true)})
+	assert.Equal(t, mqtthooks.VerdictAccept, r.Verdict(), "no ConnInfo: peer_addr null")
+	p.OnRegisterM5(t.Context(), &mqtthooks.RegisterEvent{SessionEvent: mqtthooks.SessionEvent{
+		SubscriberID: mqtthooks.SubscriberID{ClientID: "c1"}}})
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	require.Len(t, e.bodies, 2)
+	assert.Contains(t, e.bodies[0], `"peer_addr":null`)
+	assert.Contains(t, e.bodies[1], `"properties":{}`)
 }
