@@ -113,7 +113,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.Var(&f.webhooks, "webhook", "call URL for HOOK, VerneMQ's webhook protocol (auth_on_register, auth_on_register_m5, "+
 		"on_register, on_register_m5, on_client_wakeup, on_client_offline, on_client_gone, on_session_expired); "+
 		"repeat it for more, called in order")
-	fs.DurationVar(&f.webhookTimeout, "webhook-timeout", 5*time.Second, "deadline of one webhook call")
+	fs.DurationVar(&f.webhookTimeout, "webhook-timeout", 4*time.Second, "deadline of one webhook call (keep it below the 5 s a CONNECT has)")
 	fs.StringVar(&f.webhookCA, "webhook-ca", "", "CA certificates (PEM) to trust for https webhooks, instead of the system's")
 	fs.StringVar(&f.webhookCert, "webhook-cert", "", "client certificate (PEM) for https webhooks that ask for one")
 	fs.StringVar(&f.webhookKey, "webhook-key", "", "its private key (PEM)")
