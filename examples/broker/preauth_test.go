@@ -20,19 +20,7 @@ func propertyBomb(size int) []byte {
 	for range n {
 		props = append(props, 0x26, 0, 0, 0, 0)
 	}
-	var length []byte
-	for l := len(props); ; {
-		b := byte(l % 128)
-		l /= 128
-		if l > 0 {
-			b |= 0x80
-		}
-		length = append(length, b)
-		if l == 0 {
-			break
-		}
-	}
-	return frame(0x10, strb("MQTT"), []byte{5, 0x02, 0, 30}, length, props, strb("bomb"))
+	return frame(0x10, strb("MQTT"), []byte{5, 0x02, 0, 30}, varintBytes(len(props)), props, strb("bomb"))
 }
 
 // What an unauthenticated client can cost is bounded: a CONNECT above

@@ -20,19 +20,7 @@ func frame(header byte, parts ...[]byte) []byte {
 	for _, p := range parts {
 		body = append(body, p...)
 	}
-	out := []byte{header}
-	for n := len(body); ; {
-		b := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			b |= 0x80
-		}
-		out = append(out, b)
-		if n == 0 {
-			break
-		}
-	}
-	return append(out, body...)
+	return append(append([]byte{header}, varintBytes(len(body))...), body...)
 }
 
 // strb is an MQTT UTF-8 string: a two-byte length and the bytes.
@@ -179,6 +167,7 @@ func TestPropertiesOfEveryPacket(t *testing.T) {
 	assert.ErrorContains(t, precheck(&pk, body), "more than 1024 properties")
 }
 
+// varintBytes is n as an MQTT Variable Byte Integer.
 func varintBytes(n int) []byte {
 	var out []byte
 	for {
