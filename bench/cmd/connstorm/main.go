@@ -42,6 +42,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/mqtthooks/mqtthooks"
+	"github.com/mqtthooks/mqtthooks/bench/internal/procs"
 	"github.com/mqtthooks/mqtthooks/bench/internal/rawmqtt"
 	"github.com/mqtthooks/mqtthooks/plugins/passwd"
 	"github.com/mqtthooks/mqtthooks/stores/pebble"
@@ -113,7 +114,7 @@ func run(mode string, n, c, messages int) error {
 		{"mochi-mqtt v2.7.9 (in process)", func(addr string) (func(), error) { return startMochi(addr, file) }},
 		{"mosquitto", func(addr string) (func(), error) { return startMosquitto(dir, addr, file) }},
 	} {
-		addr, err := freeAddr()
+		addr, err := procs.FreeAddr()
 		if err != nil {
 			return err
 		}
@@ -179,35 +180,11 @@ func writePasswd(file string) error {
 	return os.WriteFile(file, []byte(line), 0o600)
 }
 
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
-
-// waitListening waits until addr accepts connections.
-func waitListening(addr string) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if nc, err := net.Dial("tcp", addr); err == nil {
-			nc.Close()
-			return nil
-		}
-		time.Sleep(20 * time.Millisecond) // polling a process we started, not a test
-	}
-	return fmt.Errorf("nothing listens on %s", addr)
-}
-
 // startOurs builds and runs examples/broker.
 func startOurs(dir, addr, file string) (func(), error) {
-	bin := filepath.Join(dir, "broker")
-	build := exec.Command("go", "build", "-o", bin, "./examples/broker")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		return nil, fmt.Errorf("building examples/broker (run from the repository root): %w", err)
+	bin, err := procs.BuildBroker(dir)
+	if err != nil {
+		return nil, err
 	}
 	// No queue limit, as for the others: the throughput run must not drop.
 	return startProcess(exec.Command(bin, "-addr", addr, "-passwd", file, "-max-queued", "-1"), addr)
@@ -243,7 +220,7 @@ func startProcess(cmd *exec.Cmd, addr string) (func(), error) {
 			<-done
 		}
 	}
-	if err := waitListening(addr); err != nil {
+	if err := procs.WaitListening(addr); err != nil {
 		stop()
 		return nil, err
 	}
@@ -284,7 +261,7 @@ func startMochi(addr, file string) (func(), error) {
 		return nil, err
 	}
 	go func() { _ = server.Serve() }()
-	if err := waitListening(addr); err != nil {
+	if err := procs.WaitListening(addr); err != nil {
 		return nil, err
 	}
 	return func() { _ = server.Close() }, nil
@@ -420,11 +397,9 @@ func runDurable(messages int) error {
 	if err := writePasswd(file); err != nil {
 		return err
 	}
-	bin := filepath.Join(dir, "broker")
-	build := exec.Command("go", "build", "-o", bin, "./examples/broker")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		return fmt.Errorf("building examples/broker (run from the repository root): %w", err)
+	bin, err := procs.BuildBroker(dir)
+	if err != nil {
+		return err
 	}
 	fmt.Printf("connstorm durable: %s/%s, %d cores, %s; %d QoS 1 messages, window 64, one persistent subscriber; "+
 		"the load generator shares the cores with the broker\n",
@@ -434,11 +409,11 @@ func runDurable(messages int) error {
 	var base float64
 	for i, args := range [][]string{nil, {"-data-dir", filepath.Join(dir, "interval"), "-sync", "100ms"},
 		{"-data-dir", filepath.Join(dir, "always"), "-sync", "always"}} {
-		addr, err := freeAddr()
+		addr, err := procs.FreeAddr()
 		if err != nil {
 			return err
 		}
-		debug, err := freeAddr()
+		debug, err := procs.FreeAddr()
 		if err != nil {
 			return err
 		}

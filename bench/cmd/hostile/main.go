@@ -35,6 +35,7 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/mqtthooks/mqtthooks/bench/internal/procs"
 	"github.com/mqtthooks/mqtthooks/bench/internal/rawmqtt"
 )
 
@@ -59,11 +60,9 @@ func run(rounds, perRound int) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "broker")
-	build := exec.Command("go", "build", "-o", bin, "./examples/broker")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		return fmt.Errorf("building examples/broker (run from the repository root): %w", err)
+	bin, err := procs.BuildBroker(dir)
+	if err != nil {
+		return err
 	}
 	brokers := []broker{{"examples/broker", func(addr string) (*exec.Cmd, error) {
 		return exec.Command(bin, "-addr", addr, "-max-queued", "-1", "-sys-interval", "0"), nil
@@ -93,7 +92,7 @@ func run(rounds, perRound int) error {
 			{"retained", retained},
 			{"connect", connectBombs},
 		} {
-			addr, err := freeAddr()
+			addr, err := procs.FreeAddr()
 			if err != nil {
 				return err
 			}
@@ -104,7 +103,7 @@ func run(rounds, perRound int) error {
 			if err := cmd.Start(); err != nil {
 				return err
 			}
-			if err := waitListening(addr); err != nil {
+			if err := procs.WaitListening(addr); err != nil {
 				_ = cmd.Process.Kill()
 				_ = cmd.Wait()
 				return err
@@ -315,25 +314,3 @@ func cpuTime(pid int) (time.Duration, error) {
 }
 
 func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
-
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
-
-// waitListening waits until addr accepts connections.
-func waitListening(addr string) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if nc, err := net.Dial("tcp", addr); err == nil {
-			nc.Close()
-			return nil
-		}
-		time.Sleep(20 * time.Millisecond) // polling a process we started, not a test
-	}
-	return fmt.Errorf("nothing listens on %s", addr)
-}

@@ -23,11 +23,9 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,6 +35,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/mqtthooks/mqtthooks"
+	"github.com/mqtthooks/mqtthooks/bench/internal/procs"
 	"github.com/mqtthooks/mqtthooks/bench/internal/rawmqtt"
 )
 
@@ -72,28 +71,24 @@ func fetch(debug string, gc bool) (stats, error) {
 	return s, json.NewDecoder(resp.Body).Decode(&s)
 }
 
-func freeAddr() string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 func run(duration time.Duration, workers, keepers int) error {
 	dir, err := os.MkdirTemp("", "soak")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "broker")
-	build := exec.Command("go", "build", "-o", bin, "./examples/broker")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		return fmt.Errorf("building examples/broker (run from the repository root): %w", err)
+	bin, err := procs.BuildBroker(dir)
+	if err != nil {
+		return err
 	}
-	addr, debug := freeAddr(), freeAddr()
+	addr, err := procs.FreeAddr()
+	if err != nil {
+		return err
+	}
+	debug, err := procs.FreeAddr()
+	if err != nil {
+		return err
+	}
 	broker := exec.Command(bin, "-addr", addr, "-debug-addr", debug, "-max-queued", "-1", "-allow-anonymous")
 	if err := broker.Start(); err != nil {
 		return err
