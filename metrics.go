@@ -64,15 +64,20 @@ var latencyBounds = [...]time.Duration{
 // A conditional hook's call adds to exactly one outcome counter, and its
 // calls are their sum. A notification counts its calls.
 type hookMetrics struct {
+	latency
 	calls                                                  atomic.Uint64
 	accepted, rejected, exhausted, timeouts, invalid, next atomic.Uint64
-	buckets                                                [len(latencyBounds) + 1]atomic.Uint64
-	observed, sumNanos                                     atomic.Uint64
+}
+
+// latency is a sampled latency histogram in atomics.
+type latency struct {
+	buckets            [len(latencyBounds) + 1]atomic.Uint64
+	observed, sumNanos atomic.Uint64
 }
 
 // start returns the time to measure a call from, or the zero time when the
 // call is not sampled.
-func (m *hookMetrics) start() time.Time {
+func (m *latency) start() time.Time {
 	if rand.Uint32()%LatencySampling != 0 { // the runtime's cheap per-thread generator: no lock, no atomic
 		return time.Time{}
 	}
@@ -80,7 +85,7 @@ func (m *hookMetrics) start() time.Time {
 }
 
 // done records the latency of a sampled call.
-func (m *hookMetrics) done(start time.Time) {
+func (m *latency) done(start time.Time) {
 	if start.IsZero() {
 		return
 	}
@@ -147,16 +152,22 @@ func bucketOf(d time.Duration) int {
 	return i
 }
 
+// read returns the histogram.
+func (m *latency) read() Histogram {
+	h := Histogram{Bounds: latencyBounds[:], Counts: make([]uint64, len(m.buckets)),
+		Count: m.observed.Load(), Sum: time.Duration(m.sumNanos.Load())}
+	for i := range m.buckets {
+		h.Counts[i] = m.buckets[i].Load()
+	}
+	return h
+}
+
 // stats reads m; panics are the chain's count.
 func (m *hookMetrics) stats(h hookID, panics uint64) HookStats {
 	s := HookStats{Hook: h.String(), Calls: m.calls.Load(), Panics: panics, Timeouts: m.timeouts.Load(),
 		Invalid:  m.invalid.Load(),
 		Accepted: m.accepted.Load(), Rejected: m.rejected.Load(), Next: m.next.Load(), Exhausted: m.exhausted.Load(),
-		Latency: Histogram{Bounds: latencyBounds[:], Counts: make([]uint64, len(m.buckets)),
-			Count: m.observed.Load(), Sum: time.Duration(m.sumNanos.Load())}}
-	for i := range m.buckets {
-		s.Latency.Counts[i] = m.buckets[i].Load()
-	}
+		Latency: m.read()}
 	if h.conditional() {
 		s.Calls = s.Accepted + s.Rejected + s.Exhausted + s.Timeouts + s.Invalid + s.Panics
 	}
@@ -199,7 +210,7 @@ type codeCounters struct {
 // callback that reports them durable.
 type storeMetrics struct {
 	commits, failed atomic.Uint64
-	latency         hookMetrics // only its histogram
+	latency         latency
 }
 
 // StoreStats are the Core's writes to its SessionStore.
@@ -275,6 +286,5 @@ func (c *Core) dropStats() []DropCount {
 // storeStats returns the Core's writes to its store.
 func (c *Core) storeStats() StoreStats {
 	w := &c.codes.storeWrites
-	h := w.latency.stats(hookOnClientGone, 0).Latency
-	return StoreStats{Commits: w.commits.Load(), Failed: w.failed.Load(), Latency: h}
+	return StoreStats{Commits: w.commits.Load(), Failed: w.failed.Load(), Latency: w.latency.read()}
 }

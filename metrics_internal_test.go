@@ -28,11 +28,11 @@ func TestHistogramBuckets(t *testing.T) {
 	}
 	// A timed call is counted with its duration; an untimed one (the zero
 	// start) is not.
-	var m hookMetrics
+	var m latency
 	m.done(time.Now().Add(-time.Minute))
 	m.done(time.Time{})
-	s := m.stats(hookOnClientGone, 0)
-	if s.Latency.Count != 1 || s.Latency.Counts[len(latencyBounds)] != 1 || s.Latency.Sum < time.Minute {
-		t.Errorf("after one call of a minute: %+v", s.Latency)
+	h := m.read()
+	if h.Count != 1 || h.Counts[len(latencyBounds)] != 1 || h.Sum < time.Minute {
+		t.Errorf("after one call of a minute: %+v", h)
 	}
 }

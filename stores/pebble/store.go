@@ -29,7 +29,6 @@ package pebble
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -486,43 +485,38 @@ func (b *batch) DeleteInbound(id mqtthooks.SubscriberID, gen uint64, packetID ui
 func (b *batch) Commit(done func(error)) {
 	s := b.s
 	s.mu.Lock()
-	if s.closed || s.failed != nil {
-		err := s.failed
-		if s.closed {
-			err = ErrClosed
-		}
-		s.mu.Unlock()
-		if done != nil {
-			done(err)
-		}
-		return
+	err := s.commitLocked(b.ops)
+	if err == nil {
+		s.pendDone = append(s.pendDone, done) // reported by the writer, in commit order
+		s.cond.Broadcast()
 	}
-	if !s.dropsLife(b.ops) {
+	s.mu.Unlock()
+	if err != nil && done != nil {
+		done(err)
+	}
+}
+
+// commitLocked checks ops and applies them: to the pending group, or, when
+// they drop a session's life, to Pebble at once. s.mu is held.
+func (s *Store) commitLocked(ops []op) error {
+	if err := s.usable(); err != nil {
+		return err
+	}
+	if !s.dropsLife(ops) {
 		w := s.overlay()
-		_, gens, refs, err := s.prepare(b.ops, w)
+		gens, refs, err := s.prepare(ops, w)
 		if err != nil {
-			s.mu.Unlock()
-			if done != nil {
-				done(err)
-			}
-			return
+			return err
 		}
 		s.install(gens, refs)
 		w.mergeInto(s.pend)
-		s.pendDone = append(s.pendDone, done)
-		s.cond.Broadcast()
-		s.mu.Unlock()
-		return
+		return nil
 	}
 	for s.flushing != nil { // a session's keys are read from Pebble: it must have them all
 		s.cond.Wait()
 	}
-	if s.closed || s.failed != nil {
-		s.mu.Unlock()
-		if done != nil {
-			done(cmp.Or(s.failed, ErrClosed))
-		}
-		return
+	if err := s.usable(); err != nil {
+		return err
 	}
 	// The pending group goes to Pebble first, on its own: dropSession reads
 	// the session's entries from Pebble, and must see the group's puts and
@@ -530,31 +524,29 @@ func (b *batch) Commit(done func(error)) {
 	if len(s.pend) > 0 {
 		if err := s.applyGroup(s.pend, pebble.NoSync); err != nil {
 			s.failed = fmt.Errorf("pebble store: write failed, refusing further writes: %w", err)
-			s.mu.Unlock()
-			if done != nil {
-				done(s.failed)
-			}
-			return
+			return s.failed
 		}
 		clear(s.pend)
 	}
 	pb := s.db.NewBatch()
 	defer pb.Close()
-	_, gens, refs, err := s.prepare(b.ops, pebbleWriter{pb})
+	gens, refs, err := s.prepare(ops, pebbleWriter{pb})
 	if err == nil {
 		err = s.db.Apply(pb, pebble.NoSync)
 	}
 	if err != nil {
-		s.mu.Unlock()
-		if done != nil {
-			done(err)
-		}
-		return
+		return err
 	}
 	s.install(gens, refs)
-	s.pendDone = append(s.pendDone, done) // synced (Always) and reported by the writer, in order
-	s.cond.Broadcast()
-	s.mu.Unlock()
+	return nil
+}
+
+// usable returns why the store takes no more writes, or nil. s.mu is held.
+func (s *Store) usable() error {
+	if s.closed {
+		return ErrClosed
+	}
+	return s.failed
 }
 
 // dropsLife reports whether ops drop a stored session's life, whose keys
@@ -699,10 +691,10 @@ func (s *Store) drain() {
 	}
 }
 
-// prepare checks ops against the stored generations and encodes them into a
-// Pebble batch. It returns the generations and reference counts the batch
+// prepare checks ops against the stored generations and writes them to pb
+// (a Pebble batch, or the pending group's overlay). It returns the generations and reference counts the batch
 // leaves, to install once it is applied. s.mu is held.
-func (s *Store) prepare(ops []op, pb writer) (writer, map[mqtthooks.SubscriberID]uint64, map[uint64]int64, error) {
+func (s *Store) prepare(ops []op, pb writer) (map[mqtthooks.SubscriberID]uint64, map[uint64]int64, error) {
 	gens := map[mqtthooks.SubscriberID]uint64{} // 0: deleted by the batch
 	genOf := func(id mqtthooks.SubscriberID) uint64 {
 		if g, ok := gens[id]; ok {
@@ -724,10 +716,10 @@ func (s *Store) prepare(ops []op, pb writer) (writer, map[mqtthooks.SubscriberID
 		switch o.kind {
 		case 'c':
 			if cur := genOf(o.id); cur != 0 && cur >= o.gen {
-				return pb, nil, nil, mqtthooks.ErrStaleGeneration
+				return nil, nil, mqtthooks.ErrStaleGeneration
 			} else if cur != 0 {
 				if err := s.dropSession(pb, o.id, ref, entries); err != nil {
-					return pb, nil, nil, err
+					return nil, nil, err
 				}
 			}
 			gens[o.id] = o.gen
@@ -744,14 +736,14 @@ func (s *Store) prepare(ops []op, pb writer) (writer, map[mqtthooks.SubscriberID
 			continue
 		}
 		if g := genOf(o.id); g == 0 || g != o.gen {
-			return pb, nil, nil, mqtthooks.ErrStaleGeneration
+			return nil, nil, mqtthooks.ErrStaleGeneration
 		}
 		switch o.kind {
 		case 'r':
 			pb.put(sessionKey(kindRecord, o.id), encodeRecord(o.rec), false)
 		case 'd':
 			if err := s.dropSession(pb, o.id, ref, entries); err != nil {
-				return pb, nil, nil, err
+				return nil, nil, err
 			}
 			gens[o.id] = 0
 			s.known.events = append(s.known.events, knownEvent{op: 'd', id: o.id})
@@ -772,7 +764,7 @@ func (s *Store) prepare(ops []op, pb writer) (writer, map[mqtthooks.SubscriberID
 			_, inBatch := entries[string(key)]
 			old, err := s.entryMessage(o.id, o.seq, key, entries)
 			if err != nil {
-				return pb, nil, nil, err
+				return nil, nil, err
 			}
 			if o.del {
 				if old != 0 {
@@ -799,7 +791,7 @@ func (s *Store) prepare(ops []op, pb writer) (writer, map[mqtthooks.SubscriberID
 			pb.del(msgKey(msgID))
 		}
 	}
-	return pb, gens, refs, nil
+	return gens, refs, nil
 }
 
 // storedGen returns the generation of the stored life of id, or 0; it reads
