@@ -48,8 +48,12 @@ func (p *Plugin) OnAuthM5(ctx context.Context, r *mqtthooks.AuthRequest) mqtthoo
 	if st.endpoint != nil {
 		eps = []*endpoint{st.endpoint}
 	}
+	data, err := json.Marshal(body)
+	if err != nil {
+		return mqtthooks.AuthReject(mqtthooks.CodeNotAuthorized, "")
+	}
 	for _, e := range eps {
-		a, err := p.post(ctx, HookOnAuthM5, e, body)
+		a, err := p.post(ctx, HookOnAuthM5, e, data, true)
 		switch {
 		case err != nil && ctx.Err() != nil:
 			return mqtthooks.AuthReject(mqtthooks.CodeNotAuthorized, "")

@@ -24,16 +24,12 @@ type answer struct {
 	MaxAge    time.Duration // from Cache-Control; 0: not to be cached
 }
 
-// post sends body to e for hook and decodes the answer. An error wraps
-// ErrTransport (unreachable, timed out) or ErrInvalidResponse. The answer
-// of a notification (decode false) is not read beyond its status: VerneMQ
+// post sends data, a JSON request, to e for hook and, with decode, decodes
+// the answer. An error wraps ErrTransport (unreachable, timed out) or
+// ErrInvalidResponse. A notification's answer is not decoded: VerneMQ
 // documents {} and ignores the rest.
-func (p *Plugin) post(ctx context.Context, hook string, e *endpoint, body any, decode ...bool) (answer, error) {
+func (p *Plugin) post(ctx context.Context, hook string, e *endpoint, data []byte, decode bool) (answer, error) {
 	var a answer
-	data, err := json.Marshal(body)
-	if err != nil {
-		return a, fmt.Errorf("%w: encoding the request: %w", ErrInvalidResponse, err)
-	}
 	ctx, cancel := context.WithTimeout(ctx, e.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.URL, bytes.NewReader(data))
@@ -55,7 +51,7 @@ func (p *Plugin) post(ctx context.Context, hook string, e *endpoint, body any, d
 				e.stats.errors.Add(1)
 				return a, fmt.Errorf("%w: status %d", ErrInvalidResponse, resp.StatusCode)
 			}
-			if len(decode) > 0 && !decode[0] {
+			if !decode {
 				return a, nil
 			}
 			if err := decodeAnswer(raw, &a); err != nil {

@@ -13,28 +13,9 @@ import (
 
 // The request bodies, field for field and in VerneMQ's order.
 
-type registerBody struct {
-	PeerAddr     *string `json:"peer_addr"`
-	PeerPort     int     `json:"peer_port"`
-	Mountpoint   string  `json:"mountpoint"`
-	ClientID     string  `json:"client_id"`
-	Username     *string `json:"username"`
-	Password     *string `json:"password"`
-	CleanSession bool    `json:"clean_session"`
-}
-
-type registerM5Body struct {
-	PeerAddr   *string        `json:"peer_addr"`
-	PeerPort   int            `json:"peer_port"`
-	Mountpoint string         `json:"mountpoint"`
-	ClientID   string         `json:"client_id"`
-	Username   *string        `json:"username"`
-	Password   *string        `json:"password"`
-	CleanStart bool           `json:"clean_start"`
-	Properties map[string]any `json:"properties"`
-}
-
-type onRegisterBody struct {
+// clientFields open every register body; embedded, their keys come first,
+// in this order.
+type clientFields struct {
 	PeerAddr   *string `json:"peer_addr"`
 	PeerPort   int     `json:"peer_port"`
 	Mountpoint string  `json:"mountpoint"`
@@ -42,8 +23,21 @@ type onRegisterBody struct {
 	Username   *string `json:"username"`
 }
 
+type registerBody struct {
+	clientFields
+	Password     *string `json:"password"`
+	CleanSession bool    `json:"clean_session"`
+}
+
+type registerM5Body struct {
+	clientFields
+	Password   *string        `json:"password"`
+	CleanStart bool           `json:"clean_start"`
+	Properties map[string]any `json:"properties"`
+}
+
 type onRegisterM5Body struct {
-	onRegisterBody
+	clientFields
 	Properties map[string]any `json:"properties"` // always sent, as VerneMQ does
 }
 
@@ -122,52 +116,52 @@ func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) 
 func (p *Plugin) AuthOnRegister(ctx context.Context, r *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
 	c := r.Connect
 	addr, port := connPeer(r.Conn)
-	return p.decide(ctx, HookAuthOnRegister, false, &registerBody{PeerAddr: addr, PeerPort: port,
-		Mountpoint: r.SubscriberID.Mountpoint, ClientID: r.SubscriberID.ClientID,
-		Username: optional(c.Username, c.HasUsername), Password: optional(string(c.Password), c.HasPassword),
-		CleanSession: c.CleanStart})
+	body := &registerBody{clientFields{PeerAddr: addr, Mountpoint: r.SubscriberID.Mountpoint,
+		ClientID: r.SubscriberID.ClientID, Username: optional(c.Username, c.HasUsername)},
+		optional(string(c.Password), c.HasPassword), c.CleanStart}
+	return p.decide(ctx, HookAuthOnRegister, false, body, &body.PeerPort, port)
 }
 
 // AuthOnRegisterM5 calls the auth_on_register_m5 endpoints.
 func (p *Plugin) AuthOnRegisterM5(ctx context.Context, r *mqtthooks.RegisterRequest) mqtthooks.RegisterResult {
 	c := r.Connect
 	addr, port := connPeer(r.Conn)
-	return p.decide(ctx, HookAuthOnRegisterM5, true, &registerM5Body{PeerAddr: addr, PeerPort: port,
-		Mountpoint: r.SubscriberID.Mountpoint, ClientID: r.SubscriberID.ClientID,
-		Username: optional(c.Username, c.HasUsername), Password: optional(string(c.Password), c.HasPassword),
-		CleanStart: c.CleanStart, Properties: connectProperties(&c.Properties)})
-}
-
-// keyed is a request body that can name its cache entry: the request
-// without the peer's port.
-type keyed interface{ cacheKey() []byte }
-
-func (b registerBody) cacheKey() []byte {
-	b.PeerPort = 0
-	k, _ := json.Marshal(b)
-	return k
-}
-
-func (b registerM5Body) cacheKey() []byte {
-	b.PeerPort = 0
-	k, _ := json.Marshal(b)
-	return k
+	body := &registerM5Body{clientFields{PeerAddr: addr, Mountpoint: r.SubscriberID.Mountpoint,
+		ClientID: r.SubscriberID.ClientID, Username: optional(c.Username, c.HasUsername)},
+		optional(string(c.Password), c.HasPassword), c.CleanStart, connectProperties(&c.Properties)}
+	return p.decide(ctx, HookAuthOnRegisterM5, true, body, &body.PeerPort, port)
 }
 
 // decide calls the endpoints of an auth hook in order until one decides.
-func (p *Plugin) decide(ctx context.Context, hook string, v5 bool, body keyed) mqtthooks.RegisterResult {
-	for _, e := range p.hooks[hook] {
+// body is encoded once: with its peer port (*port) 0 for the cache's key,
+// then with port for the requests.
+func (p *Plugin) decide(ctx context.Context, hook string, v5 bool, body any, port *int, peerPort int) mqtthooks.RegisterResult {
+	eps := p.hooks[hook]
+	if len(eps) == 0 {
+		return mqtthooks.Next()
+	}
+	var keyBody, data []byte
+	if p.cache != nil {
+		keyBody, _ = json.Marshal(body) // the port is 0 still: a reconnecting client comes from a new one
+	}
+	for _, e := range eps {
 		var key string
 		var a answer
 		var err error
-		if p.cache != nil {
-			key = cacheKey(e.URL, hook, body.cacheKey())
+		if keyBody != nil {
+			key = cacheKey(e.URL, hook, keyBody)
 			if mods, ok := p.cache.get(key); ok {
 				a.Result, a.Modifiers = "ok", mods
 				goto decided
 			}
 		}
-		a, err = p.post(ctx, hook, e, body)
+		if data == nil { // the request, encoded once for all endpoints, and only if one is called
+			*port = peerPort
+			if data, err = json.Marshal(body); err != nil {
+				return reject(v5, err)
+			}
+		}
+		a, err = p.post(ctx, hook, e, data, true)
 	decided:
 		switch {
 		case err != nil && ctx.Err() != nil: // the client went away (or the hook's deadline passed)
@@ -221,8 +215,17 @@ func reject(v5 bool, err error) mqtthooks.RegisterResult {
 // notify calls the endpoints of a notification hook; answers are ignored,
 // failures logged.
 func (p *Plugin) notify(ctx context.Context, hook string, body any) {
-	for _, e := range p.hooks[hook] {
-		if _, err := p.post(ctx, hook, e, body, false); err != nil {
+	eps := p.hooks[hook]
+	if len(eps) == 0 {
+		return
+	}
+	data, err := json.Marshal(body)
+	if err != nil {
+		p.logger.ErrorContext(ctx, "webhooks: encoding a notification", "hook", hook, "err", err)
+		return
+	}
+	for _, e := range eps {
+		if _, err := p.post(ctx, hook, e, data, false); err != nil {
 			p.logger.WarnContext(ctx, "webhooks: notification failed", "hook", hook, "url", e.URL, "err", err)
 		}
 	}
@@ -231,7 +234,7 @@ func (p *Plugin) notify(ctx context.Context, hook string, body any) {
 // OnRegister calls the on_register endpoints.
 func (p *Plugin) OnRegister(ctx context.Context, ev *mqtthooks.RegisterEvent) {
 	addr, port := peer(ev.Peer)
-	p.notify(ctx, HookOnRegister, &onRegisterBody{PeerAddr: addr, PeerPort: port,
+	p.notify(ctx, HookOnRegister, &clientFields{PeerAddr: addr, PeerPort: port,
 		Mountpoint: ev.SubscriberID.Mountpoint, ClientID: ev.SubscriberID.ClientID,
 		Username: optional(ev.Username, ev.HasUsername)})
 }
@@ -243,7 +246,7 @@ func (p *Plugin) OnRegisterM5(ctx context.Context, ev *mqtthooks.RegisterEvent) 
 	if ev.Connack != nil && ev.Connack.SessionExpiryInterval.Set {
 		props["p_session_expiry_interval"] = ev.Connack.SessionExpiryInterval.V
 	}
-	p.notify(ctx, HookOnRegisterM5, &onRegisterM5Body{onRegisterBody{PeerAddr: addr, PeerPort: port,
+	p.notify(ctx, HookOnRegisterM5, &onRegisterM5Body{clientFields{PeerAddr: addr, PeerPort: port,
 		Mountpoint: ev.SubscriberID.Mountpoint, ClientID: ev.SubscriberID.ClientID,
 		Username: optional(ev.Username, ev.HasUsername)}, props})
 }
