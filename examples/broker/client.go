@@ -373,7 +373,7 @@ func (c *client) serve() {
 	_ = c.nc.SetDeadline(time.Time{})
 	var we *wireError
 	if errors.As(err, &we) && pk.FixedHeader.Type == packets.Connect && validProtocol(&pk) {
-		// A CONNECT that decodes but breaks a rule: MQTT 5 gets a CONNACK
+		// A CONNECT that breaks a rule: MQTT 5 gets a CONNACK
 		// with the code, MQTT 3 a bare close [MQTT-3.1.4-1].
 		c.srv.logger.Debug("CONNECT refused", "peer", c.info.Peer, "err", err)
 		c.version = pk.ProtocolVersion

@@ -24,8 +24,8 @@ var (
 // readPacket reads one packet from r. It reads the fixed header first and
 // refuses a remaining length above maxSize (0: no limit) before reading the
 // body. version is the connection's protocol level (0 before CONNECT). A
-// packet that decodes but breaks a rule the codec does not check comes back
-// with a *wireError.
+// packet that breaks a rule the codec does not check comes back, undecoded
+// but for what the answer needs, with a *wireError (see precheck).
 func readPacket(r *bufio.Reader, version byte, maxSize uint32) (packets.Packet, error) {
 	pk, body, err := readFrame(r, version, maxSize)
 	if err != nil {
@@ -37,7 +37,7 @@ func readPacket(r *bufio.Reader, version byte, maxSize uint32) (packets.Packet, 
 	if err := decodeRecovering(&pk, body); err != nil {
 		return pk, fmt.Errorf("%w: %w", errMalformed, err)
 	}
-	return pk, checkBody(&pk, body)
+	return pk, nil
 }
 
 // readFrame reads one packet's fixed header and body from r, undecoded.

@@ -14,11 +14,12 @@ import (
 // checks need: whether a property came twice [MQTT-2.2.2-2], whether a
 // Receive Maximum or Maximum Packet Size of 0 was sent or left out, and the
 // reserved bits of SUBSCRIBE options [MQTT-3.8.3-5]. Neither mochi's packets
-// nor paho's keeps them, so this file walks the body the codec has already
-// decoded, to find where property sections and option bytes are. It
-// decodes no value the broker uses.
+// nor paho's keeps them, so this file walks a packet's raw body, before the
+// codec decodes it, to find where property sections and option bytes are.
+// It decodes no value the broker uses.
 
-// errProtocol is a packet that decodes but breaks a rule of the protocol.
+// errProtocol is a packet that breaks a rule of the protocol the codec does
+// not check.
 var errProtocol = errors.New("protocol error")
 
 // wireError is a packet the checks refuse, with its MQTT 5 reason code.
@@ -177,18 +178,10 @@ func checkProperties(b []byte) (n int, ints map[byte]uint32, err error) {
 	return n + size, ints, nil
 }
 
-// checkBody applies the checks the codec does not make to pk, decoded from
-// body. It returns a *wireError, or nil.
-func checkBody(pk *packets.Packet, body []byte) error {
-	if pk.FixedHeader.Type == packets.Connect {
-		return checkConnect(pk, body)
-	}
-	return nil // PUBLISH and SUBSCRIBE were checked before decoding (precheck)
-}
-
-// precheck applies, before decoding, the checks that bound what decoding pk
-// may cost, the property sections of a CONNECT and a PUBLISH, and the shape
-// of a SUBSCRIBE, whose decoder (mochi-mqtt packets v2.7.9) indexes past the
+// precheck applies, before decoding, the checks the codec does not make:
+// the flags and property sections of a CONNECT, the property sections of
+// the other packets (which also bounds what decoding them may cost), and
+// the shape of a SUBSCRIBE, whose decoder (mochi-mqtt packets v2.7.9) indexes past the
 // body when a topic filter is not followed by its options byte: found by
 // FuzzReadPacket, see testdata/fuzz.
 func precheck(pk *packets.Packet, body []byte) error {
@@ -211,23 +204,7 @@ func precheck(pk *packets.Packet, body []byte) error {
 			return err
 		}
 	case packets.Connect:
-		l, err := prefixed(body) // the protocol name
-		if err != nil || l+4 > len(body) || body[l] != 5 {
-			return nil // not MQTT 5, or malformed: the codec says which
-		}
-		// What the answer to a refused CONNECT needs, as the codec would set it.
-		pk.ProtocolVersion, pk.Connect.ProtocolName = 5, body[2:l]
-		at := l + 4
-		n, _, err := checkProperties(body[at:])
-		if err != nil || body[l+1]&0x04 == 0 { // no Will
-			return err
-		}
-		at += n
-		if l, err = prefixed(body[at:]); err != nil {
-			return err
-		}
-		_, _, err = checkProperties(body[at+l:])
-		return err
+		return checkConnect(pk, body)
 	case packets.Publish:
 		if pk.ProtocolVersion != 5 {
 			return nil
@@ -248,22 +225,27 @@ func precheck(pk *packets.Packet, body []byte) error {
 	return nil
 }
 
-// checkConnect checks the flags and properties of a CONNECT.
+// checkConnect checks the flags and properties of a CONNECT, from its raw
+// body: a body too short for them is left to the codec to call malformed.
 func checkConnect(pk *packets.Packet, body []byte) error {
-	c := &pk.Connect
-	if !c.WillFlag && (c.WillQos != 0 || c.WillRetain) { // [MQTT-3.1.2-11] [MQTT-3.1.2-13]
+	l, err := prefixed(body) // the protocol name
+	if err != nil || l+4 > len(body) {
+		return nil
+	}
+	level, flags := body[l], body[l+1]
+	// What the answer to a refused CONNECT needs, as the codec would set it.
+	pk.ProtocolVersion, pk.Connect.ProtocolName = level, body[2:l]
+	will := flags&0x04 != 0
+	if !will && flags&0x38 != 0 { // Will QoS or Will Retain without a Will [MQTT-3.1.2-11] [MQTT-3.1.2-13]
 		return malformedErr("Will QoS or Will Retain without a Will")
 	}
-	if pk.ProtocolVersion < 5 {
-		if c.PasswordFlag && !c.UsernameFlag { // [MQTT-3.1.2-22]
+	if level != 5 {
+		if flags&0x40 != 0 && flags&0x80 == 0 { // [MQTT-3.1.2-22]
 			return malformedErr("password without user name")
 		}
 		return nil
 	}
-	at := 2 + len(c.ProtocolName) + 1 + 1 + 2 // name, level, flags, keep-alive
-	if at > len(body) {
-		return malformedErr("truncated CONNECT")
-	}
+	at := l + 4 // name, level, flags, keep-alive
 	n, ints, err := checkProperties(body[at:])
 	if err != nil {
 		return err
@@ -273,15 +255,15 @@ func checkConnect(pk *packets.Packet, body []byte) error {
 			return protocolErr("property 0x%02X is 0", id)
 		}
 	}
-	if !c.WillFlag {
+	if !will {
 		return nil
 	}
 	at += n
-	l, err := prefixed(body[at:]) // the client identifier
+	id, err := prefixed(body[at:]) // the client identifier
 	if err != nil {
 		return err
 	}
-	_, _, err = checkProperties(body[at+l:])
+	_, _, err = checkProperties(body[at+id:])
 	return err
 }
 
