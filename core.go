@@ -81,12 +81,13 @@ type Options struct {
 	// Discarded, if set, receives the messages a session held unacknowledged
 	// when it ended (gone or expired): pending, or sent and not acknowledged
 	// (a QoS 2 message past PUBREC has reached its client and is not among
-	// them). They count in Stats.Discarded and fire no OnMessageDrop. A
-	// broker may hand them to another subscriber, as MQTT 5 §4.8.2 asks for
-	// those of a shared subscription. The Core calls it after Router.RemoveAll
-	// for the session and before its terminal hook, never under a lock; a
-	// panic is recovered and logged.
-	Discarded func(ctx context.Context, id SubscriberID, msgs []*Message)
+	// them), each with the end of its Message Expiry Interval. They count in
+	// Stats.Discarded and fire no OnMessageDrop. A broker may hand them to
+	// another subscriber, as MQTT 5 §4.8.2 asks for those of a shared
+	// subscription. The Core calls it after Router.RemoveAll for the session
+	// and before its terminal hook, never under a lock; a panic is recovered
+	// and logged.
+	Discarded func(ctx context.Context, id SubscriberID, msgs []Unacknowledged)
 	// Router is told when subscriptions start and end; nil means no router.
 	Router Router
 	// Store keeps the persistent sessions beyond the process, and NewCore
@@ -163,6 +164,16 @@ func SameUsername(_ context.Context, r *ResumeRequest) bool {
 
 // AnyUser allows any CONNECT to take over any session, as VerneMQ does.
 func AnyUser(context.Context, *ResumeRequest) bool { return true }
+
+// Unacknowledged is a message a session held when it ended (see
+// Options.Discarded).
+type Unacknowledged struct {
+	Message *Message
+	// ExpiresAt is when its v5 Message Expiry Interval runs out, counted from
+	// when it was routed; zero for never. A message handed on carries what is
+	// left of it.
+	ExpiresAt time.Time
+}
 
 // Stats are the Core's counters.
 type Stats struct {

@@ -251,8 +251,8 @@ func (c *Core) endSession(ctx context.Context, e *entry, st *sessionState, h hoo
 	subscribed := len(st.subs) > 0
 	st.clearSubscriptions()
 	st.ended = true
-	var unacked []*Message // for Options.Discarded
-	var collect *[]*Message
+	var unacked []Unacknowledged // for Options.Discarded
+	var collect *[]Unacknowledged
 	if c.opts.Discarded != nil {
 		collect = &unacked
 	}

@@ -492,16 +492,17 @@ func (q *queue) count() (pending, inflight int) { return q.pending.len(), len(q.
 // clear empties the queue, returning how many messages it held and, when
 // unacked is not nil, appending to it those the client has not
 // acknowledged: pending, or in flight before PUBREC.
-func (q *queue) clear(unacked *[]*Message) int {
+func (q *queue) clear(unacked *[]Unacknowledged) int {
 	n := q.pending.len() + len(q.inflight)
 	if unacked != nil {
 		for _, f := range q.inflight {
 			if !f.pubrel {
-				*unacked = append(*unacked, f.msg)
+				*unacked = append(*unacked, Unacknowledged{f.msg, unixTime(f.expires)})
 			}
 		}
 		for i := range q.pending.len() {
-			*unacked = append(*unacked, q.pending.at(i).msg)
+			m := q.pending.at(i)
+			*unacked = append(*unacked, Unacknowledged{m.msg, unixTime(m.expires)})
 		}
 	}
 	owner, set := q.owner, q.set

@@ -229,7 +229,7 @@ func (s *server) route(from mqtthooks.SubscriberID, msg *mqtthooks.Message, r *m
 	for _, m := range s.router.matches(from.Mountpoint, msg.Topic, from) {
 		var err error
 		if m.shared {
-			err = s.deliverShared(shareRef{from.Mountpoint, m.share, time.Now()}, m, msg, r)
+			err = s.deliverShared(shareRef{from.Mountpoint, m.share}, m, msg, r)
 		} else {
 			err = s.core.Deliver(m.id, msg, mqtthooks.DeliverOptions{QoS: min(msg.QoS, m.qos), Retain: m.rap && msg.Retain,
 				SubscriptionIdentifiers: m.identity, Generation: m.gen, Receipt: r})

@@ -24,8 +24,7 @@ type sharedInFlight struct {
 // shareRef is the shared subscription a delivery came through.
 type shareRef struct {
 	mountpoint string
-	filter     string    // $share/{name}/{filter}
-	at         time.Time // when the message was routed: its expiry runs from then
+	filter     string // $share/{name}/{filter}
 }
 
 // track records that m went to a member of the shared subscription ref.
@@ -65,15 +64,16 @@ func (t *sharedInFlight) len() int { return int(t.n.Load()) }
 // discarded is the Core's Options.Discarded: the messages a session held
 // unacknowledged when it ended. Those it got through a share group go to
 // another member of the group, if one is left.
-func (s *server) discarded(_ context.Context, _ mqtthooks.SubscriberID, msgs []*mqtthooks.Message) {
+func (s *server) discarded(_ context.Context, _ mqtthooks.SubscriberID, msgs []mqtthooks.Unacknowledged) {
 	now := time.Now()
-	for _, m := range msgs {
+	for _, u := range msgs {
+		m := u.Message
 		ref, ok := s.shared.done(m)
 		if !ok {
 			continue
 		}
-		if exp := m.Properties.MessageExpiryInterval; exp.Set { // what is left of it, from the routing on
-			left := time.Duration(exp.V)*time.Second - now.Sub(ref.at)
+		if !u.ExpiresAt.IsZero() { // what is left of its expiry goes along
+			left := u.ExpiresAt.Sub(now)
 			if left <= 0 {
 				continue // expired while it waited for the member that left
 			}

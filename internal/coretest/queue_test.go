@@ -511,10 +511,11 @@ func TestDiscardedCallback(t *testing.T) {
 			var got []string
 			var order []string
 			var f *fixture
-			f = newFixture(t, mqtthooks.Options{Discarded: func(_ context.Context, id mqtthooks.SubscriberID, msgs []*mqtthooks.Message) {
+			f = newFixture(t, mqtthooks.Options{Discarded: func(_ context.Context, id mqtthooks.SubscriberID, msgs []mqtthooks.Unacknowledged) {
 				assert.Equal(t, sid("s"), id)
 				for _, m := range msgs {
-					got = append(got, string(m.Payload))
+					got = append(got, string(m.Message.Payload))
+					assert.Equal(t, string(m.Message.Payload) == "pending-1", !m.ExpiresAt.IsZero(), "the expiry goes along")
 				}
 				for _, call := range f.rec.CallsFor(sid("s")) {
 					order = append(order, call.Hook)
@@ -536,7 +537,9 @@ func TestDiscardedCallback(t *testing.T) {
 			require.NoError(t, err)
 			require.Len(t, ds, 2)
 			require.NoError(t, c.Session.Pubrec(ds[0].PacketID, nil)) // "released" reached the client
-			deliver("pending-1", 1)
+			expiring := &mqtthooks.Message{Topic: "t", Payload: []byte("pending-1"), QoS: 1,
+				Properties: mqtthooks.PublishProperties{MessageExpiryInterval: mqtthooks.Some(uint32(60))}}
+			require.NoError(t, f.core.Deliver(sid("s"), expiring, mqtthooks.DeliverOptions{QoS: 1}))
 			deliver("pending-2", 0)
 			f.rec.Reset()
 
