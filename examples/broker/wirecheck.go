@@ -81,7 +81,9 @@ const (
 	propUserProperty      = 0x26
 )
 
-// varint reads a Variable Byte Integer at b[0:], returning its value and length.
+// varint reads a Variable Byte Integer at b[0:], returning its value and
+// length. The codec's packets.DecodeLength takes an io.ByteReader, which
+// would put a reader on the heap for every PUBLISH checked.
 func varint(b []byte) (v, n int, err error) {
 	for shift := 0; n < 4; shift += 7 {
 		if n >= len(b) {
