@@ -136,15 +136,18 @@ func run(mode string, n, c, messages int) error {
 }
 
 func measure(mode, addr string, n, c, messages int) (result, error) {
-	if mode == "publish" {
+	switch mode {
+	case "publish":
 		return publishThroughput(addr, messages, false)
+	case "durable":
+		return publishThroughput(addr, messages, true)
 	}
 	return connectStorm(addr, n, c)
 }
 
 func report(mode string, rs []result) {
 	unit := "connects/s"
-	if mode == "publish" {
+	if mode == "publish" || mode == "durable" {
 		unit = "messages/s"
 	}
 	fmt.Printf("\n%-32s %14s %10s %10s %8s %s\n", "broker", unit, "p50", "p99", "errors", "vs mqtthooks")
