@@ -94,6 +94,11 @@ type Options struct {
 	// restores what it holds. Nil, the default, keeps sessions in the Core
 	// only: nothing is written, and they end with the process.
 	Store SessionStore
+	// Cluster, if set, makes the Core one node of a cluster that shares
+	// sessions (see Cluster); Store must then be a SessionLoader shared by
+	// every node. A clustered Core loads nothing when it starts: a session
+	// comes to a node when a CONNECT there claims it.
+	Cluster Cluster
 	// StoreLoadTimeout bounds NewCore's Load of the Store; 0, the default,
 	// sets no bound (a million sessions take seconds to load).
 	StoreLoadTimeout time.Duration

@@ -118,6 +118,10 @@ const (
 	// connection was attached; the Core that restored the session from its
 	// store reports the connection's end when it starts.
 	ReasonRestart
+	// ReasonNodeDown: the node of a cluster that held the connection died
+	// or lost the cluster; another node reports the connection's end, once,
+	// before the session attaches a new connection.
+	ReasonNodeDown
 )
 
 var reasonNames = [...]string{
@@ -133,6 +137,7 @@ var reasonNames = [...]string{
 	ReasonExpired:          "expired",
 	ReasonAuthFailed:       "auth-failed",
 	ReasonRestart:          "restart",
+	ReasonNodeDown:         "node-down",
 }
 
 // String returns the reason's name, such as "taken-over".
@@ -146,8 +151,10 @@ func (r Reason) String() string {
 // SessionEvent is what the lifecycle notification hooks receive.
 type SessionEvent struct {
 	SubscriberID SubscriberID
-	// Generation is the same for every event of one session life and differs
-	// between lives.
+	// Generation is the same for every event of one session life on one
+	// node and differs between lives. A session that moves to another node of
+	// a cluster (Options.Cluster) goes on there under a new Generation, with
+	// SessionPresent set in its OnRegister.
 	Generation uint64
 	// ConnID, Username, Peer and ProtocolVersion are those of the connection
 	// the event is about; for an event with no live connection (expiry, for

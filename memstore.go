@@ -45,18 +45,7 @@ func (s *MemoryStore) Load(context.Context) iter.Seq2[*StoredSession, error] {
 		s.mu.Lock()
 		var out []*StoredSession
 		for _, ms := range s.sessions {
-			ss := &StoredSession{Record: cloneRecord(&ms.rec),
-				Subscriptions: slices.Collect(maps.Values(ms.subs)),
-				Inbound:       slices.Sorted(maps.Keys(ms.inbound))}
-			for _, seq := range slices.Sorted(maps.Keys(ms.entries)) {
-				e := ms.entries[seq]
-				m := s.messages[e.MessageID]
-				if m == nil {
-					continue
-				}
-				ss.Entries = append(ss.Entries, LoadedEntry{StoredEntry: e, Message: m.m})
-			}
-			out = append(out, ss)
+			out = append(out, s.stored(ms))
 		}
 		s.mu.Unlock()
 		for _, ss := range out {
@@ -65,6 +54,32 @@ func (s *MemoryStore) Load(context.Context) iter.Seq2[*StoredSession, error] {
 			}
 		}
 	}
+}
+
+// LoadSession returns the stored session of id, or nil.
+func (s *MemoryStore) LoadSession(_ context.Context, id SubscriberID) (*StoredSession, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ms := s.sessions[id]; ms != nil {
+		return s.stored(ms), nil
+	}
+	return nil, nil
+}
+
+// stored returns ms as Load yields it. s.mu is held.
+func (s *MemoryStore) stored(ms *memSession) *StoredSession {
+	ss := &StoredSession{Record: cloneRecord(&ms.rec),
+		Subscriptions: slices.Collect(maps.Values(ms.subs)),
+		Inbound:       slices.Sorted(maps.Keys(ms.inbound))}
+	for _, seq := range slices.Sorted(maps.Keys(ms.entries)) {
+		e := ms.entries[seq]
+		m := s.messages[e.MessageID]
+		if m == nil {
+			continue
+		}
+		ss.Entries = append(ss.Entries, LoadedEntry{StoredEntry: e, Message: m.m})
+	}
+	return ss
 }
 
 // NextGeneration returns 1, 2, 3, …
@@ -179,6 +194,20 @@ func (b *memBatch) DeleteSession(id SubscriberID, gen uint64) {
 			tx.sessions[id] = nil
 		}
 		return err
+	})
+}
+
+func (b *memBatch) RenewSession(id SubscriberID, from, to uint64) {
+	b.add(func(tx *memTx) error {
+		ms, err := tx.live(id, from)
+		if err != nil {
+			return err
+		}
+		if to <= from {
+			return ErrStaleGeneration
+		}
+		ms.rec.Generation = to
+		return nil
 	})
 }
 

@@ -54,6 +54,13 @@ type StoreBatch interface {
 	UpdateSession(rec *SessionRecord)
 	// DeleteSession drops the life gen of id and everything in it.
 	DeleteSession(id SubscriberID, gen uint64)
+	// RenewSession moves the life from of id to the generation to, with
+	// everything in it: the session moved to another Core of a cluster,
+	// whose writes name to, and a write that still names from (the node it
+	// left, if that one is slow or cut off) must be refused from now on. A
+	// to not greater than from, or a from that is not the stored life, is
+	// stale.
+	RenewSession(id SubscriberID, from, to uint64)
 	// PutSubscription stores sub, replacing the subscription with the same
 	// filter; DeleteSubscription drops the one with filter.
 	PutSubscription(id SubscriberID, gen uint64, sub Subscription)
@@ -88,6 +95,18 @@ type StoreBatch interface {
 	// done may run on any goroutine and must not block. Batches apply in
 	// the order of their Commit calls.
 	Commit(done func(error))
+}
+
+// A SessionLoader is a SessionStore that can read one session. The Cores of a
+// cluster (Options.Cluster) share one store, and a node reads a session from
+// it when the session comes to it from another node; a store used so must
+// implement SessionLoader.
+type SessionLoader interface {
+	SessionStore
+	// LoadSession returns the stored session of id, as Load would yield it,
+	// or nil and no error when none is stored. It sees every batch whose
+	// Commit reported done before it was called, on any node.
+	LoadSession(ctx context.Context, id SubscriberID) (*StoredSession, error)
 }
 
 // ErrStaleGeneration is the error of a store write that names a session

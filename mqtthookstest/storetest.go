@@ -40,7 +40,9 @@ type StoreHarness struct {
 // older or ended life is refused and changes nothing), entries in Seq order,
 // messages stored once for many sessions, held until released and then
 // dropped with their last entry, generations that grow across restarts,
-// concurrent commits, and, with h.Crash, what survives a crash.
+// concurrent commits, a life renewed under a new generation (as when a
+// session moves between the nodes of a cluster), LoadSession for a
+// mqtthooks.SessionLoader, and, with h.Crash, what survives a crash.
 func TestSessionStore(t *testing.T, h StoreHarness) {
 	t.Helper()
 	if h.Open == nil || h.Reopen == nil {
@@ -53,6 +55,10 @@ func TestSessionStore(t *testing.T, h StoreHarness) {
 	t.Run("EntriesInSeqOrder", st.seqOrder)
 	t.Run("ManySessions", st.manySessions)
 	t.Run("Fencing", st.fencing)
+	t.Run("Renew", st.renew)
+	if _, ok := h.Open(t).(mqtthooks.SessionLoader); ok {
+		t.Run("LoadSession", st.loadSession)
+	}
 	t.Run("BatchIsAtomic", st.atomic)
 	t.Run("MessagesStoredOnce", st.messagesOnce)
 	t.Run("MessageHeldUntilReleased", st.held)
@@ -468,6 +474,117 @@ func (st *storeTest) fencing(t *testing.T) {
 	s = st.h.Reopen(t, s)
 	if got := load(t, s); len(got) != 0 {
 		t.Errorf("an ended life came back: %d sessions", len(got))
+	}
+}
+
+// renew: a life renewed under a new generation keeps everything in it, and
+// refuses the writes that name the old one.
+func (st *storeTest) renew(t *testing.T) {
+	s := st.h.Open(t)
+	old := storeRecord("a", s.NextGeneration())
+	msgs := map[uint64]*mqtthooks.Message{1: storeMessage("one"), 2: storeMessage("two")}
+	b := s.Batch()
+	b.CreateSession(old)
+	b.PutMessage(1, msgs[1])
+	b.PutEntry(old.ID, old.Generation, storeEntry(1, 1, mqtthooks.EntrySent))
+	b.PutSubscription(old.ID, old.Generation, mqtthooks.Subscription{Filter: "f", QoS: 1})
+	b.PutInbound(old.ID, old.Generation, 9)
+	b.ReleaseMessage(1)
+	mustCommit(t, b)
+
+	gen := s.NextGeneration()
+	for _, to := range []uint64{old.Generation, old.Generation - 1} {
+		b = s.Batch()
+		b.RenewSession(old.ID, old.Generation, to)
+		if err := commit(t, b); !errors.Is(err, mqtthooks.ErrStaleGeneration) {
+			t.Errorf("RenewSession from %d to %d: Commit gave %v; want ErrStaleGeneration", old.Generation, to, err)
+		}
+	}
+	b = s.Batch()
+	b.RenewSession(storeID("nobody"), 1, gen)
+	if err := commit(t, b); !errors.Is(err, mqtthooks.ErrStaleGeneration) {
+		t.Errorf("RenewSession of a session that does not exist: Commit gave %v; want ErrStaleGeneration", err)
+	}
+
+	cur := *old
+	cur.Generation = gen
+	cur.Connected = false
+	b = s.Batch()
+	b.RenewSession(old.ID, old.Generation, gen)
+	b.UpdateSession(&cur) // in the same batch: the renewed life is the current one
+	b.PutMessage(2, msgs[2])
+	b.PutEntry(cur.ID, gen, storeEntry(2, 2, mqtthooks.EntryPending))
+	b.ReleaseMessage(2)
+	mustCommit(t, b)
+	for _, op := range []func(b mqtthooks.StoreBatch){
+		func(b mqtthooks.StoreBatch) { b.UpdateSession(old) },
+		func(b mqtthooks.StoreBatch) { b.DeleteEntry(old.ID, old.Generation, 1, 1) },
+		func(b mqtthooks.StoreBatch) { b.RenewSession(old.ID, old.Generation, gen+1) },
+	} {
+		b = s.Batch()
+		op(b)
+		if err := commit(t, b); !errors.Is(err, mqtthooks.ErrStaleGeneration) {
+			t.Errorf("a write naming the life before RenewSession: Commit gave %v; want ErrStaleGeneration", err)
+		}
+	}
+	check := func(when string) {
+		t.Helper()
+		ss := load(t, s)[cur.ID.String()]
+		if ss == nil {
+			t.Fatalf("%s: the renewed session is gone", when)
+		}
+		checkRecord(t, &ss.Record, &cur)
+		if len(ss.Subscriptions) != 1 || ss.Subscriptions[0].Filter != "f" || !slices.Equal(ss.Inbound, []uint16{9}) {
+			t.Errorf("%s: subscriptions %v, inbound %v; want those of the life before", when, ss.Subscriptions, ss.Inbound)
+		}
+		checkEntries(t, when, ss.Entries, []*mqtthooks.StoredEntry{storeEntry(1, 1, mqtthooks.EntrySent),
+			storeEntry(2, 2, mqtthooks.EntryPending)}, msgs)
+	}
+	check("after RenewSession")
+	s = st.h.Reopen(t, s)
+	check("after RenewSession and a restart")
+	if g := s.NextGeneration(); g <= gen {
+		t.Errorf("NextGeneration gave %d after a life renewed as %d", g, gen)
+	}
+}
+
+// loadSession: LoadSession reads one session as Load does, and nil for one
+// that is not stored.
+func (st *storeTest) loadSession(t *testing.T) {
+	s := st.h.Open(t)
+	l := s.(mqtthooks.SessionLoader)
+	rec := storeRecord("a", s.NextGeneration())
+	msgs := map[uint64]*mqtthooks.Message{3: storeMessage("m")}
+	b := s.Batch()
+	b.CreateSession(rec)
+	b.CreateSession(storeRecord("b", s.NextGeneration()))
+	b.PutMessage(3, msgs[3])
+	b.PutEntry(rec.ID, rec.Generation, storeEntry(4, 3, mqtthooks.EntryPubrelOwed))
+	b.PutSubscription(rec.ID, rec.Generation, mqtthooks.Subscription{Filter: "x/#", QoS: 2, Identifier: 5})
+	b.PutInbound(rec.ID, rec.Generation, 3)
+	b.ReleaseMessage(3)
+	mustCommit(t, b)
+	ctx := context.Background()
+	for _, name := range []string{"nobody", "a/b", ""} {
+		if ss, err := l.LoadSession(ctx, storeID(name)); err != nil || ss != nil {
+			t.Errorf("LoadSession(%q), not stored: %v, %v; want nil, nil", name, ss, err)
+		}
+	}
+	ss, err := l.LoadSession(ctx, rec.ID)
+	if err != nil || ss == nil {
+		t.Fatalf("LoadSession(a): %v, %v", ss, err)
+	}
+	checkRecord(t, &ss.Record, rec)
+	checkEntries(t, "LoadSession", ss.Entries, []*mqtthooks.StoredEntry{storeEntry(4, 3, mqtthooks.EntryPubrelOwed)}, msgs)
+	if !reflect.DeepEqual(ss.Subscriptions, []mqtthooks.Subscription{{Filter: "x/#", QoS: 2, Identifier: 5}}) ||
+		!slices.Equal(ss.Inbound, []uint16{3}) {
+		t.Errorf("LoadSession(a): subscriptions %v, inbound %v", ss.Subscriptions, ss.Inbound)
+	}
+	b = s.Batch()
+	b.DeleteSession(rec.ID, rec.Generation)
+	mustCommit(t, b)
+	if ss, err := l.LoadSession(ctx, rec.ID); err != nil || ss != nil {
+		t.Errorf("LoadSession after DeleteSession: %v, %v; want nil, nil", ss, err)
 	}
 }
 

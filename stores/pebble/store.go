@@ -443,6 +443,10 @@ func (b *batch) DeleteSession(id mqtthooks.SubscriberID, gen uint64) {
 	b.ops = append(b.ops, op{kind: 'd', id: id, gen: gen})
 }
 
+func (b *batch) RenewSession(id mqtthooks.SubscriberID, from, to uint64) {
+	b.ops = append(b.ops, op{kind: 'n', id: id, gen: from, seq: to})
+}
+
 func (b *batch) PutSubscription(id mqtthooks.SubscriberID, gen uint64, sub mqtthooks.Subscription) {
 	b.ops = append(b.ops, op{kind: kindSub, id: id, gen: gen, sub: sub, filter: sub.Filter})
 }
@@ -702,6 +706,13 @@ func (s *Store) prepare(ops []op, pb writer) (map[mqtthooks.SubscriberID]uint64,
 		}
 		return s.storedGen(id)
 	}
+	var recs map[mqtthooks.SubscriberID]*mqtthooks.SessionRecord // the records this batch wrote
+	wrote := func(r *mqtthooks.SessionRecord) {
+		if recs == nil {
+			recs = map[mqtthooks.SubscriberID]*mqtthooks.SessionRecord{}
+		}
+		recs[r.ID] = r
+	}
 	refs := map[uint64]int64{}
 	ref := func(msgID uint64, d int64) {
 		if _, ok := refs[msgID]; !ok {
@@ -723,6 +734,7 @@ func (s *Store) prepare(ops []op, pb writer) (map[mqtthooks.SubscriberID]uint64,
 				}
 			}
 			gens[o.id] = o.gen
+			wrote(o.rec)
 			s.known.events = append(s.known.events, knownEvent{op: 'd', id: o.id}, knownEvent{op: 'c', id: o.id})
 			pb.put(sessionKey(kindRecord, o.id), encodeRecord(o.rec), false)
 			continue
@@ -741,6 +753,19 @@ func (s *Store) prepare(ops []op, pb writer) (map[mqtthooks.SubscriberID]uint64,
 		switch o.kind {
 		case 'r':
 			pb.put(sessionKey(kindRecord, o.id), encodeRecord(o.rec), false)
+			wrote(o.rec)
+		case 'n': // the life goes on under generation o.seq
+			if o.seq <= o.gen {
+				return nil, nil, mqtthooks.ErrStaleGeneration
+			}
+			rec, err := s.record(o.id, recs)
+			if err != nil {
+				return nil, nil, err
+			}
+			rec.Generation = o.seq
+			wrote(rec)
+			gens[o.id] = o.seq
+			pb.put(sessionKey(kindRecord, o.id), encodeRecord(rec), false)
 		case 'd':
 			if err := s.dropSession(pb, o.id, ref, entries); err != nil {
 				return nil, nil, err
@@ -792,6 +817,27 @@ func (s *Store) prepare(ops []op, pb writer) (map[mqtthooks.SubscriberID]uint64,
 		}
 	}
 	return gens, refs, nil
+}
+
+// record returns a copy of the record of id as the batch so far leaves it.
+// s.mu is held.
+func (s *Store) record(id mqtthooks.SubscriberID, recs map[mqtthooks.SubscriberID]*mqtthooks.SessionRecord) (*mqtthooks.SessionRecord, error) {
+	if r, ok := recs[id]; ok {
+		cp := *r
+		return &cp, nil
+	}
+	v, err := s.get(sessionKey(kindRecord, id))
+	if err != nil {
+		return nil, err
+	}
+	if v == nil {
+		return nil, mqtthooks.ErrStaleGeneration
+	}
+	r, err := decodeRecord(cloneID(id), v)
+	if err != nil {
+		return nil, err
+	}
+	return &r, nil
 }
 
 // storedGen returns the generation of the stored life of id, or 0; it reads

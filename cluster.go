@@ -1,0 +1,88 @@
+package mqtthooks
+
+import (
+	"context"
+	"errors"
+)
+
+// A Cluster lets the Cores of several brokers, the nodes of a cluster, share
+// sessions. Each session is owned by one node at a time: the node that holds
+// it in memory, runs its hooks and timers, and writes it to the SessionStore
+// that every node shares (Options.Store, which must be a SessionLoader). A
+// CONNECT on a node that does not own the session claims it; the owner ends
+// its connections and hooks there, as a takeover on one node would, makes its
+// writes durable, and hands the session over; the new node reads it from the
+// store and goes on. The hooks of one session therefore keep their order
+// across nodes: the old node's terminal hook returns before the new node's
+// OnClientWakeup runs.
+//
+// The Core calls Claim and Disown from a lifecycle operation of the
+// session's SubscriberID, and never holds a lock while doing so. A Cluster
+// calls the ClusterNode it was given by Join from its own goroutines.
+//
+// The cluster/natsjs module implements a Cluster on NATS JetStream;
+// mqtthookstest.Cluster is one for the Cores of one process, for tests.
+type Cluster interface {
+	// Join is called once by NewCore, before the Core accepts a CONNECT:
+	// from then on the Cluster calls n when another node claims a session
+	// this node owns. An error fails NewCore.
+	Join(n ClusterNode) error
+	// Claim makes this node the owner of the session of r.Resume.SubscriberID,
+	// for a CONNECT on this node that finds no session here. If another
+	// node owns it, Claim asks that node to yield it (ClusterNode.Yield
+	// there) and returns once it has; if the owner is gone (its node died
+	// or left), Claim takes the session over without it. The session,
+	// if one exists, is then in the store for this node to read. Claim
+	// fails with an error wrapping ErrResumeRefused when the owner's
+	// ResumePolicy refused the CONNECT, and with another error when the
+	// cluster cannot decide before ctx ends; the CONNECT is then refused
+	// and the session stays where it was.
+	Claim(ctx context.Context, r *ClaimRequest) error
+	// Disown ends this node's ownership of id when its session ended here
+	// (gone or expired), or when a claimed session was not installed (its
+	// CONNECT failed after Claim): the next CONNECT, on any node, finds no
+	// owner. Only the owner disowns; an error is logged by the Core.
+	Disown(ctx context.Context, id SubscriberID) error
+	// Leave is called once by Core.Shutdown, after every session ended
+	// there: the Cluster stops calling the node, and the sessions it owned,
+	// stored offline, may be claimed from the store by other nodes.
+	Leave(ctx context.Context) error
+}
+
+// ClaimRequest is a CONNECT's claim on a session that another node may own.
+type ClaimRequest struct {
+	// Resume describes the CONNECT, for the ResumePolicy of the node that
+	// owns the session, which fills in PrevUsername and PrevHasUsername.
+	// Resume.Conn describes the claimant's connection on its own node.
+	Resume ResumeRequest
+}
+
+// ClusterNode is the side of a Core that a Cluster calls.
+type ClusterNode interface {
+	// Yield hands over a session this node owns to another node, for the
+	// CONNECT that r describes. It runs as a lifecycle operation of the
+	// session, after those before it: the ResumePolicy decides on r.Resume
+	// (a refusal returns an error wrapping ErrResumeRefused and changes
+	// nothing); then the session's connections here end, with the Will and
+	// hooks of a takeover (OnClientOffline{TakenOver}, or OnClientGone when
+	// the CONNECT starts clean or the connection had cleanup on disconnect);
+	// the session's writes become durable; r.Transfer makes the claimant the
+	// owner; and the session leaves this node's memory (not the store).
+	// If Transfer fails, the session stays here, offline, and Yield returns
+	// its error. A session this node does not hold is transferred at once.
+	Yield(ctx context.Context, r *YieldRequest) error
+}
+
+// YieldRequest is another node's claim on a session this node owns.
+type YieldRequest struct {
+	// Resume describes the claiming CONNECT (see ClaimRequest).
+	Resume ResumeRequest
+	// Transfer records the claimant as the session's owner. The Core calls
+	// it once, inside the session's operation, when the session has ended
+	// here and its writes are durable.
+	Transfer func(ctx context.Context) error
+}
+
+// ErrNotOwner is the error of a Cluster operation on a session that another
+// node owns now.
+var ErrNotOwner = errors.New("mqtthooks: the session is owned by another node")
