@@ -94,6 +94,7 @@ type Handshake struct {
 	owner    string // the plugin that owns a running exchange
 	state    any
 	finished bool
+	claimed  bool // this node claimed the session from the cluster
 
 	// What one CONNECT needs, kept here so that a CONNECT allocates little:
 	// the context of its conditional hooks, its requests and events, its
@@ -483,7 +484,12 @@ func (h *Handshake) register(ctx context.Context, p *plan) Step {
 	return h.step
 }
 
-func (h *Handshake) runOp(ctx context.Context, e *entry) { h.step = h.attach(ctx, e, &h.plan) }
+func (h *Handshake) runOp(ctx context.Context, e *entry) {
+	h.step = h.attach(ctx, e, &h.plan)
+	if h.claimed && e.state.Load() == nil { // claimed, and refused after all
+		h.core.disown(ctx, h.plan.id)
+	}
+}
 
 // attach registers the connection with its session: it creates, resumes,
 // takes over or discards the existing one, then fires OnClientWakeup and
@@ -499,6 +505,12 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 		return h.reject(ErrShutdown)
 	}
 	st := e.state.Load()
+	if st == nil && c.cluster != nil {
+		var err error
+		if st, err = h.claim(ctx, e, p); err != nil {
+			return h.reject(err)
+		}
+	}
 	existed := st != nil
 	var online, joining, cleanup bool // cleanup: the last connection's, for a takeover
 	if existed {

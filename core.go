@@ -251,6 +251,12 @@ type Core struct {
 	connIDs atomic.Uint64
 	gens    atomic.Uint64 // generations, without a store
 	msgIDs  atomic.Uint64 // ids of stored messages
+	// A clustered Core's: its Cluster, its store as a SessionLoader, and the
+	// block its message ids come from (see nextMsgID).
+	cluster  Cluster
+	loader   SessionLoader
+	msgEpoch atomic.Uint64
+	msgMu    sync.Mutex
 	closed  atomic.Bool
 	conns   sync.WaitGroup // calls to Conn.Disconnect in flight
 	writes  sync.WaitGroup // store commits in flight
@@ -328,7 +334,12 @@ func NewCore(chain *Chain, opts Options) (*Core, error) {
 			c.subsets[name] = sub
 		}
 	}
-	if err := c.restore(); err != nil {
+	if opts.Cluster != nil {
+		if err := c.joinCluster(); err != nil {
+			c.sched.close()
+			return nil, err
+		}
+	} else if err := c.restore(); err != nil {
 		c.sched.close() // the timers of what was restored
 		c.writes.Wait()
 		return nil, fmt.Errorf("mqtthooks: restoring sessions from the store: %w", err)
@@ -442,7 +453,9 @@ func (c *Core) restoreSession(ss *StoredSession) (*sessionState, *lostConnection
 		m := queued{msg: le.Message, subIDs: le.SubscriptionIdentifiers, expires: unixNano(le.ExpiresAt),
 			seq: le.Seq, msgID: le.MessageID, qos: le.QoS, retain: le.Retain}
 		st.seq = max(st.seq, le.Seq)
-		c.msgIDs.Store(max(c.msgIDs.Load(), le.MessageID))
+		if c.cluster == nil { // a clustered Core's ids come from blocks the store hands out
+			c.msgIDs.Store(max(c.msgIDs.Load(), le.MessageID))
+		}
 		if le.State == EntryPending {
 			st.q.pending.pushBack(m)
 			continue
@@ -663,6 +676,17 @@ func (c *Core) shutdown() {
 	wg.Wait()
 	c.conns.Wait()
 	c.writes.Wait()
+	if c.cluster != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), c.opts.HookTimeout)
+		if perr := c.guard("Cluster.Leave", SubscriberID{}, func() {
+			if err := c.cluster.Leave(ctx); err != nil {
+				c.logger.Error("mqtthooks: cluster: leave failed", "err", err)
+			}
+		}); perr != nil {
+			c.logger.Error("mqtthooks: cluster: leave failed", "err", perr)
+		}
+		cancel()
+	}
 }
 
 // listener returns the options and subset of a listener.

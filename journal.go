@@ -93,7 +93,7 @@ func (j *journal) putMessage(msg *Message, r *Receipt) uint64 {
 			return id
 		}
 	}
-	id := j.c.msgIDs.Add(1)
+	id := j.c.nextMsgID()
 	j.batch().PutMessage(id, msg)
 	if r != nil {
 		r.msgID, r.core = id, j.c

@@ -289,6 +289,9 @@ func (c *Core) endSession(ctx context.Context, e *entry, st *sessionState, h hoo
 	e.mu.Unlock()
 	if replacedBy == nil {
 		c.stats.sessions.Add(-1)
+		if c.cluster != nil && !st.moving {
+			c.disown(ctx, st.rec.ID)
+		}
 	}
 }
 

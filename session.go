@@ -662,6 +662,10 @@ type sessionState struct {
 	jn       journal        // the store changes of the operation under way
 
 	expiryItem, willItem *timerItem
+	// moving: the session is being handed over to another node of the
+	// cluster; its end here does not end this node's claim. Written by the
+	// running operation.
+	moving bool
 }
 
 func (st *sessionState) has(s *Session) bool {

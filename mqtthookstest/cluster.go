@@ -1,0 +1,120 @@
+package mqtthookstest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/mqtthooks/mqtthooks"
+)
+
+// Cluster is a mqtthooks.Cluster for Cores in one process, the nodes of a
+// test: give each Core the Node of its own name, and one shared store (a
+// mqtthooks.MemoryStore will do). Ownership lives in a map; a claim on a
+// session another node owns calls that node's Yield directly, on the
+// claimant's goroutine. Kill makes a node dead without stopping its Core, as
+// a node cut off from the cluster: its sessions are then claimed without it.
+//
+// A Cluster is safe for concurrent use.
+type Cluster struct {
+	mu     sync.Mutex
+	owners map[mqtthooks.SubscriberID]string
+	nodes  map[string]*clusterNode
+}
+
+// NewCluster returns a Cluster with no nodes.
+func NewCluster() *Cluster {
+	return &Cluster{owners: map[mqtthooks.SubscriberID]string{}, nodes: map[string]*clusterNode{}}
+}
+
+// Node returns the mqtthooks.Cluster of the node name, for the Options of
+// its Core. Each name joins once.
+func (c *Cluster) Node(name string) mqtthooks.Cluster { return &clusterNode{c: c, name: name} }
+
+// Owner returns the name of the node that owns the session of id, or "".
+func (c *Cluster) Owner(id mqtthooks.SubscriberID) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.owners[id]
+}
+
+// Kill makes the node name dead: it is never asked to yield again, and the
+// sessions it owns are claimed without it.
+func (c *Cluster) Kill(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n := c.nodes[name]; n != nil {
+		n.dead = true
+	}
+}
+
+type clusterNode struct {
+	c    *Cluster
+	name string
+	core mqtthooks.ClusterNode
+	dead bool // guarded by c.mu
+}
+
+func (n *clusterNode) Join(core mqtthooks.ClusterNode) error {
+	n.c.mu.Lock()
+	defer n.c.mu.Unlock()
+	if _, dup := n.c.nodes[n.name]; dup {
+		return fmt.Errorf("mqtthookstest: node %q joined twice", n.name)
+	}
+	n.core = core
+	n.c.nodes[n.name] = n
+	return nil
+}
+
+func (n *clusterNode) Claim(ctx context.Context, r *mqtthooks.ClaimRequest) error {
+	id := r.Resume.SubscriberID
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n.c.mu.Lock()
+		prev := n.c.owners[id]
+		owner := n.c.nodes[prev]
+		if prev == "" || prev == n.name || owner == nil || owner.dead || owner.core == nil {
+			n.c.owners[id] = n.name
+			n.c.mu.Unlock()
+			return nil
+		}
+		n.c.mu.Unlock()
+		err := owner.core.Yield(ctx, &mqtthooks.YieldRequest{Resume: r.Resume, Transfer: func(context.Context) error {
+			n.c.mu.Lock()
+			defer n.c.mu.Unlock()
+			if n.c.owners[id] != prev {
+				return mqtthooks.ErrNotOwner
+			}
+			n.c.owners[id] = n.name
+			return nil
+		}})
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, mqtthooks.ErrNotOwner): // another claim won meanwhile: ask the new owner
+			continue
+		default:
+			return err
+		}
+	}
+}
+
+func (n *clusterNode) Disown(_ context.Context, id mqtthooks.SubscriberID) error {
+	n.c.mu.Lock()
+	defer n.c.mu.Unlock()
+	if n.c.owners[id] != n.name {
+		return mqtthooks.ErrNotOwner
+	}
+	delete(n.c.owners, id)
+	return nil
+}
+
+func (n *clusterNode) Leave(context.Context) error {
+	n.c.mu.Lock()
+	defer n.c.mu.Unlock()
+	delete(n.c.nodes, n.name)
+	return nil
+}
