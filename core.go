@@ -257,9 +257,9 @@ type Core struct {
 	loader   SessionLoader
 	msgEpoch atomic.Uint64
 	msgMu    sync.Mutex
-	closed  atomic.Bool
-	conns   sync.WaitGroup // calls to Conn.Disconnect in flight
-	writes  sync.WaitGroup // store commits in flight
+	closed   atomic.Bool
+	conns    sync.WaitGroup // calls to Conn.Disconnect in flight
+	writes   sync.WaitGroup // store commits in flight
 }
 
 // NewCore returns a Core that runs chain's hooks. It fails with
