@@ -71,6 +71,16 @@ type ClusterNode interface {
 	// If Transfer fails, the session stays here, offline, and Yield returns
 	// its error. A session this node does not hold is transferred at once.
 	Yield(ctx context.Context, r *YieldRequest) error
+	// Adopt takes over a session whose node is gone (it died, or left the
+	// cluster): the Cluster has made this node its owner, for the whole
+	// cluster, before calling Adopt. The Core reads the session from the
+	// store; a connection the old node held is reported ended, with
+	// ReasonNodeDown (OnClientOffline, or OnClientGone with its Will for a
+	// session that ends with its connection), and an offline session's
+	// expiry and delayed Wills run here from now on. Adopting a session
+	// this node holds already, or one the store does not have, does
+	// nothing (the latter disowns it).
+	Adopt(ctx context.Context, id SubscriberID) error
 }
 
 // YieldRequest is another node's claim on a session this node owns.

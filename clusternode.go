@@ -87,35 +87,80 @@ func (h *Handshake) claim(ctx context.Context, e *entry, p *plan) (*sessionState
 		return nil, fmt.Errorf("%w: claiming the session from the cluster: %w", ErrRegistration, err)
 	}
 	h.claimed = true
+	st, _, err := c.takeFromStore(ctx, e, true)
+	return st, err
+}
+
+// takeFromStore installs the session of e that the store holds, if any,
+// for this node, which owns it now: under a new Generation, which fences off
+// the node it left. A connection that node lost without ending it (it died)
+// ends now: its Wills are published and OnClientOffline fires with
+// ReasonNodeDown, or, for a session that ends with its connection,
+// OnClientGone, and the session is gone. It returns the session installed,
+// or nil; a session that ended stays claimed if keepClaim is set (a CONNECT
+// is about to start a new one). e holds no session.
+func (c *Core) takeFromStore(ctx context.Context, e *entry, keepClaim bool) (st *sessionState, stored bool, err error) {
+	id := e.id
 	var ss *StoredSession
-	if perr := c.guard("SessionStore.LoadSession", p.id, func() { ss, err = c.loader.LoadSession(ctx, p.id) }); perr != nil {
+	if perr := c.guard("SessionStore.LoadSession", id, func() { ss, err = c.loader.LoadSession(ctx, id) }); perr != nil {
 		err = perr
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: reading the session from the store: %w", ErrRegistration, err)
+		return nil, false, fmt.Errorf("%w: reading the session from the store: %w", ErrRegistration, err)
 	}
 	if ss == nil {
-		return nil, nil
+		return nil, false, nil
 	}
-	gen, err := c.nextGeneration(p.id)
+	gen, err := c.nextGeneration(id)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	b := c.store.Batch()
-	b.RenewSession(p.id, ss.Record.Generation, gen)
-	if err := c.commitWait(ctx, b, p.id); err != nil {
-		return nil, fmt.Errorf("%w: renewing the session in the store: %w", ErrRegistration, err)
+	b.RenewSession(id, ss.Record.Generation, gen)
+	if err := c.commitWait(ctx, b, id); err != nil {
+		return nil, false, fmt.Errorf("%w: renewing the session in the store: %w", ErrRegistration, err)
 	}
 	ss.Record.Generation = gen
+	cleanup := ss.Record.Cleanup
 	st, lost := c.restoreSession(ss)
-	if lost != nil {
-		for _, w := range lost.wills {
-			c.publishWill(ctx, p.id, w)
-		}
-		lost.ev.Reason = ReasonNodeDown
-		c.sessionHook(ctx, hookOnClientOffline, &lost.ev)
+	if lost == nil {
+		return st, true, nil
 	}
-	return st, nil
+	lost.ev.Reason = ReasonNodeDown
+	for _, w := range lost.wills {
+		c.publishWill(ctx, id, w)
+	}
+	if cleanup { // it ended with its connection: the delayed Wills too, then the terminal hook
+		st.moving = keepClaim
+		c.endSession(ctx, e, st, hookOnClientGone, &lost.ev, nil)
+		return nil, true, nil
+	}
+	c.sessionHook(ctx, hookOnClientOffline, &lost.ev)
+	return st, true, nil
+}
+
+// Adopt takes over a session whose node is gone (see ClusterNode.Adopt).
+func (n clusterNode) Adopt(ctx context.Context, id SubscriberID) error {
+	c := n.c
+	err := errYieldCut
+	o := newOp(func(ctx context.Context, e *entry) {
+		if e.state.Load() != nil {
+			err = nil
+			return
+		}
+		st, stored, terr := c.takeFromStore(ctx, e, false)
+		switch err = terr; {
+		case st != nil:
+			c.armTimers(st)
+		case err == nil && !stored:
+			c.disown(ctx, id) // nothing stored: nothing to own
+		}
+	})
+	o.keep = true // once the cluster made this node the owner, it must run
+	if derr := c.reg.do(notInHook{ctx}, id, o); derr != nil {
+		return derr
+	}
+	return err
 }
 
 // disown gives up this node's claim on id, logging a failure.

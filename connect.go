@@ -606,10 +606,10 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 	st.multi = p.multi
 	r := &st.rec
 	r.Username, r.HasUsername, r.ConnID, r.Peer, r.ProtocolVersion = s.username, s.hasUsername, s.connID, s.peer, s.version
-	r.Expiry, r.Queue, r.Connected = p.expiry, st.q.set, true
+	r.Expiry, r.Queue, r.Connected, r.Cleanup = p.expiry, st.q.set, true, p.cleanup
 	r.ConnectionWills = st.connectionWills()
 	var unstore StoreBatch
-	if st.stored && p.cleanup {
+	if st.stored && p.cleanup && c.cluster == nil {
 		// A session resumed with cleanup on disconnect ends with this
 		// connection, and so must not outlive a crash: it leaves the store.
 		unstore = c.store.Batch()
@@ -688,7 +688,7 @@ func (c *Core) newLife(ctx context.Context, p *plan) (*sessionState, error) {
 	st := new(sessionState)
 	st.reset(&SessionRecord{ID: p.id, Generation: gen, Username: p.username, HasUsername: p.hasUsername,
 		Expiry: p.expiry, Queue: p.queue})
-	if c.store == nil || p.cleanup {
+	if c.store == nil || (p.cleanup && c.cluster == nil) {
 		return st, nil
 	}
 	st.stored = true

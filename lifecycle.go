@@ -2,6 +2,7 @@ package mqtthooks
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"time"
 )
@@ -244,6 +245,9 @@ func (c *Core) publishPendingWills(ctx context.Context, st *sessionState) {
 // between may cost a plugin that hook, but never brings back a session whose
 // end it was told of.
 func (c *Core) endSession(ctx context.Context, e *entry, st *sessionState, h hookID, ev *SessionEvent, replacedBy *sessionState) {
+	if c.cluster != nil && c.fencedOff(ctx, e, st, replacedBy) {
+		return
+	}
 	c.publishPendingWills(ctx, st)
 	c.sched.cancel(st.expiryItem)
 	st.expiryItem = nil
@@ -293,6 +297,52 @@ func (c *Core) endSession(ctx context.Context, e *entry, st *sessionState, h hoo
 			c.disown(ctx, st.rec.ID)
 		}
 	}
+}
+
+// fencedOff deletes a clustered node's stored session before it ends, and
+// reports whether the store refused that as stale: another node took the
+// session over while this one was cut off from the cluster, and ends it
+// there, so this node only forgets it, firing nothing and publishing no
+// Will. st.stored is then false, and endSession deletes nothing more.
+func (c *Core) fencedOff(ctx context.Context, e *entry, st *sessionState, replacedBy *sessionState) bool {
+	st.mu.Lock()
+	stored := st.stored && (replacedBy == nil || !replacedBy.stored)
+	st.stored = false
+	st.mu.Unlock()
+	if !stored {
+		return false
+	}
+	b := c.store.Batch()
+	b.DeleteSession(st.rec.ID, st.rec.Generation)
+	err := c.commitWait(ctx, b, st.rec.ID)
+	if !errors.Is(err, ErrStaleGeneration) {
+		if err != nil {
+			c.logger.Error("mqtthooks: session store: delete failed", "session", st.rec.ID.String(), "err", err)
+		}
+		return false
+	}
+	c.logger.Warn("mqtthooks: cluster: the session was taken over by another node while this one was cut off; forgetting it",
+		"session", st.rec.ID.String())
+	c.sched.cancel(st.expiryItem)
+	c.sched.cancel(st.willItem)
+	st.expiryItem, st.willItem = nil, nil
+	st.mu.Lock()
+	subscribed := len(st.subs) > 0
+	st.clearSubscriptions()
+	st.ended = true
+	st.mu.Unlock()
+	if subscribed {
+		c.routerRemoveAll(st.rec.ID, st.rec.Generation)
+	}
+	e.mu.Lock()
+	if e.state.Load() == st {
+		e.state.Store(nil)
+	}
+	e.mu.Unlock()
+	if replacedBy == nil {
+		c.stats.sessions.Add(-1)
+	}
+	return true
 }
 
 // goOffline fires OnClientOffline and arms the session's expiry and delayed

@@ -17,7 +17,9 @@ import (
 //
 // Only persistent sessions are stored: a session whose first connection has
 // cleanup on disconnect (MQTT 3 Clean Session, MQTT 5 Session Expiry
-// Interval 0) never is. Only QoS 1 and 2 messages are stored.
+// Interval 0) is not, unless the Core is a node of a cluster
+// (Options.Cluster), which stores every session. Only QoS 1 and 2 messages
+// are stored.
 //
 // Every write names the session's life, its Generation. A store refuses, with
 // ErrStaleGeneration, a batch that names a life older than the one it holds
@@ -150,6 +152,11 @@ type SessionRecord struct {
 	ConnectionWills []*Will
 	// Queue holds the queue limits in force.
 	Queue QueueSettings
+	// Cleanup says that the session ends with its connection (MQTT 3 Clean
+	// Session, MQTT 5 Session Expiry Interval 0). Only the Cores of a
+	// cluster store such sessions: when a node dies, another one ends them,
+	// with their Wills, from what the store holds.
+	Cleanup bool
 }
 
 // DelayedWill is a Will waiting for its delay: it is published at At, or when

@@ -14,7 +14,8 @@ import (
 // mqtthooks.MemoryStore will do). Ownership lives in a map; a claim on a
 // session another node owns calls that node's Yield directly, on the
 // claimant's goroutine. Kill makes a node dead without stopping its Core, as
-// a node cut off from the cluster: its sessions are then claimed without it.
+// a node cut off from the cluster: its sessions are then adopted by another.
+// A node that leaves (Core.Shutdown) hands its sessions to another too.
 //
 // A Cluster is safe for concurrent use.
 type Cluster struct {
@@ -39,13 +40,41 @@ func (c *Cluster) Owner(id mqtthooks.SubscriberID) string {
 	return c.owners[id]
 }
 
-// Kill makes the node name dead: it is never asked to yield again, and the
-// sessions it owns are claimed without it.
+// Kill makes the node name dead, as a node that crashed or was cut off from
+// the cluster, without stopping its Core: it is never asked to yield again,
+// and each session it owns is adopted (ClusterNode.Adopt) by a node still
+// alive, the first by name, before Kill returns.
 func (c *Cluster) Kill(name string) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if n := c.nodes[name]; n != nil {
 		n.dead = true
+	}
+	c.mu.Unlock()
+	c.adopt(name)
+}
+
+// adopt hands the sessions of the node name, dead or gone, to the first
+// node alive.
+func (c *Cluster) adopt(name string) {
+	c.mu.Lock()
+	var heir *clusterNode
+	for _, n := range c.nodes {
+		if !n.dead && n.name != name && n.core != nil && (heir == nil || n.name < heir.name) {
+			heir = n
+		}
+	}
+	var ids []mqtthooks.SubscriberID
+	if heir != nil {
+		for id, owner := range c.owners {
+			if owner == name {
+				c.owners[id] = heir.name
+				ids = append(ids, id)
+			}
+		}
+	}
+	c.mu.Unlock()
+	for _, id := range ids {
+		_ = heir.core.Adopt(context.Background(), id)
 	}
 }
 
@@ -114,7 +143,8 @@ func (n *clusterNode) Disown(_ context.Context, id mqtthooks.SubscriberID) error
 
 func (n *clusterNode) Leave(context.Context) error {
 	n.c.mu.Lock()
-	defer n.c.mu.Unlock()
 	delete(n.c.nodes, n.name)
+	n.c.mu.Unlock()
+	n.c.adopt(n.name) // its sessions, offline and stored, expire elsewhere
 	return nil
 }

@@ -370,3 +370,78 @@ func TestClusterNeedsLoader(t *testing.T) {
 		mqtthooks.Options{Cluster: mqtthookstest.NewCluster().Node("A")})
 	assert.ErrorIs(t, err, mqtthooks.ErrInvalidArgument)
 }
+
+// C4: node A dies with sessions on it: a persistent one online, a clean one
+// online, a persistent one offline. At once (its lease ran out), one
+// surviving node takes each over: OnClientOffline{NodeDown} for the first,
+// OnClientGone{NodeDown} for the second, each once, with their Wills; the
+// offline one fires nothing and expires on its new node. A client that
+// reconnects resumes with every message.
+func TestC4NodeDown(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newCluster(t, new(mqtthooks.MemoryStore), mqtthooks.Options{}, "A", "B", "C")
+		a := c.nodes["A"]
+		p1 := mqtthookstest.NewClient(a.core)
+		p1.Connect(t.Context(), withWillTo(mqtthookstest.V5("p", "u", false, 3600), "will/p"))
+		requireAccepted(t, p1)
+		require.NoError(t, p1.Subscribe(t.Context(), "t"))
+		a.publish(t, sid("p"), 1, 2)
+		k1 := mqtthookstest.NewClient(a.core)
+		k1.Connect(t.Context(), withWillTo(mqtthookstest.V3("k", "u", true), "will/k"))
+		requireAccepted(t, k1)
+		o1 := a.v5("o", false, 60)
+		requireAccepted(t, o1)
+		require.NoError(t, o1.Disconnect(t.Context(), mqtthooks.CodeSuccess))
+
+		c.cl.Kill("A")
+		for _, name := range []string{"p", "o"} {
+			assert.Equal(t, "B", c.cl.Owner(sid(name)), name)
+		}
+		b := c.nodes["B"]
+		off, ok := b.rec.Last(sid("p"), "OnClientOffline")
+		require.True(t, ok)
+		assert.Equal(t, mqtthooks.ReasonNodeDown, off.Event.Reason)
+		gone, ok := b.rec.Last(sid("k"), "OnClientGone")
+		require.True(t, ok)
+		assert.Equal(t, mqtthooks.ReasonNodeDown, gone.Event.Reason)
+		assert.ElementsMatch(t, []string{"B:will/p", "B:will/k"}, c.wills.get())
+		c.checkOrder(t, sid("p"), "OnClientWakeup", "OnRegisterM5", "OnClientOffline")
+		c.checkOrder(t, sid("k"), "OnClientWakeup", "OnRegister", "OnClientGone")
+		c.checkOrder(t, sid("o"), "OnClientWakeup", "OnRegisterM5", "OnClientOffline")
+		_, ok = b.core.Lookup(sid("k"))
+		assert.False(t, ok, "the clean session ended")
+		assert.Empty(t, c.cl.Owner(sid("k")), "an ended session has no owner")
+
+		time.Sleep(61 * time.Second)
+		synctest.Wait()
+		assert.Equal(t, 1, b.rec.Count(sid("o"), "OnSessionExpired"), "the offline session expires on its new node")
+		assert.Equal(t, 1, c.all.Count(sid("o"), "OnSessionExpired"))
+
+		p2 := c.nodes["C"].v5("p", false, 3600)
+		requireAccepted(t, p2)
+		assert.True(t, p2.Connack().SessionPresent)
+		got, err := p2.Receive()
+		require.NoError(t, err)
+		assert.Equal(t, []string{"1", "2"}, payloads(got))
+		assert.Equal(t, 1, c.all.Count(sid("p"), "OnClientOffline"), "the connection A held ended once: %v", c.all.Hooks(sid("p")))
+		for _, n := range []string{"B", "C"} {
+			require.NoError(t, c.nodes[n].core.Shutdown(t.Context()))
+		}
+	})
+}
+
+// A node that shuts down hands its offline sessions to another, where they
+// expire.
+func TestClusterLeaveHandsOver(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newCluster(t, new(mqtthooks.MemoryStore), mqtthooks.Options{}, "A", "B")
+		o := c.nodes["A"].v5("o", false, 30)
+		requireAccepted(t, o)
+		require.NoError(t, c.nodes["A"].core.Shutdown(t.Context()))
+		assert.Equal(t, "B", c.cl.Owner(sid("o")))
+		time.Sleep(31 * time.Second)
+		synctest.Wait()
+		assert.Equal(t, 1, c.nodes["B"].rec.Count(sid("o"), "OnSessionExpired"))
+		require.NoError(t, c.nodes["B"].core.Shutdown(t.Context()))
+	})
+}

@@ -301,6 +301,7 @@ func encodeRecord(r *mqtthooks.SessionRecord) []byte {
 		e.message(&w.Message)
 		e.u(uint64(w.DelayInterval))
 	}
+	e.bool(r.Cleanup)
 	return e.b
 }
 
@@ -345,6 +346,9 @@ func decodeRecord(id mqtthooks.SubscriberID, b []byte) (mqtthooks.SessionRecord,
 		w := &mqtthooks.Will{Message: *d.message()}
 		w.DelayInterval = uint32(d.u())
 		r.ConnectionWills = append(r.ConnectionWills, w)
+	}
+	if len(d.b) > 0 { // records written before Cleanup was kept end here
+		r.Cleanup = d.bool()
 	}
 	return r, d.done()
 }
