@@ -123,7 +123,7 @@ func storeID(name string) mqtthooks.SubscriberID {
 func storeRecord(name string, gen uint64) *mqtthooks.SessionRecord {
 	return &mqtthooks.SessionRecord{ID: storeID(name), Generation: gen, Username: "user-" + name, HasUsername: true,
 		ConnID: 77, Peer: netip.MustParseAddrPort("10.0.0.5:40000"), ProtocolVersion: mqtthooks.MQTT5,
-		Connected: true, Expiry: time.Hour, ExpiresAt: storeT0,
+		Connected: true, Cleanup: len(name)%2 == 1, Expiry: time.Hour, ExpiresAt: storeT0,
 		Wills:           []mqtthooks.DelayedWill{{Will: storeWill, At: storeT0.Add(time.Minute)}},
 		ConnectionWills: []*mqtthooks.Will{storeWill, {Message: mqtthooks.Message{Topic: "will/y", QoS: 2}}},
 		Queue: mqtthooks.QueueSettings{MaxOnlineMessages: 10, MaxOfflineMessages: -1, QueueType: mqtthooks.QueueLIFO,
