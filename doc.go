@@ -48,7 +48,19 @@
 //   - report the end of every connection once: [Session.Disconnect],
 //     [Session.DisconnectWithExpiry] or [Session.Lost].
 //
-// Sessions are kept through a [SessionStore]; [MemoryStore] is the default.
+// Sessions are kept through a [SessionStore]; without one (the default) they
+// live in the Core and end with the process.
+//
+// # Several brokers, one set of sessions
+//
+// With Options.Cluster, the Cores of several brokers share their sessions
+// through one store that every node reads ([SessionLoader]). A session is
+// owned by one node at a time; a CONNECT on another node claims it, and the
+// owner ends its connection there with the hooks of a takeover before the
+// new node's [OnClientWakeup] runs. A node that dies has its sessions adopted
+// by a surviving node, which reports each connection it lost once, with
+// ReasonNodeDown. [Cluster] is the seam; module cluster/natsjs implements it
+// on NATS JetStream, and mqtthookstest.Cluster for tests in one process.
 //
 // # The conditional chain
 //
