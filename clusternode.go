@@ -87,6 +87,7 @@ func (h *Handshake) claim(ctx context.Context, e *entry, p *plan) (*sessionState
 		return nil, fmt.Errorf("%w: claiming the session from the cluster: %w", ErrRegistration, err)
 	}
 	h.claimed = true
+	c.stats.claimed.Add(1)
 	st, _, err := c.takeFromStore(ctx, e, true)
 	return st, err
 }
@@ -149,6 +150,9 @@ func (n clusterNode) Adopt(ctx context.Context, id SubscriberID) error {
 			return
 		}
 		st, stored, terr := c.takeFromStore(ctx, e, false)
+		if stored {
+			c.stats.adopted.Add(1)
+		}
 		switch err = terr; {
 		case st != nil:
 			c.armTimers(st)
@@ -283,9 +287,11 @@ func (c *Core) yield(ctx context.Context, e *entry, r *YieldRequest) error {
 		return err
 	}
 	// Forget it: the store keeps it, for its new owner.
+	c.stats.yielded.Add(1)
 	st.mu.Lock()
 	st.stored = false // no more writes from here, whatever still holds it
 	st.ended = true
+	c.stats.handedOver.Add(uint64(st.q.clear(nil)))
 	subscribed := len(st.subs) > 0
 	st.clearSubscriptions()
 	st.mu.Unlock()

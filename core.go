@@ -192,15 +192,21 @@ type Stats struct {
 	SessionsCreated, SessionsResumed, Takeovers, SessionsExpired, SessionsGone uint64
 	// WillsPublished counts Wills handed to PublishWill.
 	WillsPublished uint64
+	// In a cluster: SessionsClaimed counts the sessions this node claimed
+	// for a CONNECT, SessionsYielded those it handed to another node, and
+	// SessionsAdopted those it took over from a node that died or left.
+	SessionsClaimed, SessionsYielded, SessionsAdopted uint64
 
 	// Messages: every Deliver that reached a session is Routed, and every
 	// message a Core found in its store at start Restored; each ends up
 	// Delivered (QoS 0 handed out, QoS 1 PUBACK, QoS 2 PUBCOMP), Dropped
 	// (queue full, expired; OnMessageDrop fired), NotStoredQoS0 (QoS 0 for an
-	// offline session), Discarded (its session ended), or is still pending or
-	// in flight (SessionInfo). Nothing is lost: Routed + Restored = Delivered
-	// + Dropped + NotStoredQoS0 + Discarded + pending + in flight.
-	Routed, Restored, Delivered, Dropped, NotStoredQoS0, Discarded uint64
+	// offline session), Discarded (its session ended), HandedOver (its
+	// session moved to another node of a cluster, which counts it Restored),
+	// or is still pending or in flight (SessionInfo). Nothing is lost: Routed
+	// + Restored = Delivered + Dropped + NotStoredQoS0 + Discarded +
+	// HandedOver + pending + in flight.
+	Routed, Restored, Delivered, Dropped, NotStoredQoS0, Discarded, HandedOver uint64
 
 	// Hooks are the counters of each hook the Core called, in a fixed
 	// order; Panics counts every panic of the Core's chain.
@@ -221,6 +227,7 @@ type counters struct {
 	accepted, rejected, abandoned                                  atomic.Uint64
 	created, resumed, takeovers, expired, gone, willsPublished     atomic.Uint64
 	routed, restored, delivered, dropped, notStoredQoS0, discarded atomic.Uint64
+	claimed, yielded, adopted, handedOver                          atomic.Uint64
 }
 
 // Core owns the MQTT sessions of a broker and fires the hooks of a Chain at
@@ -503,7 +510,8 @@ func (c *Core) Stats() Stats {
 		SessionsCreated: s.created.Load(), SessionsResumed: s.resumed.Load(), Takeovers: s.takeovers.Load(),
 		SessionsExpired: s.expired.Load(), SessionsGone: s.gone.Load(), WillsPublished: s.willsPublished.Load(),
 		Routed: s.routed.Load(), Restored: s.restored.Load(), Delivered: s.delivered.Load(), Dropped: s.dropped.Load(),
-		NotStoredQoS0: s.notStoredQoS0.Load(), Discarded: s.discarded.Load(),
+		NotStoredQoS0: s.notStoredQoS0.Load(), Discarded: s.discarded.Load(), HandedOver: s.handedOver.Load(),
+		SessionsClaimed: s.claimed.Load(), SessionsYielded: s.yielded.Load(), SessionsAdopted: s.adopted.Load(),
 		Hooks: c.hookStats(), Connacks: c.connackStats(), Disconnects: c.disconnectStats(),
 		Drops: c.dropStats(), Store: c.storeStats(),
 	}

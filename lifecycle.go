@@ -330,6 +330,7 @@ func (c *Core) fencedOff(ctx context.Context, e *entry, st *sessionState, replac
 	subscribed := len(st.subs) > 0
 	st.clearSubscriptions()
 	st.ended = true
+	c.stats.handedOver.Add(uint64(st.q.clear(nil))) // the node that took it over has them
 	st.mu.Unlock()
 	if subscribed {
 		c.routerRemoveAll(st.rec.ID, st.rec.Generation)

@@ -112,7 +112,7 @@ func TestC1TakeoverAcrossNodes(t *testing.T) {
 	sent, err := c1.Pull()
 	require.NoError(t, err)
 	require.Len(t, sent, 1) // "1" in flight, not acknowledged
-	a.publish(t, id, 1, 2)  // "1", "2" again: "2" is pending behind... the window holds both
+	a.publish(t, id, 1, 2)  // "1" and "2", pending
 	require.Equal(t, "A", c.cl.Owner(id))
 
 	c2 := b.v5("s", false, 3600)
@@ -150,7 +150,11 @@ func TestC1TakeoverAcrossNodes(t *testing.T) {
 	// The subscription moved with the session: A's router forgot it, B's has it.
 	assert.Equal(t, 1, a.rec.Count(id, "RemoveAll"))
 	assert.Equal(t, 1, b.rec.Count(id, "Add"))
+	checkNoLoss(t, a.core)
 	checkNoLoss(t, b.core)
+	assert.Equal(t, uint64(3), a.core.Stats().HandedOver, "the message in flight and the two pending left with the session")
+	assert.Equal(t, uint64(1), a.core.Stats().SessionsYielded)
+	assert.Equal(t, uint64(1), b.core.Stats().SessionsClaimed)
 }
 
 // C1 for MQTT 3.1.1: the old connection is closed (no DISCONNECT exists).
@@ -424,6 +428,9 @@ func TestC4NodeDown(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, []string{"1", "2"}, payloads(got))
 		assert.Equal(t, 1, c.all.Count(sid("p"), "OnClientOffline"), "the connection A held ended once: %v", c.all.Hooks(sid("p")))
+		assert.Equal(t, uint64(3), b.core.Stats().SessionsAdopted)
+		checkNoLoss(t, b.core)
+		checkNoLoss(t, c.nodes["C"].core)
 		for _, n := range []string{"B", "C"} {
 			require.NoError(t, c.nodes[n].core.Shutdown(t.Context()))
 		}

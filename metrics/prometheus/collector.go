@@ -105,9 +105,13 @@ func (c *Collector) Collect(ch chan<- prom.Metric) {
 	counter(c.sessionEvents, st.Takeovers, "taken_over")
 	counter(c.sessionEvents, st.SessionsExpired, "expired")
 	counter(c.sessionEvents, st.SessionsGone, "gone")
+	counter(c.sessionEvents, st.SessionsClaimed, "claimed")
+	counter(c.sessionEvents, st.SessionsYielded, "yielded")
+	counter(c.sessionEvents, st.SessionsAdopted, "adopted")
 	counter(c.wills, st.WillsPublished)
 	for outcome, v := range map[string]uint64{"routed": st.Routed, "restored": st.Restored, "delivered": st.Delivered,
-		"dropped": st.Dropped, "not_stored_qos0": st.NotStoredQoS0, "discarded": st.Discarded} {
+		"dropped": st.Dropped, "not_stored_qos0": st.NotStoredQoS0, "discarded": st.Discarded,
+		"handed_over": st.HandedOver} {
 		counter(c.msgs, v, outcome)
 	}
 	for _, a := range st.Connacks {
