@@ -618,8 +618,21 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 	}
 	j := st.journal()
 	j.updateRecord()
-	j.commit(nil)
+	var recorded chan error
+	if c.cluster != nil && j != nil {
+		// Another node must find the connection in the record should this
+		// node die after the CONNACK: it ends the connection for it.
+		recorded = make(chan error, 1)
+		j.commit(func(err error) { recorded <- err })
+	} else {
+		j.commit(nil)
+	}
 	st.mu.Unlock()
+	if recorded != nil {
+		if err := waitFlushed(ctx, recorded); err != nil {
+			c.logger.Error("mqtthooks: session store: recording the connection failed", "session", r.ID.String(), "err", err)
+		}
+	}
 	if unstore != nil {
 		if err := c.commitWait(ctx, unstore, r.ID); err != nil {
 			c.logger.Error("mqtthooks: session store: delete failed", "session", r.ID.String(), "err", err)

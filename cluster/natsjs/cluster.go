@@ -1,0 +1,504 @@
+package natsjs
+
+import (
+	"cmp"
+	"context"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mqtthooks/mqtthooks"
+)
+
+// ClusterOptions configure a Cluster.
+type ClusterOptions struct {
+	// Node names this node: unique among the nodes, made of letters,
+	// digits, '-' and '_'. Required.
+	Node string
+	// Conn is the connection to NATS; the caller owns it and closes it
+	// after Core.Shutdown. Required.
+	Conn *nats.Conn
+	// Bucket prefixes the names of the two key-value buckets the cluster
+	// keeps: <Bucket>_owners (which node owns each session) and
+	// <Bucket>_nodes (the nodes alive); default "MQTTHOOKS".
+	Bucket string
+	// Replicas is how many servers keep the buckets; default 1. Use 3 in a
+	// cluster of three or more NATS servers.
+	Replicas int
+	// Lease is how long a node that stopped renewing its presence still
+	// counts as alive: the sessions of a node that died are claimed once
+	// it ran out. The node renews it every Lease/4. Default 10 s.
+	Lease time.Duration
+	// Subject prefixes the subjects of the requests nodes send each other;
+	// default "mqtthooks".
+	Subject string
+	// YieldTimeout bounds the hand-over of a session this node owns to a
+	// node that claims it; default 10 s.
+	YieldTimeout time.Duration
+	// Logger receives what goes wrong; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Cluster is a mqtthooks.Cluster on NATS JetStream: session ownership in a
+// key-value bucket, changed only by compare-and-set on the key's revision;
+// nodes alive in a second bucket whose entries expire after the Lease; and
+// the hand-over of a session by a request to the node that owns it. Give
+// each node's Core its own Cluster, and one Store shared by all.
+//
+// A node that does not answer (it died, or lost NATS) keeps its sessions
+// until its lease runs out; a claim meanwhile waits, within the claiming
+// CONNECT's deadline. A node cut off from NATS but still running may still
+// hold sessions that another node has claimed: the Store refuses its writes,
+// since the claim renewed their generation.
+type Cluster struct {
+	opts   ClusterOptions
+	log    *slog.Logger
+	js     jetstream.JetStream
+	owners jetstream.KeyValue
+	nodes  jetstream.KeyValue
+
+	mu    sync.Mutex
+	node  mqtthooks.ClusterNode
+	sub   *nats.Subscription
+	stop  chan struct{}
+	bg    sync.WaitGroup
+	yield sync.WaitGroup // hand-overs in flight
+}
+
+var nodeName = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+
+// NewCluster creates or opens the buckets of a cluster on opts.Conn.
+func NewCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
+	if !nodeName.MatchString(opts.Node) {
+		return nil, fmt.Errorf("%w: node name %q: want letters, digits, '-' and '_'", mqtthooks.ErrInvalidArgument, opts.Node)
+	}
+	if opts.Conn == nil {
+		return nil, fmt.Errorf("%w: ClusterOptions.Conn is nil", mqtthooks.ErrInvalidArgument)
+	}
+	opts.Bucket = cmp.Or(opts.Bucket, "MQTTHOOKS")
+	opts.Replicas = cmp.Or(opts.Replicas, 1)
+	opts.Lease = cmp.Or(opts.Lease, 10*time.Second)
+	opts.Subject = cmp.Or(opts.Subject, "mqtthooks")
+	opts.YieldTimeout = cmp.Or(opts.YieldTimeout, 10*time.Second)
+	if opts.Lease < 100*time.Millisecond {
+		return nil, fmt.Errorf("%w: Lease %v is below 100ms", mqtthooks.ErrInvalidArgument, opts.Lease)
+	}
+	js, err := jetstream.New(opts.Conn)
+	if err != nil {
+		return nil, fmt.Errorf("natsjs: %w", err)
+	}
+	c := &Cluster{opts: opts, log: cmp.Or(opts.Logger, slog.Default()), js: js, stop: make(chan struct{})}
+	c.owners, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: opts.Bucket + "_owners",
+		Replicas: opts.Replicas, Storage: jetstream.FileStorage})
+	if err != nil {
+		return nil, fmt.Errorf("natsjs: the owners bucket: %w", err)
+	}
+	c.nodes, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: opts.Bucket + "_nodes",
+		Replicas: opts.Replicas, Storage: jetstream.FileStorage, TTL: opts.Lease,
+		LimitMarkerTTL: max(opts.Lease, time.Second)}) // a lease that runs out leaves a marker watchers see
+	if err != nil {
+		return nil, fmt.Errorf("natsjs: the nodes bucket: %w", err)
+	}
+	return c, nil
+}
+
+// Join makes the node present and starts answering the claims of other
+// nodes on sessions it owns.
+func (c *Cluster) Join(n mqtthooks.ClusterNode) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.node != nil {
+		return fmt.Errorf("%w: node %s joined twice", mqtthooks.ErrInvalidArgument, c.opts.Node)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.Lease)
+	defer cancel()
+	if _, err := c.nodes.Put(ctx, c.opts.Node, nil); err != nil {
+		return fmt.Errorf("natsjs: announcing node %s: %w", c.opts.Node, err)
+	}
+	sub, err := c.opts.Conn.Subscribe(c.yieldSubject(c.opts.Node), c.serveYield)
+	if err != nil {
+		return fmt.Errorf("natsjs: %w", err)
+	}
+	if err := c.opts.Conn.FlushWithContext(ctx); err != nil { // the subscription is in place before a claim can come
+		_ = sub.Unsubscribe()
+		return fmt.Errorf("natsjs: %w", err)
+	}
+	w, err := c.nodes.WatchAll(context.Background())
+	if err != nil {
+		_ = sub.Unsubscribe()
+		return fmt.Errorf("natsjs: watching the nodes: %w", err)
+	}
+	c.node, c.sub = n, sub
+	c.bg.Add(2)
+	go c.renew()
+	go c.watchNodes(w)
+	return nil
+}
+
+// watchNodes adopts the sessions of every node that is not alive when this
+// one joins (and those still under this node's own name), and of every node
+// whose lease runs out or that leaves later.
+func (c *Cluster) watchNodes(w jetstream.KeyWatcher) {
+	defer c.bg.Done()
+	defer func() { _ = w.Stop() }()
+	alive := map[string]bool{}
+	synced := false
+	for {
+		select {
+		case <-c.stop:
+			return
+		case e, ok := <-w.Updates():
+			if !ok {
+				return
+			}
+			if e == nil { // the current nodes are all in: the owners of others are gone
+				synced = true
+				// This node's own name among them: a process before this
+				// one, that died or left, under the same name.
+				c.adoptOrphans(func(owner string) bool { return !alive[owner] || owner == c.opts.Node })
+				continue
+			}
+			node := e.Key()
+			if e.Operation() == jetstream.KeyValuePut {
+				alive[node] = true
+				continue
+			}
+			delete(alive, node)
+			if synced && node != c.opts.Node {
+				c.adoptOrphans(func(owner string) bool { return owner == node })
+			}
+		}
+	}
+}
+
+// adoptOrphans claims each session whose owner gone says is gone, and hands
+// those it won to the Core. Every node alive races for each session; the
+// compare-and-set on its owner decides, once, for the whole cluster.
+func (c *Cluster) adoptOrphans(gone func(owner string) bool) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-c.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	w, err := c.owners.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		c.log.Error("natsjs: listing the owners of sessions", "err", err)
+		return
+	}
+	defer func() { _ = w.Stop() }()
+	type orphan struct {
+		key string
+		rev uint64
+	}
+	var orphans []orphan
+	for e := range w.Updates() {
+		if e == nil {
+			break
+		}
+		if gone(string(e.Value())) {
+			orphans = append(orphans, orphan{e.Key(), e.Revision()})
+		}
+	}
+	me := []byte(c.opts.Node)
+	for _, o := range orphans {
+		id, err := parseOwnerKey(o.key)
+		if err != nil {
+			c.log.Error("natsjs: a malformed key in the owners bucket", "key", o.key, "err", err)
+			continue
+		}
+		if _, err := c.owners.Update(ctx, o.key, me, o.rev); err != nil {
+			if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+				c.log.Warn("natsjs: adopting a session", "session", id.String(), "err", err)
+			}
+			continue // another node adopted it, or a client claimed it
+		}
+		if err := c.node.Adopt(ctx, id); err != nil {
+			c.log.Error("natsjs: adopting a session", "session", id.String(), "err", err)
+		}
+	}
+}
+
+// renew keeps the node's presence alive.
+func (c *Cluster) renew() {
+	defer c.bg.Done()
+	t := time.NewTicker(c.opts.Lease / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(context.Background(), c.opts.Lease/4)
+			if _, err := c.nodes.Put(ctx, c.opts.Node, nil); err != nil {
+				c.log.Warn("natsjs: renewing the node's lease", "node", c.opts.Node, "err", err)
+			}
+			cancel()
+		}
+	}
+}
+
+// Leave stops answering claims and withdraws the node's presence, so that
+// other nodes claim its sessions at once.
+func (c *Cluster) Leave(ctx context.Context) error {
+	c.mu.Lock()
+	sub := c.sub
+	c.sub = nil
+	c.mu.Unlock()
+	if sub == nil {
+		return nil
+	}
+	err := sub.Drain()
+	close(c.stop)
+	c.bg.Wait()
+	c.yield.Wait()
+	return errors.Join(err, c.nodes.Purge(ctx, c.opts.Node))
+}
+
+func (c *Cluster) yieldSubject(node string) string { return c.opts.Subject + ".yield." + node }
+
+// Claim makes this node the owner of the session: at once if no node owns
+// it, or its owner is gone; otherwise by asking the owner to hand it over.
+func (c *Cluster) Claim(ctx context.Context, r *mqtthooks.ClaimRequest) error {
+	key := ownerKey(r.Resume.SubscriberID)
+	me := []byte(c.opts.Node)
+	req, err := json.Marshal(toYieldMsg(r))
+	if err != nil {
+		return err
+	}
+	retry := min(c.opts.Lease/10, 100*time.Millisecond)
+	for {
+		e, err := c.owners.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			if _, err = c.owners.Create(ctx, key, me); err == nil {
+				return nil
+			}
+			if errors.Is(err, jetstream.ErrKeyExists) {
+				continue // another node created it first: ask it
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("natsjs: reading the owner of %s: %w", r.Resume.SubscriberID, err)
+		}
+		owner := string(e.Value())
+		if owner == c.opts.Node {
+			return nil
+		}
+		if _, err := c.nodes.Get(ctx, owner); errors.Is(err, jetstream.ErrKeyNotFound) {
+			// Its lease ran out: take the session without it.
+			if _, err := c.owners.Update(ctx, key, me, e.Revision()); err == nil || !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+				return err
+			}
+			continue
+		} else if err != nil {
+			return fmt.Errorf("natsjs: reading the lease of node %s: %w", owner, err)
+		}
+		err = c.askYield(ctx, owner, req)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, mqtthooks.ErrNotOwner): // it was handed over meanwhile: ask again
+		case errors.Is(err, nats.ErrNoResponders): // the owner is gone, its lease not yet
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("natsjs: node %s owns %s and does not answer: %w", owner, r.Resume.SubscriberID, ctx.Err())
+			case <-time.After(retry):
+			}
+		default:
+			return err
+		}
+	}
+}
+
+// Disown drops this node's ownership of id.
+func (c *Cluster) Disown(ctx context.Context, id mqtthooks.SubscriberID) error {
+	key := ownerKey(id)
+	e, err := c.owners.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return mqtthooks.ErrNotOwner
+	}
+	if err != nil {
+		return err
+	}
+	if string(e.Value()) != c.opts.Node {
+		return mqtthooks.ErrNotOwner
+	}
+	err = c.owners.Delete(ctx, key, jetstream.LastRevision(e.Revision()))
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return mqtthooks.ErrNotOwner
+	}
+	return err
+}
+
+// yieldMsg is a claim as it travels to the owner.
+type yieldMsg struct {
+	Mountpoint  string `json:"mountpoint"`
+	ClientID    string `json:"client_id"`
+	Username    string `json:"username,omitempty"`
+	HasUsername bool   `json:"has_username,omitempty"`
+	CleanStart  bool   `json:"clean_start,omitempty"`
+	Listener    string `json:"listener,omitempty"`
+	Transport   string `json:"transport,omitempty"`
+	Local       string `json:"local,omitempty"`
+	Peer        string `json:"peer,omitempty"`
+	ConnID      uint64 `json:"conn_id,omitempty"`
+	// To is the claiming node.
+	To string `json:"to"`
+}
+
+// yieldReply is the owner's answer.
+type yieldReply struct {
+	// Result is "ok", "refused" (the ResumePolicy), "not-owner" or "error".
+	Result string `json:"result"`
+	Error  string `json:"error,omitempty"`
+}
+
+func toYieldMsg(r *mqtthooks.ClaimRequest) *yieldMsg {
+	res := &r.Resume
+	m := &yieldMsg{Mountpoint: res.SubscriberID.Mountpoint, ClientID: res.SubscriberID.ClientID,
+		Username: res.Username, HasUsername: res.HasUsername, CleanStart: res.CleanStart}
+	if ci := res.Conn; ci != nil {
+		m.Listener, m.Transport, m.ConnID = ci.Listener, ci.Transport, ci.ConnID
+		if ci.Local.IsValid() {
+			m.Local = ci.Local.String()
+		}
+		if ci.Peer.IsValid() {
+			m.Peer = ci.Peer.String()
+		}
+	}
+	return m
+}
+
+func (m *yieldMsg) resume() mqtthooks.ResumeRequest {
+	ci := &mqtthooks.ConnInfo{Listener: m.Listener, Mountpoint: m.Mountpoint, Transport: m.Transport, ConnID: m.ConnID}
+	ci.Local, _ = netip.ParseAddrPort(m.Local)
+	ci.Peer, _ = netip.ParseAddrPort(m.Peer)
+	return mqtthooks.ResumeRequest{SubscriberID: mqtthooks.SubscriberID{Mountpoint: m.Mountpoint, ClientID: m.ClientID},
+		Username: m.Username, HasUsername: m.HasUsername, CleanStart: m.CleanStart, Conn: ci}
+}
+
+// askYield asks owner to hand the session over to this node.
+func (c *Cluster) askYield(ctx context.Context, owner string, req []byte) error {
+	msg := &yieldMsg{}
+	_ = json.Unmarshal(req, msg)
+	msg.To = c.opts.Node
+	data, err := json.Marshal(msg)
+	if err != nil {
+		return err
+	}
+	resp, err := c.opts.Conn.RequestWithContext(ctx, c.yieldSubject(owner), data)
+	if err != nil {
+		return err
+	}
+	var rep yieldReply
+	if err := json.Unmarshal(resp.Data, &rep); err != nil {
+		return fmt.Errorf("natsjs: node %s answered a claim with %q: %w", owner, resp.Data, err)
+	}
+	switch rep.Result {
+	case "ok":
+		return nil
+	case "refused":
+		return fmt.Errorf("%w: %s", mqtthooks.ErrResumeRefused, rep.Error)
+	case "not-owner":
+		return mqtthooks.ErrNotOwner
+	}
+	return fmt.Errorf("natsjs: node %s could not hand the session over: %s", owner, rep.Error)
+}
+
+// serveYield answers a claim on a session this node owns, on a goroutine
+// of its own: the hand-over runs hooks.
+func (c *Cluster) serveYield(m *nats.Msg) {
+	c.mu.Lock()
+	node := c.node
+	if c.sub == nil {
+		c.mu.Unlock()
+		return
+	}
+	c.yield.Add(1)
+	c.mu.Unlock()
+	go func() {
+		defer c.yield.Done()
+		rep := c.handOver(node, m.Data)
+		data, _ := json.Marshal(rep)
+		if err := m.Respond(data); err != nil {
+			c.log.Warn("natsjs: answering a claim", "err", err)
+		}
+	}()
+}
+
+func (c *Cluster) handOver(node mqtthooks.ClusterNode, data []byte) yieldReply {
+	var msg yieldMsg
+	if err := json.Unmarshal(data, &msg); err != nil || !nodeName.MatchString(msg.To) {
+		return yieldReply{Result: "error", Error: fmt.Sprintf("malformed claim %q", data)}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.YieldTimeout)
+	defer cancel()
+	res := msg.resume()
+	key := ownerKey(res.SubscriberID)
+	err := node.Yield(ctx, &mqtthooks.YieldRequest{Resume: res, Transfer: func(ctx context.Context) error {
+		e, err := c.owners.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			_, err = c.owners.Create(ctx, key, []byte(msg.To))
+			if errors.Is(err, jetstream.ErrKeyExists) {
+				return mqtthooks.ErrNotOwner
+			}
+			return err
+		}
+		if err != nil {
+			return err
+		}
+		if string(e.Value()) != c.opts.Node {
+			return mqtthooks.ErrNotOwner
+		}
+		_, err = c.owners.Update(ctx, key, []byte(msg.To), e.Revision())
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return mqtthooks.ErrNotOwner
+		}
+		return err
+	}})
+	switch {
+	case err == nil:
+		return yieldReply{Result: "ok"}
+	case errors.Is(err, mqtthooks.ErrResumeRefused):
+		return yieldReply{Result: "refused", Error: err.Error()}
+	case errors.Is(err, mqtthooks.ErrNotOwner):
+		return yieldReply{Result: "not-owner"}
+	}
+	return yieldReply{Result: "error", Error: err.Error()}
+}
+
+// parseOwnerKey returns the session of a key of the owners bucket.
+func parseOwnerKey(key string) (mqtthooks.SubscriberID, error) {
+	b, err := base64.RawURLEncoding.DecodeString(key)
+	if err != nil {
+		return mqtthooks.SubscriberID{}, err
+	}
+	n, k := binary.Uvarint(b)
+	if k <= 0 || n > uint64(len(b)-k) {
+		return mqtthooks.SubscriberID{}, errors.New("bad length")
+	}
+	b = b[k:]
+	return mqtthooks.SubscriberID{Mountpoint: string(b[:n]), ClientID: string(b[n:])}, nil
+}
+
+// ownerKey returns the key of a session in the owners bucket: one token of
+// base64url, since client ids may hold any character.
+func ownerKey(id mqtthooks.SubscriberID) string {
+	b := binary.AppendUvarint(nil, uint64(len(id.Mountpoint)))
+	b = append(b, id.Mountpoint...)
+	b = append(b, id.ClientID...)
+	return base64.RawURLEncoding.EncodeToString(b)
+}

@@ -1,0 +1,366 @@
+package natsjs_test
+
+// The ACCEPTANCE rows C1–C4, C7 and C8 on a 3-node NATS JetStream cluster in
+// process: three Cores, each with its own nats-server node, sharing one
+// Store and deciding ownership through natsjs.Cluster.
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mqtthooks/mqtthooks"
+	"github.com/mqtthooks/mqtthooks/cluster/natsjs"
+	"github.com/mqtthooks/mqtthooks/cluster/natsjs/internal/natstest"
+	"github.com/mqtthooks/mqtthooks/mqtthookstest"
+)
+
+// node is one broker of a test cluster.
+type node struct {
+	name  string
+	srv   *server.Server
+	nc    *nats.Conn
+	core  *mqtthooks.Core
+	rec   *mqtthookstest.Recorder
+	store *natsjs.Store
+	logs  *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// testCluster is three nodes and a Recorder they share, whose log is the
+// order of the hooks across the cluster.
+type testCluster struct {
+	nodes map[string]*node
+	all   *mqtthookstest.Recorder
+	wills *willLog
+}
+
+type willLog struct {
+	mu    sync.Mutex
+	wills []string
+}
+
+func (w *willLog) add(s string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.wills = append(w.wills, s)
+}
+
+func (w *willLog) get() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]string(nil), w.wills...)
+}
+
+const testLease = time.Second
+
+func newTestCluster(t *testing.T) *testCluster {
+	t.Helper()
+	srvs := natstest.StartCluster(t, 3)
+	tc := &testCluster{nodes: map[string]*node{}, all: &mqtthookstest.Recorder{}, wills: &willLog{}}
+	for i, name := range []string{"A", "B", "C"} {
+		n := &node{name: name, srv: srvs[i], rec: &mqtthookstest.Recorder{Accept: true}, logs: new(syncBuffer)}
+		n.nc = natstest.Connect(t, srvs[i])
+		logger := slog.New(slog.NewTextHandler(n.logs, nil))
+		n.store = openStore(t, n.nc, logger)
+		cl, err := natsjs.NewCluster(t.Context(), natsjs.ClusterOptions{Node: name, Conn: n.nc, Replicas: 3,
+			Lease: testLease, Logger: logger})
+		require.NoError(t, err)
+		chain := mqtthooks.NewChain(mqtthooks.ChainOptions{Logger: logger})
+		require.NoError(t, chain.Register("P", n.rec))
+		require.NoError(t, chain.Register("all", tc.all))
+		n.core, err = mqtthooks.NewCore(chain, mqtthooks.Options{Store: n.store, Cluster: cl, Logger: logger,
+			Router: n.rec.Router(), ConnectTimeout: 10 * time.Second,
+			PublishWill: func(_ context.Context, _ mqtthooks.SubscriberID, w *mqtthooks.Will) {
+				tc.wills.add(name + ":" + w.Message.Topic)
+			}})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = n.core.Shutdown(context.Background()) })
+		tc.nodes[name] = n
+	}
+	return tc
+}
+
+func sid(clientID string) mqtthooks.SubscriberID { return mqtthooks.SubscriberID{ClientID: clientID} }
+
+func withWill(req *mqtthooks.ConnectRequest, topic string) *mqtthooks.ConnectRequest {
+	req.Will = &mqtthooks.Will{Message: mqtthooks.Message{Topic: topic, Payload: []byte("bye"), QoS: 1}}
+	return req
+}
+
+func publish(t *testing.T, core *mqtthooks.Core, id mqtthooks.SubscriberID, payloads ...string) {
+	t.Helper()
+	for _, p := range payloads {
+		done := make(chan error, 1)
+		r := mqtthooks.NewReceipt(func(err error) { done <- err })
+		require.NoError(t, core.Deliver(id, &mqtthooks.Message{Topic: "t", Payload: []byte(p), QoS: 1},
+			mqtthooks.DeliverOptions{QoS: 1, Receipt: r}))
+		r.Close()
+		require.NoError(t, <-done, "the message is durable before the publisher's PUBACK")
+	}
+}
+
+func payloads(ds []mqtthooks.Delivery) []string {
+	var out []string
+	for _, d := range ds {
+		if d.Message != nil {
+			out = append(out, string(d.Message.Payload))
+		}
+	}
+	return out
+}
+
+func requireAccepted(t *testing.T, c *mqtthookstest.Client) {
+	t.Helper()
+	require.True(t, c.Accepted(), "CONNECT rejected: %+v (%v)", c.Connack(), c.Step.Err)
+}
+
+// C1: a persistent session online on A, with a message in flight and one
+// pending, moves to B: 0x8E on A, A's OnClientOffline{TakenOver} before B's
+// OnClientWakeup, SP 1, both messages on B, the one in flight first with
+// DUP and its packet id.
+func TestC1TakeoverBetweenNodes(t *testing.T) {
+	tc := newTestCluster(t)
+	a, b := tc.nodes["A"], tc.nodes["B"]
+	id := sid("s")
+	c1 := mqtthookstest.NewClient(a.core)
+	c1.Connect(t.Context(), withWill(mqtthookstest.V5("s", "u", false, 3600), "will/s"))
+	requireAccepted(t, c1)
+	require.NoError(t, c1.Subscribe(t.Context(), "t"))
+	publish(t, a.core, id, "1")
+	sent, err := c1.Pull()
+	require.NoError(t, err)
+	require.Len(t, sent, 1)
+	publish(t, a.core, id, "2")
+
+	c2 := mqtthookstest.ConnectV5(t.Context(), b.core, "s", "u", false, 3600)
+	requireAccepted(t, c2)
+	assert.True(t, c2.Connack().SessionPresent)
+	<-c1.Conn.Disconnected()
+	assert.Equal(t, []mqtthooks.ReasonCode{mqtthooks.CodeSessionTakenOver}, c1.Conn.Disconnects())
+	tc.all.ExpectHooks(t, id, "OnClientWakeup", "OnRegisterM5", "OnClientOffline", "OnClientWakeup", "OnRegisterM5")
+	assert.Empty(t, tc.all.Overlaps())
+	off, ok := a.rec.Last(id, "OnClientOffline")
+	require.True(t, ok)
+	assert.Equal(t, mqtthooks.ReasonTakenOver, off.Event.Reason)
+	assert.Equal(t, 1, b.rec.Count(id, "OnClientWakeup"))
+
+	got, err := c2.Receive()
+	require.NoError(t, err)
+	require.Equal(t, []string{"1", "2"}, payloads(got))
+	assert.True(t, got[0].Dup)
+	assert.Equal(t, sent[0].PacketID, got[0].PacketID)
+	_, held := a.core.Lookup(id)
+	assert.False(t, held, "A forgot the session")
+
+	// And back to A, with v3: the session keeps moving, and keeps its subscription.
+	c3 := mqtthookstest.ConnectV5(t.Context(), a.core, "s", "u", false, 3600)
+	requireAccepted(t, c3)
+	assert.True(t, c3.Connack().SessionPresent)
+	info, ok := a.core.Lookup(id)
+	require.True(t, ok)
+	assert.Len(t, info.Subscriptions, 1)
+	publish(t, a.core, id, "3")
+	got, err = c3.Receive()
+	require.NoError(t, err)
+	assert.Equal(t, []string{"3"}, payloads(got))
+}
+
+// C2: a clean start on B over a session online on A.
+func TestC2CleanStartBetweenNodes(t *testing.T) {
+	tc := newTestCluster(t)
+	a, b := tc.nodes["A"], tc.nodes["B"]
+	id := sid("s")
+	c1 := mqtthookstest.NewClient(a.core)
+	c1.Connect(t.Context(), withWill(mqtthookstest.V5("s", "u", false, 3600), "will/s"))
+	requireAccepted(t, c1)
+	require.NoError(t, c1.Subscribe(t.Context(), "t"))
+	publish(t, a.core, id, "1")
+	old, _ := a.core.Lookup(id)
+
+	c2 := mqtthookstest.ConnectV5(t.Context(), b.core, "s", "u", true, 3600)
+	requireAccepted(t, c2)
+	assert.False(t, c2.Connack().SessionPresent)
+	<-c1.Conn.Disconnected()
+	assert.Equal(t, []mqtthooks.ReasonCode{mqtthooks.CodeSessionTakenOver}, c1.Conn.Disconnects())
+	tc.all.ExpectHooks(t, id, "OnClientWakeup", "OnRegisterM5", "OnClientGone", "OnClientWakeup", "OnRegisterM5")
+	gone, ok := a.rec.Last(id, "OnClientGone")
+	require.True(t, ok)
+	assert.Equal(t, mqtthooks.ReasonCleanStart, gone.Event.Reason)
+	assert.Equal(t, []string{"A:will/s"}, tc.wills.get())
+	info, ok := b.core.Lookup(id)
+	require.True(t, ok)
+	assert.NotEqual(t, old.Generation, info.Generation)
+	assert.Empty(t, info.Subscriptions)
+	assert.Zero(t, info.Pending)
+}
+
+// C3: CONNECTs with one client id at once on A and B: never two live
+// connections, one session, the lifecycle grammar kept.
+func TestC3RacingConnectsBetweenNodes(t *testing.T) {
+	tc := newTestCluster(t)
+	for round := range 8 {
+		name := fmt.Sprintf("r%d", round)
+		id := sid(name)
+		clients := make([]*mqtthookstest.Client, 2)
+		var wg sync.WaitGroup
+		for i, n := range []string{"A", "B"} {
+			wg.Go(func() {
+				clients[i] = mqtthookstest.ConnectV5(context.Background(), tc.nodes[n].core, name, "u", round%2 == 0, 60)
+			})
+		}
+		wg.Wait()
+		live, holders := 0, 0
+		for _, c := range clients {
+			if !c.Accepted() {
+				continue
+			}
+			if _, err := c.Pull(); err == nil {
+				live++
+			}
+		}
+		for _, n := range tc.nodes {
+			if info, ok := n.core.Lookup(id); ok {
+				holders++
+				assert.Equal(t, 1, info.Connections, "round %d", round)
+			}
+		}
+		assert.Equal(t, 1, live, "round %d: live connections", round)
+		assert.Equal(t, 1, holders, "round %d: nodes holding the session", round)
+		checkGrammar(t, tc.all.Hooks(id))
+	}
+	assert.Empty(t, tc.all.Overlaps())
+}
+
+func checkGrammar(t *testing.T, hooks []string) {
+	t.Helper()
+	online := false
+	for i, h := range hooks {
+		switch h {
+		case "OnClientWakeup":
+			if online {
+				t.Errorf("hook %d: OnClientWakeup while a connection was attached: %s", i, strings.Join(hooks, " → "))
+			}
+			online = true
+		case "OnClientOffline", "OnClientGone":
+			if !online {
+				t.Errorf("hook %d: %s with no connection attached: %s", i, h, strings.Join(hooks, " → "))
+			}
+			online = false
+		}
+	}
+}
+
+// C4 and C7: node A loses NATS with sessions online (its nats-server is
+// shut down; its Core, cut off, goes on). Once A's lease ran out, one
+// surviving node fires, once, OnClientOffline{NodeDown} for the persistent
+// session and OnClientGone{NodeDown} for the clean one, and publishes their
+// Wills; a CONNECT on B resumes the persistent session with every
+// acknowledged message; A's later writes are refused by the store.
+func TestC4C7NodeDown(t *testing.T) {
+	tc := newTestCluster(t)
+	a, b := tc.nodes["A"], tc.nodes["B"]
+	id, clean := sid("s"), sid("k")
+	c1 := mqtthookstest.NewClient(a.core)
+	c1.Connect(t.Context(), withWill(mqtthookstest.V5("s", "u", false, 3600), "will/s"))
+	requireAccepted(t, c1)
+	require.NoError(t, c1.Subscribe(t.Context(), "t"))
+	publish(t, a.core, id, "1", "2")
+	k1 := mqtthookstest.NewClient(a.core)
+	k1.Connect(t.Context(), withWill(mqtthookstest.V3("k", "u", true), "will/k"))
+	requireAccepted(t, k1)
+
+	a.nc.Close() // A is cut off: no more lease renewals, no answers to claims
+	a.srv.Shutdown()
+	start := time.Now()
+	require.Eventually(t, func() bool {
+		return tc.all.Count(id, "OnClientOffline") == 1 && tc.all.Count(clean, "OnClientGone") == 1
+	}, 10*testLease, testLease/20, "a surviving node ends the connections A held")
+	t.Logf("the sessions were taken over %v after A was cut off (lease %v)", time.Since(start), testLease)
+	var heir string
+	for _, name := range []string{"B", "C"} {
+		if off, ok := tc.nodes[name].rec.Last(id, "OnClientOffline"); ok {
+			heir = name
+			assert.Equal(t, mqtthooks.ReasonNodeDown, off.Event.Reason)
+		}
+	}
+	require.NotEmpty(t, heir)
+	gone, ok := tc.all.Last(clean, "OnClientGone")
+	require.True(t, ok)
+	assert.Equal(t, mqtthooks.ReasonNodeDown, gone.Event.Reason)
+	assert.ElementsMatch(t, []string{heir + ":will/s", "?:will/k"}, replaceNode(tc.wills.get(), "will/k"))
+
+	c2 := mqtthookstest.ConnectV5(t.Context(), b.core, "s", "u", false, 3600)
+	requireAccepted(t, c2)
+	assert.True(t, c2.Connack().SessionPresent)
+	assert.Equal(t, 1, tc.all.Count(id, "OnClientOffline"), "the connection A held ended once")
+	got, err := c2.Receive()
+	require.NoError(t, err)
+	assert.Equal(t, []string{"1", "2"}, payloads(got))
+
+	// A, cut off, still holds its copy: its writes fail.
+	r := mqtthooks.NewReceipt(nil)
+	_ = a.core.Deliver(id, &mqtthooks.Message{Topic: "t", Payload: []byte("late"), QoS: 1},
+		mqtthooks.DeliverOptions{QoS: 1, Receipt: r})
+	r.Close()
+	ss, err := b.store.LoadSession(t.Context(), id)
+	require.NoError(t, err)
+	require.NotNil(t, ss)
+	for _, e := range ss.Entries {
+		assert.NotEqual(t, "late", string(e.Message.Payload), "a write of the node that was cut off reached the store")
+	}
+}
+
+// replaceNode replaces the node of the Will to topic with "?".
+func replaceNode(wills []string, topic string) []string {
+	out := make([]string, len(wills))
+	for i, w := range wills {
+		if strings.HasSuffix(w, ":"+topic) {
+			w = "?:" + topic
+		}
+		out[i] = w
+	}
+	return out
+}
+
+// C8: SameUsername across nodes.
+func TestC8ResumePolicyBetweenNodes(t *testing.T) {
+	tc := newTestCluster(t)
+	id := sid("s")
+	c1 := mqtthookstest.ConnectV5(t.Context(), tc.nodes["A"].core, "s", "u", false, 3600)
+	requireAccepted(t, c1)
+	c2 := mqtthookstest.ConnectV5(t.Context(), tc.nodes["B"].core, "s", "mallory", false, 0)
+	require.False(t, c2.Accepted())
+	assert.Equal(t, mqtthooks.CodeNotAuthorized, c2.Connack().ReasonCode)
+	c3 := mqtthookstest.ConnectV3(t.Context(), tc.nodes["C"].core, "s", "mallory", true)
+	require.False(t, c3.Accepted())
+	assert.Equal(t, mqtthooks.RefusedNotAuthorized, c3.Connack().ReturnCode)
+	_, err := c1.Pull()
+	assert.NoError(t, err, "the session on A goes on")
+	tc.all.ExpectHooks(t, id, "OnClientWakeup", "OnRegisterM5")
+}
