@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/netip"
 	"regexp"
 	"sync"
@@ -196,7 +197,9 @@ func (c *Cluster) adoptOrphans(gone func(owner string) bool) {
 	}()
 	w, err := c.owners.WatchAll(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
-		c.log.Error("natsjs: listing the owners of sessions", "err", err)
+		if ctx.Err() == nil { // not Leave
+			c.log.Error("natsjs: listing the owners of sessions", "err", err)
+		}
 		return
 	}
 	defer func() { _ = w.Stop() }()
@@ -213,24 +216,41 @@ func (c *Cluster) adoptOrphans(gone func(owner string) bool) {
 			orphans = append(orphans, orphan{e.Key(), e.Revision()})
 		}
 	}
+	// Each node goes through them in an order of its own, so that the nodes
+	// alive share the work instead of racing for the same sessions.
+	rand.Shuffle(len(orphans), func(i, j int) { orphans[i], orphans[j] = orphans[j], orphans[i] })
 	me := []byte(c.opts.Node)
-	for _, o := range orphans {
-		id, err := parseOwnerKey(o.key)
-		if err != nil {
-			c.log.Error("natsjs: a malformed key in the owners bucket", "key", o.key, "err", err)
-			continue
-		}
-		if _, err := c.owners.Update(ctx, o.key, me, o.rev); err != nil {
-			if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-				c.log.Warn("natsjs: adopting a session", "session", id.String(), "err", err)
+	work := make(chan orphan)
+	var wg sync.WaitGroup
+	for range adoptWorkers {
+		wg.Go(func() {
+			for o := range work {
+				id, err := parseOwnerKey(o.key)
+				if err != nil {
+					c.log.Error("natsjs: a malformed key in the owners bucket", "key", o.key, "err", err)
+					continue
+				}
+				if _, err := c.owners.Update(ctx, o.key, me, o.rev); err != nil {
+					if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && ctx.Err() == nil {
+						c.log.Warn("natsjs: adopting a session", "session", id.String(), "err", err)
+					}
+					continue // another node adopted it, or a client claimed it
+				}
+				if err := c.node.Adopt(ctx, id); err != nil {
+					c.log.Error("natsjs: adopting a session", "session", id.String(), "err", err)
+				}
 			}
-			continue // another node adopted it, or a client claimed it
-		}
-		if err := c.node.Adopt(ctx, id); err != nil {
-			c.log.Error("natsjs: adopting a session", "session", id.String(), "err", err)
-		}
+		})
 	}
+	for _, o := range orphans {
+		work <- o
+	}
+	close(work)
+	wg.Wait()
 }
+
+// adoptWorkers bounds the adoptions a node runs at once.
+const adoptWorkers = 16
 
 // renew keeps the node's presence alive.
 func (c *Cluster) renew() {
