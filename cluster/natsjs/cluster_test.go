@@ -533,3 +533,28 @@ func (c *qos2Client) settle(s *mqtthooks.Session, d mqtthooks.Delivery) error {
 	c.mu.Unlock()
 	return s.Pubcomp(d.PacketID)
 }
+
+// C6: the expiry of an offline session runs on exactly one node, the one
+// that held it last; the node it left holds nothing that could expire it.
+func TestC6ExpiryOnOneNode(t *testing.T) {
+	tc := newTestCluster(t)
+	a, b := tc.nodes["A"], tc.nodes["B"]
+	id := sid("s")
+	c1 := mqtthookstest.ConnectV5(t.Context(), a.core, "s", "u", false, 1)
+	requireAccepted(t, c1)
+	require.NoError(t, c1.Disconnect(t.Context(), mqtthooks.CodeSuccess)) // offline on A, expiring in 1 s
+	c2 := mqtthookstest.ConnectV5(t.Context(), b.core, "s", "u", false, 1)
+	requireAccepted(t, c2)
+	assert.True(t, c2.Connack().SessionPresent)
+	require.NoError(t, c2.Disconnect(t.Context(), mqtthooks.CodeSuccess)) // offline on B
+	_, held := a.core.Lookup(id)
+	assert.False(t, held, "A keeps nothing of the session that could expire")
+	require.Eventually(t, func() bool { return tc.all.Count(id, "OnSessionExpired") == 1 }, 30*time.Second, 10*time.Millisecond)
+	assert.Equal(t, 1, b.rec.Count(id, "OnSessionExpired"))
+	ss, err := b.store.LoadSession(t.Context(), id)
+	require.NoError(t, err)
+	assert.Nil(t, ss, "the expired session left the store")
+	for _, n := range tc.nodes {
+		assert.Zero(t, n.core.Stats().Sessions, "node %s", n.name)
+	}
+}
