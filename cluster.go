@@ -81,6 +81,13 @@ type ClusterNode interface {
 	// this node holds already, or one the store does not have, does
 	// nothing (the latter disowns it).
 	Adopt(ctx context.Context, id SubscriberID) error
+	// Isolated tells the Core that this node lost its place in the cluster:
+	// its lease ran out, or may have, since it could not renew it in time,
+	// so other nodes adopt its sessions. The Core ends every connection here
+	// as taken over and forgets every session, firing no hook and
+	// publishing no Will: the node that adopts a session reports its end.
+	// New CONNECTs are claimed as usual.
+	Isolated(ctx context.Context)
 }
 
 // YieldRequest is another node's claim on a session this node owns.

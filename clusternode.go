@@ -88,7 +88,12 @@ func (h *Handshake) claim(ctx context.Context, e *entry, p *plan) (*sessionState
 	}
 	h.claimed = true
 	c.stats.claimed.Add(1)
-	st, _, err := c.takeFromStore(ctx, e, true)
+	if !c.deleteEnded(ctx, p.id) { // a life that ended here and that the store still holds
+		h.claimStored = true
+		return nil, fmt.Errorf("%w: the session store still holds a session that ended here", ErrRegistration)
+	}
+	st, stored, err := c.takeFromStore(ctx, e, true)
+	h.claimStored = stored || err != nil // when the store failed, it may hold the session
 	return st, err
 }
 
@@ -141,12 +146,26 @@ func (c *Core) takeFromStore(ctx context.Context, e *entry, keepClaim bool) (st 
 }
 
 // Adopt takes over a session whose node is gone (see ClusterNode.Adopt).
+// If the store fails, the Core tries again later on its own, and Adopt
+// returns the error.
 func (n clusterNode) Adopt(ctx context.Context, id SubscriberID) error {
+	err := n.adopt(ctx, id)
+	if err != nil {
+		n.c.adoptLater(id, time.Second)
+	}
+	return err
+}
+
+func (n clusterNode) adopt(ctx context.Context, id SubscriberID) error {
 	c := n.c
 	err := errYieldCut
 	o := newOp(func(ctx context.Context, e *entry) {
 		if e.state.Load() != nil {
 			err = nil
+			return
+		}
+		if !c.deleteEnded(ctx, id) {
+			err = fmt.Errorf("%w: the session store still holds a session that ended here", ErrRegistration)
 			return
 		}
 		st, stored, terr := c.takeFromStore(ctx, e, false)
@@ -205,6 +224,9 @@ func (n clusterNode) Yield(ctx context.Context, r *YieldRequest) error {
 func (c *Core) yield(ctx context.Context, e *entry, r *YieldRequest) error {
 	st := e.state.Load()
 	if st == nil {
+		if !c.deleteEnded(ctx, e.id) { // its end must reach the store before another node reads it
+			return fmt.Errorf("%w: the session store still holds a session that ended here", ErrRegistration)
+		}
 		return c.transfer(ctx, e.id, r)
 	}
 	res := r.Resume
@@ -271,39 +293,36 @@ func (c *Core) yield(ctx context.Context, e *entry, r *YieldRequest) error {
 		}
 	}
 	st.rec.Connected = false
+	// From this write on, nothing more is written here: a message routed
+	// now finds no session, rather than a write the next owner would not
+	// see (it may read the store before the write lands).
+	st.ended = true
 	j := st.journal()
 	j.updateRecord()
 	flushed := make(chan error, 1)
 	j.commit(func(err error) { flushed <- err })
 	st.mu.Unlock()
-	if err := waitFlushed(ctx, flushed); err != nil {
+	stay := func() { // the session stays here, offline
+		st.mu.Lock()
+		st.ended = false
+		st.mu.Unlock()
 		st.moving = false
 		c.armTimers(st)
+	}
+	if err := waitFlushed(ctx, flushed); err != nil {
+		if errors.Is(err, ErrStaleGeneration) { // it was another node's already
+			c.forget(e, st)
+			return c.transfer(ctx, e.id, r)
+		}
+		stay()
 		return fmt.Errorf("mqtthooks: writing the session before its hand-over: %w", err)
 	}
 	if err := c.transfer(ctx, e.id, r); err != nil {
-		st.moving = false
-		c.armTimers(st) // it stays here, offline
+		stay()
 		return err
 	}
-	// Forget it: the store keeps it, for its new owner.
 	c.stats.yielded.Add(1)
-	st.mu.Lock()
-	st.stored = false // no more writes from here, whatever still holds it
-	st.ended = true
-	c.stats.handedOver.Add(uint64(st.q.clear(nil)))
-	subscribed := len(st.subs) > 0
-	st.clearSubscriptions()
-	st.mu.Unlock()
-	if subscribed {
-		c.routerRemoveAll(st.rec.ID, st.rec.Generation)
-	}
-	e.mu.Lock()
-	if e.state.Load() == st {
-		e.state.Store(nil)
-	}
-	e.mu.Unlock()
-	c.stats.sessions.Add(-1)
+	c.forget(e, st) // the store keeps it, for its new owner
 	return nil
 }
 
@@ -333,4 +352,186 @@ func (c *Core) transfer(ctx context.Context, id SubscriberID, r *YieldRequest) e
 		err = perr
 	}
 	return err
+}
+
+// owned reports whether this node still owns st, a clustered session it
+// holds: it writes the session's record and waits, and the store refuses
+// the write if another node took the session over (its generation moved on)
+// while this one was cut off from the cluster. Then st is forgotten, with no
+// hook and no Will (the node that took it reports its end), and owned
+// reports false. Without a cluster, or when the store cannot tell (another
+// error), it reports true.
+func (c *Core) owned(ctx context.Context, e *entry, st *sessionState) bool {
+	if c.cluster == nil {
+		return true
+	}
+	st.mu.Lock()
+	j := st.journal()
+	if j == nil {
+		st.mu.Unlock()
+		return true
+	}
+	j.updateRecord()
+	written := make(chan error, 1)
+	j.commit(func(err error) { written <- err })
+	st.mu.Unlock()
+	err := waitFlushed(ctx, written)
+	if !errors.Is(err, ErrStaleGeneration) {
+		return true
+	}
+	c.logger.Warn("mqtthooks: cluster: another node took the session over while this one was cut off; forgetting it",
+		"session", st.rec.ID.String())
+	c.forget(e, st)
+	return false
+}
+
+// forget drops st, a clustered session that is another node's now, from
+// this node, firing nothing: its connections are ended as taken over, its
+// timers stopped, its subscriptions removed from the Router, its messages
+// counted as handed over; the store keeps it for its owner.
+func (c *Core) forget(e *entry, st *sessionState) {
+	for _, s := range st.snapshotConns() {
+		c.kick(s, errTakenOver)
+		c.detach(st, s)
+	}
+	c.sched.cancel(st.expiryItem)
+	c.sched.cancel(st.willItem)
+	st.expiryItem, st.willItem = nil, nil
+	st.mu.Lock()
+	wasStored := st.stored
+	st.stored = false // no more writes from here, whatever still holds it
+	st.ended = true
+	c.stats.handedOver.Add(uint64(st.q.clear(nil)))
+	subscribed := len(st.subs) > 0
+	st.clearSubscriptions()
+	st.mu.Unlock()
+	if subscribed {
+		c.routerRemoveAll(st.rec.ID, st.rec.Generation)
+	}
+	e.mu.Lock()
+	if e.state.Load() == st {
+		e.state.Store(nil)
+	}
+	e.mu.Unlock()
+	c.stats.sessions.Add(-1)
+	if f, ok := c.store.(SessionForgetter); ok && wasStored {
+		_ = c.guard("SessionStore.Forget", st.rec.ID, func() { f.Forget(st.rec.ID) })
+	}
+}
+
+// deleteFirst deletes a clustered node's stored session before it ends,
+// so that its hooks fire only if the store still took this node's word:
+// fenced reports that it refused the delete as stale (another node took
+// the session over; st is forgotten, and endSession fires nothing). A
+// delete that fails otherwise is tried again; if it never succeeds, the
+// session ends here anyway, but keepClaim tells endSession not to disown
+// it, since the store still holds a life another node would end again.
+func (c *Core) deleteFirst(ctx context.Context, e *entry, st *sessionState, replacedBy *sessionState) (fenced, keepClaim bool) {
+	st.mu.Lock()
+	stored := st.stored && (replacedBy == nil || !replacedBy.stored)
+	if stored {
+		st.stored = false // endSession deletes nothing more
+	}
+	st.mu.Unlock()
+	if !stored {
+		return false, false
+	}
+	var err error
+	for attempt := range 3 {
+		b := c.store.Batch()
+		b.DeleteSession(st.rec.ID, st.rec.Generation)
+		if err = c.commitWait(ctx, b, st.rec.ID); err == nil || errors.Is(err, ErrStaleGeneration) || ctx.Err() != nil {
+			break
+		}
+		c.logger.Warn("mqtthooks: session store: delete failed, trying again", "session", st.rec.ID.String(),
+			"attempt", attempt+1, "err", err)
+	}
+	switch {
+	case err == nil:
+		return false, false
+	case errors.Is(err, ErrStaleGeneration):
+		st.mu.Lock()
+		st.stored = true // forget tells the store
+		st.mu.Unlock()
+		c.logger.Warn("mqtthooks: cluster: another node took the session over while this one was cut off; forgetting it",
+			"session", st.rec.ID.String())
+		if replacedBy != nil {
+			c.stats.sessions.Add(1) // forget gives back a slot that the new life keeps
+		}
+		c.forget(e, st)
+		return true, false
+	}
+	c.logger.Error("mqtthooks: session store: delete failed; the session stays claimed by this node until it succeeds",
+		"session", st.rec.ID.String(), "err", err)
+	c.unended.Store(st.rec.ID, st.rec.Generation)
+	c.deleteLater(st.rec.ID, time.Second)
+	return false, true
+}
+
+// deleteEnded deletes a life that ended here but that the store still
+// holds (see unended), and then lets the cluster forget its owner. It
+// reports whether the store has no such life left.
+func (c *Core) deleteEnded(ctx context.Context, id SubscriberID) bool {
+	v, ok := c.unended.Load(id)
+	if !ok {
+		return true
+	}
+	b := c.store.Batch()
+	b.DeleteSession(id, v.(uint64))
+	if err := c.commitWait(ctx, b, id); err != nil && !errors.Is(err, ErrStaleGeneration) {
+		return false
+	}
+	c.unended.Delete(id)
+	return true
+}
+
+// deleteLater tries deleteEnded for id again after d, doubling d up to a
+// minute, in an operation of the session; then it disowns the session.
+func (c *Core) deleteLater(id SubscriberID, d time.Duration) {
+	if c.closed.Load() {
+		return
+	}
+	c.sched.schedule(time.Now().Add(d), func() {
+		_ = c.reg.do(context.Background(), id, newOp(func(ctx context.Context, e *entry) {
+			if _, ok := c.unended.Load(id); !ok || e.state.Load() != nil {
+				return // done, or a new life began here
+			}
+			if !c.deleteEnded(ctx, id) {
+				c.deleteLater(id, min(2*d, time.Minute))
+				return
+			}
+			c.disown(ctx, id)
+		}))
+	})
+}
+
+// Isolated ends this node's hold on every session, when the Cluster lost
+// its place (see ClusterNode.Isolated).
+func (n clusterNode) Isolated(ctx context.Context) {
+	c := n.c
+	c.reg.each(func(e *entry) bool {
+		_ = c.reg.do(notInHook{ctx}, e.id, newOp(func(_ context.Context, e *entry) {
+			if st := e.state.Load(); st != nil {
+				c.forget(e, st)
+			}
+		}))
+		return ctx.Err() == nil
+	})
+}
+
+// adoptLater tries Adopt for id again after d, doubling d up to a minute
+// while it fails: a session this node owns must not be left without its
+// timers because the store failed once.
+func (c *Core) adoptLater(id SubscriberID, d time.Duration) {
+	if c.closed.Load() {
+		return
+	}
+	c.sched.schedule(time.Now().Add(d), func() {
+		ctx, cancel := context.WithTimeout(context.Background(), c.opts.HookTimeout)
+		defer cancel()
+		if err := (clusterNode{c}).adopt(ctx, id); err != nil {
+			c.logger.Warn("mqtthooks: cluster: taking over a session failed; trying again", "session", id.String(), "err", err)
+			c.adoptLater(id, min(2*d, time.Minute))
+		}
+	})
 }

@@ -95,6 +95,9 @@ type Handshake struct {
 	state    any
 	finished bool
 	claimed  bool // this node claimed the session from the cluster
+	// claimStored: the store held the claimed session, or may have (it
+	// could not be read)
+	claimStored bool
 
 	// What one CONNECT needs, kept here so that a CONNECT allocates little:
 	// the context of its conditional hooks, its requests and events, its
@@ -486,8 +489,18 @@ func (h *Handshake) register(ctx context.Context, p *plan) Step {
 
 func (h *Handshake) runOp(ctx context.Context, e *entry) {
 	h.step = h.attach(ctx, e, &h.plan)
-	if h.claimed && e.state.Load() == nil { // claimed, and refused after all
-		h.core.disown(ctx, h.plan.id)
+	if !h.claimed {
+		return
+	}
+	// Claimed, and refused after all: this node owns the session now.
+	c := h.core
+	switch st := e.state.Load(); {
+	case st == nil && !h.claimStored:
+		c.disown(ctx, h.plan.id) // nothing to own
+	case st == nil:
+		c.adoptLater(h.plan.id, time.Second) // the store may hold it: take it over once it can be read
+	case !st.online():
+		c.armTimers(st) // it lives here, offline
 	}
 }
 
@@ -505,6 +518,9 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 		return h.reject(ErrShutdown)
 	}
 	st := e.state.Load()
+	if st != nil && !c.owned(ctx, e, st) {
+		st = nil // another node took it over while this one was cut off: claim it from there
+	}
 	if st == nil && c.cluster != nil {
 		var err error
 		if st, err = h.claim(ctx, e, p); err != nil {

@@ -264,6 +264,10 @@ type Core struct {
 	loader   SessionLoader
 	msgEpoch atomic.Uint64
 	msgMu    sync.Mutex
+	// unended: the lives of clustered sessions that ended here while the
+	// store failed to delete them (SubscriberID → Generation), deleted
+	// again later, and before any other node may take them.
+	unended sync.Map
 	closed   atomic.Bool
 	conns    sync.WaitGroup // calls to Conn.Disconnect in flight
 	writes   sync.WaitGroup // store commits in flight

@@ -2,7 +2,6 @@ package mqtthooks
 
 import (
 	"context"
-	"errors"
 	"slices"
 	"time"
 )
@@ -64,6 +63,9 @@ func (c *Core) kick(s *Session, end *EndedError) {
 // offline or, with cleanup on disconnect, is gone.
 func (c *Core) endConnection(ctx context.Context, e *entry, st *sessionState, s *Session, cause endCause) {
 	if !c.detach(st, s) {
+		return
+	}
+	if !c.owned(ctx, e, st) { // another node ends it, Will and hooks
 		return
 	}
 	if conn := c.handOverQueue(st, s); conn != nil {
@@ -245,8 +247,12 @@ func (c *Core) publishPendingWills(ctx context.Context, st *sessionState) {
 // between may cost a plugin that hook, but never brings back a session whose
 // end it was told of.
 func (c *Core) endSession(ctx context.Context, e *entry, st *sessionState, h hookID, ev *SessionEvent, replacedBy *sessionState) {
-	if c.cluster != nil && c.fencedOff(ctx, e, st, replacedBy) {
-		return
+	keepClaim := false // a clustered session the store still has: no other node may claim it yet
+	if c.cluster != nil {
+		var fenced bool
+		if fenced, keepClaim = c.deleteFirst(ctx, e, st, replacedBy); fenced {
+			return
+		}
 	}
 	c.publishPendingWills(ctx, st)
 	c.sched.cancel(st.expiryItem)
@@ -293,57 +299,10 @@ func (c *Core) endSession(ctx context.Context, e *entry, st *sessionState, h hoo
 	e.mu.Unlock()
 	if replacedBy == nil {
 		c.stats.sessions.Add(-1)
-		if c.cluster != nil && !st.moving {
+		if c.cluster != nil && !st.moving && !keepClaim {
 			c.disown(ctx, st.rec.ID)
 		}
 	}
-}
-
-// fencedOff deletes a clustered node's stored session before it ends, and
-// reports whether the store refused that as stale: another node took the
-// session over while this one was cut off from the cluster, and ends it
-// there, so this node only forgets it, firing nothing and publishing no
-// Will. st.stored is then false, and endSession deletes nothing more.
-func (c *Core) fencedOff(ctx context.Context, e *entry, st *sessionState, replacedBy *sessionState) bool {
-	st.mu.Lock()
-	stored := st.stored && (replacedBy == nil || !replacedBy.stored)
-	st.stored = false
-	st.mu.Unlock()
-	if !stored {
-		return false
-	}
-	b := c.store.Batch()
-	b.DeleteSession(st.rec.ID, st.rec.Generation)
-	err := c.commitWait(ctx, b, st.rec.ID)
-	if !errors.Is(err, ErrStaleGeneration) {
-		if err != nil {
-			c.logger.Error("mqtthooks: session store: delete failed", "session", st.rec.ID.String(), "err", err)
-		}
-		return false
-	}
-	c.logger.Warn("mqtthooks: cluster: the session was taken over by another node while this one was cut off; forgetting it",
-		"session", st.rec.ID.String())
-	c.sched.cancel(st.expiryItem)
-	c.sched.cancel(st.willItem)
-	st.expiryItem, st.willItem = nil, nil
-	st.mu.Lock()
-	subscribed := len(st.subs) > 0
-	st.clearSubscriptions()
-	st.ended = true
-	c.stats.handedOver.Add(uint64(st.q.clear(nil))) // the node that took it over has them
-	st.mu.Unlock()
-	if subscribed {
-		c.routerRemoveAll(st.rec.ID, st.rec.Generation)
-	}
-	e.mu.Lock()
-	if e.state.Load() == st {
-		e.state.Store(nil)
-	}
-	e.mu.Unlock()
-	if replacedBy == nil {
-		c.stats.sessions.Add(-1)
-	}
-	return true
 }
 
 // goOffline fires OnClientOffline and arms the session's expiry and delayed
@@ -412,7 +371,7 @@ func (c *Core) expire(id SubscriberID, gen uint64) {
 func (c *Core) delayedWill(id SubscriberID, gen uint64) {
 	_ = c.reg.do(context.Background(), id, newOp(func(ctx context.Context, e *entry) {
 		st := e.state.Load()
-		if st == nil || st.rec.Generation != gen {
+		if st == nil || st.rec.Generation != gen || !c.owned(ctx, e, st) {
 			return
 		}
 		now := time.Now()
@@ -458,6 +417,9 @@ func (c *Core) takeOver(ctx context.Context, st *sessionState, sessionEnds bool)
 
 // adminDisconnect ends the session's connections for an administrator.
 func (c *Core) adminDisconnect(ctx context.Context, e *entry, st *sessionState, cleanup bool, code ReasonCode) {
+	if !c.owned(ctx, e, st) {
+		return
+	}
 	conns := st.snapshotConns()
 	end := errAdminDisconnect
 	if code != end.Code {

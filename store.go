@@ -111,6 +111,14 @@ type SessionLoader interface {
 	LoadSession(ctx context.Context, id SubscriberID) (*StoredSession, error)
 }
 
+// A SessionForgetter is a SessionStore that keeps copies of sessions in
+// memory, which a clustered Core lets go when a session leaves its node:
+// Forget(id) is called once the session of id is another node's. The store
+// keeps the session itself.
+type SessionForgetter interface {
+	Forget(id SubscriberID)
+}
+
 // ErrStaleGeneration is the error of a store write that names a session
 // life that is not the stored one: an older life, or one that has ended.
 var ErrStaleGeneration = errors.New("mqtthooks: write for a session life that is not the current one")

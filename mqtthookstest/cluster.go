@@ -19,14 +19,16 @@ import (
 //
 // A Cluster is safe for concurrent use.
 type Cluster struct {
-	mu     sync.Mutex
-	owners map[mqtthooks.SubscriberID]string
-	nodes  map[string]*clusterNode
+	mu       sync.Mutex
+	owners   map[mqtthooks.SubscriberID]string
+	nodes    map[string]*clusterNode
+	adopting map[mqtthooks.SubscriberID]chan struct{} // closed once adopted
 }
 
 // NewCluster returns a Cluster with no nodes.
 func NewCluster() *Cluster {
-	return &Cluster{owners: map[mqtthooks.SubscriberID]string{}, nodes: map[string]*clusterNode{}}
+	return &Cluster{owners: map[mqtthooks.SubscriberID]string{}, nodes: map[string]*clusterNode{},
+		adopting: map[mqtthooks.SubscriberID]chan struct{}{}}
 }
 
 // Node returns the mqtthooks.Cluster of the node name, for the Options of
@@ -68,6 +70,7 @@ func (c *Cluster) adopt(name string) {
 		for id, owner := range c.owners {
 			if owner == name {
 				c.owners[id] = heir.name
+				c.adopting[id] = make(chan struct{})
 				ids = append(ids, id)
 			}
 		}
@@ -75,6 +78,10 @@ func (c *Cluster) adopt(name string) {
 	c.mu.Unlock()
 	for _, id := range ids {
 		_ = heir.core.Adopt(context.Background(), id)
+		c.mu.Lock()
+		close(c.adopting[id])
+		delete(c.adopting, id)
+		c.mu.Unlock()
 	}
 }
 
@@ -103,6 +110,15 @@ func (n *clusterNode) Claim(ctx context.Context, r *mqtthooks.ClaimRequest) erro
 			return err
 		}
 		n.c.mu.Lock()
+		if adopted, ok := n.c.adopting[id]; ok { // its new owner has yet to take it over: wait
+			n.c.mu.Unlock()
+			select {
+			case <-adopted:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			continue
+		}
 		prev := n.c.owners[id]
 		owner := n.c.nodes[prev]
 		if prev == "" || prev == n.name || owner == nil || owner.dead || owner.core == nil {

@@ -68,12 +68,15 @@ type Cluster struct {
 	owners jetstream.KeyValue
 	nodes  jetstream.KeyValue
 
-	mu    sync.Mutex
-	node  mqtthooks.ClusterNode
-	sub   *nats.Subscription
-	stop  chan struct{}
-	bg    sync.WaitGroup
-	yield sync.WaitGroup // hand-overs in flight
+	adopting sync.Map // owner key → chan struct{}, closed once this node adopted it
+
+	mu      sync.Mutex
+	node    mqtthooks.ClusterNode
+	sub     *nats.Subscription
+	stop    chan struct{}
+	unwatch context.CancelFunc // ends the watch of the nodes
+	bg      sync.WaitGroup
+	yield   sync.WaitGroup // hand-overs in flight
 }
 
 var nodeName = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
@@ -100,7 +103,8 @@ func NewCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 	}
 	c := &Cluster{opts: opts, log: cmp.Or(opts.Logger, slog.Default()), js: js, stop: make(chan struct{})}
 	c.owners, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: opts.Bucket + "_owners",
-		Replicas: opts.Replicas, Storage: jetstream.FileStorage})
+		Replicas: opts.Replicas, Storage: jetstream.FileStorage,
+		LimitMarkerTTL: ownerMarkerTTL}) // the markers of disowned sessions expire
 	if err != nil {
 		return nil, fmt.Errorf("natsjs: the owners bucket: %w", err)
 	}
@@ -134,11 +138,14 @@ func (c *Cluster) Join(n mqtthooks.ClusterNode) error {
 		_ = sub.Unsubscribe()
 		return fmt.Errorf("natsjs: %w", err)
 	}
-	w, err := c.nodes.WatchAll(context.Background())
+	wctx, wcancel := context.WithCancel(context.Background())
+	w, err := c.nodes.WatchAll(wctx)
 	if err != nil {
+		wcancel()
 		_ = sub.Unsubscribe()
 		return fmt.Errorf("natsjs: watching the nodes: %w", err)
 	}
+	c.unwatch = wcancel
 	c.node, c.sub = n, sub
 	c.bg.Add(2)
 	go c.renew()
@@ -148,19 +155,53 @@ func (c *Cluster) Join(n mqtthooks.ClusterNode) error {
 
 // watchNodes adopts the sessions of every node that is not alive when this
 // one joins (and those still under this node's own name), and of every node
-// whose lease runs out or that leaves later.
+// whose lease runs out or that leaves later. The watch tells at once; a
+// listing of the nodes every half lease catches what a watch can miss (its
+// consumer may live on a server that died with the node).
 func (c *Cluster) watchNodes(w jetstream.KeyWatcher) {
 	defer c.bg.Done()
 	defer func() { _ = w.Stop() }()
 	alive := map[string]bool{}
 	synced := false
+	gone := func(node string) {
+		delete(alive, node)
+		if synced && node != c.opts.Node {
+			c.adoptOrphans(func(owner string) bool { return owner == node })
+		}
+	}
+	poll := time.NewTicker(c.opts.Lease / 2)
+	defer poll.Stop()
+	updates := w.Updates()
 	for {
 		select {
 		case <-c.stop:
 			return
-		case e, ok := <-w.Updates():
+		case <-poll.C:
+			if !synced {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), c.opts.Lease/2)
+			keys, err := c.nodes.Keys(ctx)
+			cancel()
+			if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
+				continue
+			}
+			now := map[string]bool{}
+			for _, k := range keys {
+				now[k] = true
+			}
+			for node := range alive {
+				if !now[node] {
+					gone(node)
+				}
+			}
+			for node := range now {
+				alive[node] = true
+			}
+		case e, ok := <-updates:
 			if !ok {
-				return
+				updates = nil // the listing goes on
+				continue
 			}
 			if e == nil { // the current nodes are all in: the owners of others are gone
 				synced = true
@@ -169,15 +210,11 @@ func (c *Cluster) watchNodes(w jetstream.KeyWatcher) {
 				c.adoptOrphans(func(owner string) bool { return !alive[owner] || owner == c.opts.Node })
 				continue
 			}
-			node := e.Key()
 			if e.Operation() == jetstream.KeyValuePut {
-				alive[node] = true
+				alive[e.Key()] = true
 				continue
 			}
-			delete(alive, node)
-			if synced && node != c.opts.Node {
-				c.adoptOrphans(func(owner string) bool { return owner == node })
-			}
+			gone(e.Key())
 		}
 	}
 }
@@ -230,15 +267,23 @@ func (c *Cluster) adoptOrphans(gone func(owner string) bool) {
 					c.log.Error("natsjs: a malformed key in the owners bucket", "key", o.key, "err", err)
 					continue
 				}
+				// Claims wait until the adoption is over: the Core holds
+				// nothing to hand over before.
+				done := make(chan struct{})
+				c.adopting.Store(o.key, done)
 				if _, err := c.owners.Update(ctx, o.key, me, o.rev); err != nil {
+					c.adopting.Delete(o.key)
+					close(done)
 					if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && ctx.Err() == nil {
 						c.log.Warn("natsjs: adopting a session", "session", id.String(), "err", err)
 					}
 					continue // another node adopted it, or a client claimed it
 				}
-				if err := c.node.Adopt(ctx, id); err != nil {
+				if err := c.node.Adopt(ctx, id); err != nil { // the Core tries again on its own
 					c.log.Error("natsjs: adopting a session", "session", id.String(), "err", err)
 				}
+				c.adopting.Delete(o.key)
+				close(done)
 			}
 		})
 	}
@@ -253,22 +298,43 @@ func (c *Cluster) adoptOrphans(gone func(owner string) bool) {
 const adoptWorkers = 16
 
 // renew keeps the node's presence alive.
+// A node that has not renewed its lease for half of it may have lost it by
+// the time other nodes look: it isolates itself (ClusterNode.Isolated)
+// before they adopt its sessions, once per loss.
 func (c *Cluster) renew() {
 	defer c.bg.Done()
 	t := time.NewTicker(c.opts.Lease / 4)
 	defer t.Stop()
+	last := time.Now()
+	isolated := false
 	for {
 		select {
 		case <-c.stop:
 			return
 		case <-t.C:
 			ctx, cancel := context.WithTimeout(context.Background(), c.opts.Lease/4)
-			if _, err := c.nodes.Put(ctx, c.opts.Node, nil); err != nil {
-				c.log.Warn("natsjs: renewing the node's lease", "node", c.opts.Node, "err", err)
-			}
+			_, err := c.nodes.Put(ctx, c.opts.Node, nil)
 			cancel()
+			if err == nil {
+				last, isolated = time.Now(), false
+				continue
+			}
+			c.log.Warn("natsjs: renewing the node's lease", "node", c.opts.Node, "err", err)
+			if !isolated && time.Since(last) >= c.opts.Lease/2 {
+				isolated = true
+				c.isolate()
+			}
 		}
 	}
+}
+
+// isolate tells the Core that this node lost its place in the cluster.
+func (c *Cluster) isolate() {
+	c.log.Error("natsjs: this node could not renew its lease; ending its sessions here, for other nodes to adopt",
+		"node", c.opts.Node)
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.YieldTimeout)
+	defer cancel()
+	c.node.Isolated(ctx)
 }
 
 // Leave stops answering claims and withdraws the node's presence, so that
@@ -283,6 +349,7 @@ func (c *Cluster) Leave(ctx context.Context) error {
 	}
 	err := sub.Drain()
 	close(c.stop)
+	c.unwatch()
 	c.bg.Wait()
 	c.yield.Wait()
 	return errors.Join(err, c.nodes.Purge(ctx, c.opts.Node))
@@ -330,6 +397,16 @@ func (c *Cluster) Claim(ctx context.Context, r *mqtthooks.ClaimRequest) error {
 		switch {
 		case err == nil:
 			return nil
+		case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout):
+			// The hand-over may have finished after all: then this node owns
+			// the session, and must take it, or nobody would.
+			rctx, cancel := context.WithTimeout(context.Background(), c.opts.Lease)
+			e, rerr := c.owners.Get(rctx, key)
+			cancel()
+			if rerr == nil && string(e.Value()) == c.opts.Node {
+				return nil
+			}
+			return err
 		case errors.Is(err, mqtthooks.ErrNotOwner): // it was handed over meanwhile: ask again
 		case errors.Is(err, nats.ErrNoResponders): // the owner is gone, its lease not yet
 			select {
@@ -356,12 +433,17 @@ func (c *Cluster) Disown(ctx context.Context, id mqtthooks.SubscriberID) error {
 	if string(e.Value()) != c.opts.Node {
 		return mqtthooks.ErrNotOwner
 	}
-	err = c.owners.Delete(ctx, key, jetstream.LastRevision(e.Revision()))
+	err = c.owners.Purge(ctx, key, jetstream.LastRevision(e.Revision()), jetstream.PurgeTTL(ownerMarkerTTL))
 	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 		return mqtthooks.ErrNotOwner
 	}
 	return err
 }
+
+// ownerMarkerTTL is how long the owners bucket keeps the marker of a session
+// that was disowned: the bucket holds live sessions, not every client id
+// ever seen.
+const ownerMarkerTTL = time.Minute
 
 // yieldMsg is a claim as it travels to the owner.
 type yieldMsg struct {
@@ -443,8 +525,10 @@ func (c *Cluster) askYield(ctx context.Context, owner string, req []byte) error 
 func (c *Cluster) serveYield(m *nats.Msg) {
 	c.mu.Lock()
 	node := c.node
-	if c.sub == nil {
+	if c.sub == nil { // leaving: its sessions go to other nodes
 		c.mu.Unlock()
+		data, _ := json.Marshal(yieldReply{Result: "not-owner"})
+		_ = m.Respond(data)
 		return
 	}
 	c.yield.Add(1)
@@ -468,6 +552,13 @@ func (c *Cluster) handOver(node mqtthooks.ClusterNode, data []byte) yieldReply {
 	defer cancel()
 	res := msg.resume()
 	key := ownerKey(res.SubscriberID)
+	if done, ok := c.adopting.Load(key); ok {
+		select {
+		case <-done.(chan struct{}):
+		case <-ctx.Done():
+			return yieldReply{Result: "error", Error: "the session is still being adopted"}
+		}
+	}
 	err := node.Yield(ctx, &mqtthooks.YieldRequest{Resume: res, Transfer: func(ctx context.Context) error {
 		e, err := c.owners.Get(ctx, key)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {

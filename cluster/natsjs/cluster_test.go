@@ -442,7 +442,7 @@ func TestC4KilledUnderTraffic(t *testing.T) {
 	}
 	const total = 400
 	var n atomic.Int64 // acknowledged
-	wg.Go(func() { // the publisher, 16 PUBLISHes in flight
+	wg.Go(func() {     // the publisher, 16 PUBLISHes in flight
 		window := make(chan struct{}, 16)
 		for i := range total {
 			window <- struct{}{}
@@ -475,9 +475,12 @@ func TestC4KilledUnderTraffic(t *testing.T) {
 	a.srv.Shutdown()
 	wg.Wait()
 
-	require.Eventually(t, func() bool {
+	ok := assert.Eventually(t, func() bool {
 		return tc.all.Count(q1, "OnClientOffline") == 1 && tc.all.Count(q2, "OnClientOffline") == 1
 	}, 30*time.Second, testLease/20)
+	if !ok {
+		t.Fatalf("hooks: %v / %v\nB: %s\nC: %s", tc.all.Hooks(q1), tc.all.Hooks(q2), b.logs, tc.nodes["C"].logs)
+	}
 	r1, r2 := connect(b.core, "q1"), connect(b.core, "q2")
 	never := func() bool { return false }
 	require.NoError(t, receive(r1, 1, never))
