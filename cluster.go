@@ -53,7 +53,9 @@ type Cluster interface {
 type ClaimRequest struct {
 	// Resume describes the CONNECT, for the ResumePolicy of the node that
 	// owns the session, which fills in PrevUsername and PrevHasUsername.
-	// Resume.Conn describes the claimant's connection on its own node.
+	// Resume.Conn describes the claimant's connection on its own node; a
+	// Cluster that carries it to another process may leave out what does
+	// not travel (natsjs drops the TLS state).
 	Resume ResumeRequest
 }
 
@@ -68,8 +70,11 @@ type ClusterNode interface {
 	// the CONNECT starts clean or the connection had cleanup on disconnect);
 	// the session's writes become durable; r.Transfer makes the claimant the
 	// owner; and the session leaves this node's memory (not the store).
-	// If Transfer fails, the session stays here, offline, and Yield returns
-	// its error. A session this node does not hold is transferred at once.
+	// If Transfer fails, a session that goes on (a persistent one, taken
+	// over) stays here, offline, and Yield returns the error; one that ended
+	// (clean start, cleanup on disconnect) stays ended. A session this node
+	// does not hold is transferred at once, after any end of a life here
+	// that the store has yet to record.
 	Yield(ctx context.Context, r *YieldRequest) error
 	// Adopt takes over a session whose node is gone (it died, or left the
 	// cluster): the Cluster has made this node its owner, for the whole
