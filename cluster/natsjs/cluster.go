@@ -316,6 +316,11 @@ func (c *Cluster) renew() {
 			_, err := c.nodes.Put(ctx, c.opts.Node, nil)
 			cancel()
 			if err == nil {
+				// A renewal that came too late may have let the lease run
+				// out in between, and other nodes adopt the sessions.
+				if late := time.Since(last) >= c.opts.Lease*3/4; late && !isolated {
+					c.isolate()
+				}
 				last, isolated = time.Now(), false
 				continue
 			}

@@ -24,6 +24,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -54,7 +55,7 @@ func main() {
 	conc := flag.Int("c", 32, "concurrent CONNECTs")
 	messages := flag.Int("messages", 20000, "QoS 1 messages to time")
 	sessions := flag.Int("sessions", 1000, "sessions (nodedown; bytes per session)")
-	lease := flag.Duration("lease", 2*time.Second, "node lease")
+	lease := flag.Duration("lease", 0, "node lease (default: natsjs's 10 s; 2 s for -mode nodedown)")
 	flag.Parse()
 	fmt.Printf("clusterbench: %s/%s, %d cores, %s\n", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version())
 	var err error
@@ -62,7 +63,7 @@ func main() {
 	case "all":
 		err = runAll(*rounds, *connects, *conc, *messages, *sessions, *lease)
 	case "nodedown":
-		err = runNodeDown(*sessions, *conc, *lease)
+		err = runNodeDown(*sessions, *conc, cmp.Or(*lease, 2*time.Second))
 	default:
 		err = fmt.Errorf("unknown -mode %q", *mode)
 	}
