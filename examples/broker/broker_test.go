@@ -29,8 +29,9 @@ func TestMain(m *testing.M) {
 // testBroker is a running broker on a loopback port.
 type testBroker struct {
 	*broker
-	addr string
-	rec  *mqtthookstest.Recorder
+	addr   string
+	rec    *mqtthookstest.Recorder
+	served chan error // serve's result
 }
 
 // startBroker runs a broker with f (its address is chosen here) and a
@@ -44,23 +45,36 @@ func startBroker(t *testing.T, f flags) *testBroker {
 	if f.maxQueued == 0 {
 		f.maxQueued = 1000
 	}
-	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	b, err := build(&f, logger)
+	b, err := build(&f, testLogger(t))
 	require.NoError(t, err)
+	tb := serveBroker(t, b)
+	t.Cleanup(func() { tb.stop(t) })
+	return tb
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// serveBroker adds a Recorder plugin to b and runs its server; stop ends it.
+func serveBroker(t *testing.T, b *broker) *testBroker {
+	t.Helper()
 	rec := new(mqtthookstest.Recorder)
 	require.NoError(t, b.chain.Register("recorder", rec))
 	require.NoError(t, b.srv.listen())
 	served := make(chan error, 1)
 	go func() { served <- b.srv.serve() }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := b.srv.shutdown(ctx); !errors.Is(err, mqtthooks.ErrShutdown) {
-			assert.NoError(t, err)
-		}
-		assert.NoError(t, <-served)
-	})
-	return &testBroker{broker: b, addr: b.srv.addr().String(), rec: rec}
+	return &testBroker{broker: b, addr: b.srv.addr().String(), rec: rec, served: served}
+}
+
+// stop shuts the broker down and checks that it did so cleanly.
+func (b *testBroker) stop(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := b.srv.shutdown(ctx); !errors.Is(err, mqtthooks.ErrShutdown) {
+		assert.NoError(t, err)
+	}
+	assert.NoError(t, <-b.served)
 }
 
 type testWriter struct{ t *testing.T }

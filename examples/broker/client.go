@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -749,8 +750,9 @@ func (c *client) publish(pk *packets.Packet) (mqtthooks.ReasonCode, bool) {
 	case !c.withinRate():
 		return mqtthooks.CodeMessageRateTooHigh, false
 	}
-	route, taken := true, true
+	route, taken, handedOver := true, true, false
 	var r *mqtthooks.Receipt // with a store: the acknowledgement waits for the copies to be durable
+	var rep *pendingReply
 	if qos := pk.FixedHeader.Qos; qos > 0 {
 		ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, ProtocolVersion: c.version,
 			PacketID: pk.PacketID}
@@ -758,12 +760,13 @@ func (c *client) publish(pk *packets.Packet) (mqtthooks.ReasonCode, bool) {
 			ack.FixedHeader.Type = packets.Pubrec
 		}
 		if c.srv.stored() {
-			var rep *pendingReply
 			rep, r = c.replyWhenStored(ack)
-			defer r.Close()
 			defer func() {
 				if !taken {
 					rep.withdraw.Store(true)
+				}
+				if !handedOver { // in a cluster, the routing closes it when the other nodes' copies are durable
+					r.Close()
 				}
 			}()
 		} else {
@@ -780,7 +783,11 @@ func (c *client) publish(pk *packets.Packet) (mqtthooks.ReasonCode, bool) {
 		}
 	}
 	if route {
-		c.srv.route(c.session.ID(), mochi.Message(pk), r)
+		if cl := c.srv.cluster; cl != nil {
+			handedOver = cl.publish(c.session.ID(), mochi.Message(pk), r, rep)
+		} else {
+			c.srv.route(c.session.ID(), mochi.Message(pk), r)
+		}
 	}
 	return 0, true
 }
@@ -847,6 +854,11 @@ func (c *client) subscribe(pk *packets.Packet) (mqtthooks.ReasonCode, bool) {
 	}
 	_ = c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Suback}, ProtocolVersion: c.version,
 		PacketID: pk.PacketID, ReasonCodes: codes})
+	if cl := c.srv.cluster; cl != nil && slices.ContainsFunc(subs, func(s mqtthooks.Subscription) bool {
+		return s.RetainHandling != 2 && !strings.HasPrefix(s.Filter, "$share/")
+	}) {
+		cl.retainedBarrier(c.ctx) // the retained messages any node acknowledged are here
+	}
 	for i, sub := range subs {
 		if sub.RetainHandling == 2 || sub.RetainHandling == 1 && existed[i] || strings.HasPrefix(sub.Filter, "$share/") {
 			continue // a shared subscription gets no retained messages (MQTT 5 §4.8.2)

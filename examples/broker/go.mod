@@ -8,15 +8,29 @@ require (
 	github.com/mochi-mqtt/server/v2 v2.7.9
 	github.com/mqtthooks/mqtthooks v0.0.0-00010101000000-000000000000
 	github.com/mqtthooks/mqtthooks/adapters/mochi v0.0.0-00010101000000-000000000000
+	github.com/mqtthooks/mqtthooks/cluster/natsjs v0.0.0-00010101000000-000000000000
 	github.com/mqtthooks/mqtthooks/metrics/prometheus v0.0.0-00010101000000-000000000000
 	github.com/mqtthooks/mqtthooks/plugins/passwd v0.0.0-00010101000000-000000000000
 	github.com/mqtthooks/mqtthooks/plugins/scram v0.0.0-00010101000000-000000000000
 	github.com/mqtthooks/mqtthooks/plugins/webhooks v0.0.0-00010101000000-000000000000
 	github.com/mqtthooks/mqtthooks/stores/pebble v0.0.0-00010101000000-000000000000
+	github.com/nats-io/nats-server/v2 v2.15.3
+	github.com/nats-io/nats.go v1.55.0
 	github.com/prometheus/client_golang v1.25.0
 	github.com/stretchr/testify v1.12.1
 	github.com/xdg-go/scram v1.4.0
 	go.uber.org/goleak v1.3.0
+)
+
+require (
+	github.com/antithesishq/antithesis-sdk-go v0.9.0-default-no-op // indirect
+	github.com/google/go-tpm v0.9.8 // indirect
+	github.com/kylelemons/godebug v1.1.0 // indirect
+	github.com/minio/highwayhash v1.0.4 // indirect
+	github.com/nats-io/jwt/v2 v2.8.3 // indirect
+	github.com/nats-io/nkeys v0.4.17 // indirect
+	github.com/nats-io/nuid v1.0.1 // indirect
+	golang.org/x/time v0.16.0 // indirect
 )
 
 require (
@@ -36,7 +50,7 @@ require (
 	github.com/gogo/protobuf v1.3.2 // indirect
 	github.com/golang/snappy v0.0.5-0.20231225225746-43d5d4cd4e0e // indirect
 	github.com/gorilla/websocket v1.5.3 // indirect
-	github.com/klauspost/compress v1.20.1 // indirect
+	github.com/klauspost/compress v1.20.4 // indirect
 	github.com/kr/pretty v0.3.1 // indirect
 	github.com/kr/text v0.2.0 // indirect
 	github.com/minio/minlz v1.0.1-0.20250507153514-87eb42fe8882 // indirect
@@ -45,7 +59,7 @@ require (
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
-	github.com/rogpeppe/go-internal v1.9.0 // indirect
+	github.com/rogpeppe/go-internal v1.11.0 // indirect
 	github.com/rs/xid v1.4.0 // indirect
 	github.com/xdg-go/stringprep v1.0.4 // indirect
 	go.yaml.in/yaml/v3 v3.0.5 // indirect
@@ -70,3 +84,5 @@ replace (
 replace github.com/mqtthooks/mqtthooks/metrics/prometheus => ../../metrics/prometheus
 
 replace github.com/mqtthooks/mqtthooks/plugins/webhooks => ../../plugins/webhooks
+
+replace github.com/mqtthooks/mqtthooks/cluster/natsjs => ../../cluster/natsjs

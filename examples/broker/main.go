@@ -83,6 +83,7 @@ type flags struct {
 	webhooks                                       webhookFlags
 	webhookTimeout                                 time.Duration
 	webhookCA, webhookCert, webhookKey             string
+	cluster                                        clusterFlags
 }
 
 // webhookFlags collects -webhook HOOK=URL, repeatable, in order.
@@ -124,7 +125,8 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.UintVar(&f.maxPacketSize, "max-packet-size", 1<<20, "largest packet accepted from a client, in bytes (0: no limit)")
 	fs.IntVar(&f.maxQueued, "max-queued", 1000, "messages a session may have waiting, online or offline (-1: no limit)")
 	fs.StringVar(&f.dataDir, "data-dir", "", "keep persistent sessions and their messages in this directory (Pebble), "+
-		"across restarts and crashes; default: in memory, lost when the broker stops")
+		"across restarts and crashes; default: in memory, lost when the broker stops. With -nats or -nats-embedded "+
+		"sessions are kept in NATS JetStream instead, and this directory holds only the embedded NATS node's store")
 	fs.StringVar(&f.sync, "sync", "always", "with -data-dir: when a write is durable: always (fsync before each "+
 		"acknowledgement, shared by concurrent ones), a duration such as 100ms (sync that often; a power loss may cost "+
 		"that much), or none")
@@ -143,6 +145,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics")
 	fs.StringVar(&f.debugAddr, "debug-addr", "", "serve the core's counters as JSON at http://ADDR/stats, and pprof at /debug/pprof/")
 	fs.BoolVar(&f.verbose, "v", false, "log every hook call")
+	registerClusterFlags(fs, &f.cluster)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -156,6 +159,9 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	}
 	if f.connectTimeout <= 0 || f.authTimeout <= 0 {
 		return nil, errors.New("-connect-timeout and -auth-timeout must be positive")
+	}
+	if err := f.cluster.check(); err != nil {
+		return nil, err
 	}
 	return f, nil
 }
@@ -181,10 +187,13 @@ func run(args []string, stdin io.Reader, stderr io.Writer) error {
 	if err := b.srv.listen(); err != nil {
 		return err
 	}
-	if f.dataDir != "" {
+	if f.dataDir != "" && b.srv.cluster == nil {
 		st := b.srv.core.Stats()
 		logger.Info("sessions restored", "data-dir", f.dataDir, "sync", f.sync, "sessions", st.Sessions,
 			"messages", st.Restored)
+	}
+	if cl := b.srv.cluster; cl != nil {
+		logger.Info("cluster node", "node", cl.node, "nats-replicas", cl.replicas, "nats-client-url", cl.clientURL())
 	}
 	logger.Info("listening", "addr", b.srv.addr().String(), "tls", b.srv.cfg.tls != nil,
 		"allow-anonymous", b.srv.cfg.allowAnonymous)
@@ -371,6 +380,16 @@ func build(f *flags, logger *slog.Logger) (*broker, error) {
 		}
 		cfg.tls = &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequestClientCert,
 			MinVersion: tls.VersionTLS12}
+	}
+	if f.cluster.enabled() {
+		if err := f.cluster.check(); err != nil { // build may be called without parseFlags
+			return nil, err
+		}
+		cl, err := startCluster(&f.cluster, f.dataDir, logger)
+		if err != nil {
+			return nil, err
+		}
+		cfg.cluster, cfg.dataDir = cl, ""
 	}
 	srv, err := newServer(cfg, chain, logger)
 	if err != nil {

@@ -238,6 +238,36 @@ func (r *router) has(id mqtthooks.SubscriberID, filter string) bool {
 	return r.bySub[id][filter]
 }
 
+// filters returns the filters id subscribes to.
+func (r *router) filters(id mqtthooks.SubscriberID) []string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make([]string, 0, len(r.bySub[id]))
+	for f := range r.bySub[id] {
+		out = append(out, f)
+	}
+	return out
+}
+
+// hasShared reports whether the shared subscription filter
+// ($share/{name}/{filter}) has a member on mountpoint.
+func (r *router) hasShared(mountpoint, filter string) bool {
+	name, f, ok := parseShare(filter)
+	if !ok {
+		return false
+	}
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	n := r.trees[mountpoint]
+	for _, level := range strings.Split(f, "/") {
+		if n == nil {
+			return false
+		}
+		n = n.children[level]
+	}
+	return n != nil && n.shared[name] != nil
+}
+
 // match is one session a message goes to, with the best QoS and the
 // subscription identifiers of its matching subscriptions.
 type match struct {

@@ -29,16 +29,23 @@ type config struct {
 	maxConnecting  int           // connections between accept and CONNACK at once; 0: no limit
 	topicAliasMax  uint16        // topic aliases a client may set (MQTT 5); 0: none
 	sysInterval    time.Duration // how often the $SYS topics are published; 0: never
+	cluster        *cluster      // with -nats or -nats-embedded: the node's cluster, started; dataDir is then unused
 }
 
 // server is the example broker: sockets, topic matching, retained messages
 // and keep-alive. Everything about sessions is the core's.
 type server struct {
-	cfg    config
-	core   *mqtthooks.Core
-	store  *pebble.Store // nil without -data-dir
-	router *router
-	logger *slog.Logger
+	cfg     config
+	core    *mqtthooks.Core
+	store   *pebble.Store // nil without -data-dir
+	cluster *cluster      // nil unless the broker is a node of a cluster
+	durable bool          // sessions are stored (Pebble or the cluster's): acknowledgements wait for their writes
+	router  *router
+	logger  *slog.Logger
+
+	willMu     sync.Mutex
+	started    bool        // under willMu: s.core is set
+	earlyWills []earlyWill // under willMu: Wills the Core published before NewCore returned
 
 	connIDs    atomic.Uint64
 	connecting chan struct{} // a slot per connection between accept and CONNACK; nil: no limit
@@ -66,13 +73,24 @@ func newServer(cfg config, chain *mqtthooks.Chain, logger *slog.Logger) (*server
 		s.connecting = make(chan struct{}, cfg.maxConnecting)
 	}
 	var store mqtthooks.SessionStore
-	if cfg.dataDir != "" {
+	var rt mqtthooks.Router = s.router
+	var cl mqtthooks.Cluster
+	switch {
+	case cfg.cluster != nil: // sessions in JetStream, shared by the nodes
+		if err := cfg.cluster.attach(s); err != nil {
+			_ = cfg.cluster.close(context.Background())
+			return nil, err
+		}
+		s.cluster, store, cl = cfg.cluster, cfg.cluster.store, cfg.cluster.owners
+		rt = clusterRouter{local: s.router, cl: s.cluster, mu: new(sync.Mutex)}
+	case cfg.dataDir != "":
 		ps, err := pebble.Open(cfg.dataDir, pebble.Options{Sync: cfg.sync})
 		if err != nil {
 			return nil, err
 		}
 		s.store, store = ps, ps
 	}
+	s.durable = store != nil
 	caps := mqtthooks.DefaultCapabilities()
 	caps.MaximumPacketSize = cfg.maxPacketSize
 	caps.TopicAliasMaximum = cfg.topicAliasMax
@@ -81,20 +99,39 @@ func newServer(cfg config, chain *mqtthooks.Chain, logger *slog.Logger) (*server
 		Capabilities:        &caps,
 		MaxOnlineMessages:   mqtthooks.Some(cfg.maxQueued),
 		MaxOfflineMessages:  mqtthooks.Some(cfg.maxQueued),
-		Router:              s.router,
+		Router:              rt,
 		PublishWill:         s.publishWill,
 		Discarded:           s.discarded,
 		Logger:              logger,
 		Store:               store,
+		Cluster:             cl,
 		AuthExchangeTimeout: cfg.authTimeout,
 	})
 	if err != nil {
 		if s.store != nil {
 			_ = s.store.Close()
 		}
+		if s.cluster != nil {
+			_ = s.cluster.close(context.Background())
+		}
 		return nil, err
 	}
 	s.core = core
+	s.willMu.Lock()
+	s.started = true
+	early := s.earlyWills
+	s.earlyWills = nil
+	s.willMu.Unlock()
+	for _, w := range early {
+		s.publishWill(context.Background(), w.id, w.will)
+	}
+	if s.cluster != nil {
+		if err := s.cluster.serve(); err != nil {
+			_ = core.Shutdown(context.Background())
+			_ = s.cluster.close(context.Background())
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -213,12 +250,15 @@ func (s *server) shutdown(ctx context.Context) error {
 	if s.store != nil {
 		err = errors.Join(err, s.store.Close())
 	}
+	if s.cluster != nil { // after the Core: it stored the sessions and left the cluster
+		err = errors.Join(err, s.cluster.close(ctx))
+	}
 	return err
 }
 
 // stored reports whether sessions are kept in a store, so that
 // acknowledgements wait for their writes.
-func (s *server) stored() bool { return s.store != nil }
+func (s *server) stored() bool { return s.durable }
 
 // route hands a message published by from to every matching session; r, if
 // not nil, follows the writes of its copies.
@@ -240,7 +280,27 @@ func (s *server) route(from mqtthooks.SubscriberID, msg *mqtthooks.Message, r *m
 	}
 }
 
-// publishWill publishes a Will for the core.
-func (s *server) publishWill(_ context.Context, id mqtthooks.SubscriberID, w *mqtthooks.Will) {
+// earlyWill is a Will the Core published before the server had it.
+type earlyWill struct {
+	id   mqtthooks.SubscriberID
+	will *mqtthooks.Will
+}
+
+// publishWill publishes a Will for the core, on every node of a cluster.
+// The Core may publish Wills before NewCore returns (the connections lost
+// in a crash, when it restores sessions; the sessions of a dead node it
+// adopts, in a cluster): they wait until the server has its Core.
+func (s *server) publishWill(ctx context.Context, id mqtthooks.SubscriberID, w *mqtthooks.Will) {
+	s.willMu.Lock()
+	if !s.started {
+		s.earlyWills = append(s.earlyWills, earlyWill{id, w})
+		s.willMu.Unlock()
+		return
+	}
+	s.willMu.Unlock()
+	if s.cluster != nil {
+		s.cluster.publishWill(ctx, id, w)
+		return
+	}
 	s.route(id, &w.Message, nil)
 }

@@ -58,7 +58,7 @@ func (s *server) publishSys(now time.Time) {
 		"$SYS/broker/messages/dropped":        strconv.FormatUint(st.Dropped, 10),
 		"$SYS/broker/subscriptions/count":     strconv.Itoa(subs),
 		"$SYS/broker/retained messages/count": strconv.Itoa(retained),
-		"$SYS/broker/store/messages/count":    strconv.FormatUint(st.Routed+st.Restored-st.Delivered-st.Dropped-st.NotStoredQoS0-st.Discarded, 10),
+		"$SYS/broker/store/messages/count":    strconv.FormatUint(st.Routed+st.Restored-st.Delivered-st.Dropped-st.NotStoredQoS0-st.Discarded-st.HandedOver, 10),
 	}
 	for i, name := range []string{"messages/received", "messages/sent", "connections"} {
 		for w, window := range []string{"1min", "5min", "15min"} {

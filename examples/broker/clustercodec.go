@@ -1,0 +1,327 @@
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/mqtthooks/mqtthooks"
+)
+
+// The encodings the nodes of a cluster exchange: route requests and their
+// replies on NATS, and the values of the interest and retained buckets.
+// Each starts with a version byte and a kind, so that a node can refuse
+// (rather than misread) what a newer release sends; fields are varints and
+// length-prefixed strings, compact and cheap to decode, as the message's
+// payload is carried unchanged at the end.
+
+// wireVersion is the version of every encoding in this file.
+const wireVersion = 1
+
+// The kinds of encoding, the second byte.
+const (
+	kindRoute    = 1 // a PUBLISH forwarded to a node
+	kindReply    = 2 // a node's answer to a forwarded PUBLISH
+	kindInterest = 3 // a value of the interest bucket: mountpoint and filter
+	kindRetained = 4 // a value of the retained bucket: mountpoint and message
+)
+
+// errWire is the error of an encoding this release cannot read.
+var errWire = errors.New("cluster: malformed or unknown encoding")
+
+// routeMsg is a PUBLISH forwarded from the node that received it to a node
+// with a matching subscription.
+type routeMsg struct {
+	boot   uint64                 // the sending process, so that ids from its previous life are not taken as duplicates
+	seq    uint64                 // the message's id in that process; 0 for one not answered (QoS 0), which is not deduplicated
+	from   mqtthooks.SubscriberID // the publisher, for NoLocal
+	shares []string               // the shared subscriptions ($share/{name}/{filter}) this node delivers for
+	msg    *mqtthooks.Message
+}
+
+// encoder appends the fields of an encoding to b.
+type encoder struct{ b []byte }
+
+// u writes an unsigned varint.
+func (e *encoder) u(v uint64) { e.b = binary.AppendUvarint(e.b, v) }
+
+// str writes a length-prefixed string.
+func (e *encoder) str(s string) { e.u(uint64(len(s))); e.b = append(e.b, s...) }
+
+// optBytes writes b with a length one more than its own, 0 for nil, so that
+// an empty Correlation Data stays set.
+func (e *encoder) optBytes(b []byte) {
+	if b == nil {
+		e.u(0)
+		return
+	}
+	e.u(uint64(len(b)) + 1)
+	e.b = append(e.b, b...)
+}
+
+// decoder reads the fields of an encoding from b; the first error (a field
+// past the end) sticks in err, and every later read returns zero.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+// fail records a malformed encoding.
+func (d *decoder) fail() {
+	if d.err == nil {
+		d.err = errWire
+	}
+	d.b = nil
+}
+
+// u reads an unsigned varint.
+func (d *decoder) u() uint64 {
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.fail()
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+// byte reads one byte.
+func (d *decoder) byte() byte {
+	if len(d.b) == 0 {
+		d.fail()
+		return 0
+	}
+	v := d.b[0]
+	d.b = d.b[1:]
+	return v
+}
+
+// raw reads n bytes, still in b.
+func (d *decoder) raw(n uint64) []byte {
+	if n > uint64(len(d.b)) {
+		d.fail()
+		return nil
+	}
+	v := d.b[:n:n]
+	d.b = d.b[n:]
+	return v
+}
+
+// str reads a length-prefixed string.
+func (d *decoder) str() string { return string(d.raw(d.u())) }
+
+// optBytes reads what encoder.optBytes wrote: nil, or a copy.
+func (d *decoder) optBytes() []byte {
+	n := d.u()
+	if n == 0 {
+		return nil
+	}
+	return append([]byte{}, d.raw(n-1)...)
+}
+
+// header reads and checks the version and kind.
+func (d *decoder) header(kind byte) {
+	if d.byte() != wireVersion || d.byte() != kind {
+		d.fail()
+	}
+}
+
+// message writes m, its payload last and unprefixed: it runs to the end.
+func (e *encoder) message(m *mqtthooks.Message) {
+	e.str(m.Topic)
+	p := &m.Properties
+	flags := m.QoS & 3
+	if m.Retain {
+		flags |= 4
+	}
+	if p.MessageExpiryInterval.Set {
+		flags |= 8
+	}
+	e.b = append(e.b, flags, p.PayloadFormatIndicator)
+	if p.MessageExpiryInterval.Set {
+		e.u(uint64(p.MessageExpiryInterval.V))
+	}
+	e.str(p.ContentType)
+	e.str(p.ResponseTopic)
+	e.optBytes(p.CorrelationData)
+	e.u(uint64(len(p.UserProperties)))
+	for _, up := range p.UserProperties {
+		e.str(up.Key)
+		e.str(up.Value)
+	}
+	e.b = append(e.b, m.Payload...)
+}
+
+// message reads what encoder.message wrote, to the end of b.
+func (d *decoder) message() *mqtthooks.Message {
+	m := &mqtthooks.Message{Topic: d.str()}
+	flags := d.byte()
+	m.QoS, m.Retain = flags&3, flags&4 != 0
+	p := &m.Properties
+	p.PayloadFormatIndicator = d.byte()
+	if flags&8 != 0 {
+		p.MessageExpiryInterval = mqtthooks.Some(uint32(d.u()))
+	}
+	p.ContentType = d.str()
+	p.ResponseTopic = d.str()
+	p.CorrelationData = d.optBytes()
+	n := d.u()
+	if n > uint64(len(d.b)) { // each takes two bytes at least
+		d.fail()
+		return nil
+	}
+	for range n {
+		p.UserProperties = append(p.UserProperties, mqtthooks.UserProperty{Key: d.str(), Value: d.str()})
+	}
+	if m.QoS > 2 || d.err != nil {
+		d.fail()
+		return nil
+	}
+	m.Payload = append([]byte{}, d.b...) // the NATS message's buffer is not ours to keep
+	d.b = nil
+	return m
+}
+
+// encodeRoute encodes a forwarded PUBLISH (see routeMsg).
+func encodeRoute(r *routeMsg) []byte {
+	e := encoder{b: make([]byte, 0, 64+len(r.msg.Topic)+len(r.msg.Payload))}
+	e.b = append(e.b, wireVersion, kindRoute)
+	e.u(r.boot)
+	e.u(r.seq)
+	e.str(r.from.Mountpoint)
+	e.str(r.from.ClientID)
+	e.u(uint64(len(r.shares)))
+	for _, s := range r.shares {
+		e.str(s)
+	}
+	e.message(r.msg)
+	return e.b
+}
+
+// decodeRoute decodes what encodeRoute wrote.
+func decodeRoute(b []byte) (*routeMsg, error) {
+	d := decoder{b: b}
+	d.header(kindRoute)
+	r := &routeMsg{boot: d.u(), seq: d.u()}
+	r.from.Mountpoint, r.from.ClientID = d.str(), d.str()
+	n := d.u()
+	if n > uint64(len(d.b)) {
+		d.fail()
+	}
+	for i := uint64(0); i < n && d.err == nil; i++ {
+		r.shares = append(r.shares, d.str())
+	}
+	if d.err == nil {
+		r.msg = d.message()
+	}
+	if d.err != nil {
+		return nil, d.err
+	}
+	return r, nil
+}
+
+// encodeReply is a node's answer to a forwarded PUBLISH: nil when its copies
+// are durable, or why they are not.
+func encodeReply(err error) []byte {
+	if err == nil {
+		return []byte{wireVersion, kindReply, 0}
+	}
+	e := encoder{b: []byte{wireVersion, kindReply, 1}}
+	e.str(err.Error())
+	return e.b
+}
+
+// decodeReply returns the error of a reply encodeReply wrote.
+func decodeReply(b []byte) error {
+	d := decoder{b: b}
+	d.header(kindReply)
+	status := d.byte()
+	if d.err != nil {
+		return fmt.Errorf("%w: a reply %q", d.err, b)
+	}
+	if status == 0 {
+		return nil
+	}
+	return fmt.Errorf("cluster: the node did not store the message: %s", d.str())
+}
+
+// encodeInterest is the value of an interest key: the filter and its
+// mountpoint, which a key may only hold hashed.
+func encodeInterest(mountpoint, filter string) []byte {
+	e := encoder{b: []byte{wireVersion, kindInterest}}
+	e.str(mountpoint)
+	e.str(filter)
+	return e.b
+}
+
+// decodeInterest decodes the value of an interest key.
+func decodeInterest(b []byte) (mountpoint, filter string, err error) {
+	d := decoder{b: b}
+	d.header(kindInterest)
+	mountpoint, filter = d.str(), d.str()
+	return mountpoint, filter, d.err
+}
+
+// encodeRetained is the value of a retained key: the mountpoint and the
+// message as published (its expiry counts from the entry's creation).
+func encodeRetained(mountpoint string, m *mqtthooks.Message) []byte {
+	e := encoder{b: make([]byte, 0, 32+len(mountpoint)+len(m.Topic)+len(m.Payload))}
+	e.b = append(e.b, wireVersion, kindRetained)
+	e.str(mountpoint)
+	e.message(m)
+	return e.b
+}
+
+// decodeRetained decodes the value of a retained key.
+func decodeRetained(b []byte) (string, *mqtthooks.Message, error) {
+	d := decoder{b: b}
+	d.header(kindRetained)
+	mp := d.str()
+	var m *mqtthooks.Message
+	if d.err == nil {
+		m = d.message()
+	}
+	return mp, m, d.err
+}
+
+// maxKeyToken bounds the readable form of a KV key token; a longer
+// mountpoint and topic or filter is hashed, as a subject has a length
+// limit (the server's max_control_line) and keys are subjects.
+const maxKeyToken = 256
+
+// keyToken encodes a mountpoint and a topic or filter as one token of a KV
+// key (letters, digits, '-' and '_'): "k" and base64url of both, the
+// mountpoint's length first, or, when that is too long, "h" and base64url of
+// its SHA-256. The value of a key says what a hashed key stands for.
+func keyToken(mountpoint, s string) (token string, hashed bool) {
+	b := binary.AppendUvarint(make([]byte, 0, 2+len(mountpoint)+len(s)), uint64(len(mountpoint)))
+	b = append(b, mountpoint...)
+	b = append(b, s...)
+	if t := base64.RawURLEncoding.EncodeToString(b); len(t) <= maxKeyToken {
+		return "k" + t, false
+	}
+	sum := sha256.Sum256(b)
+	return "h" + base64.RawURLEncoding.EncodeToString(sum[:]), true
+}
+
+// parseKeyToken decodes a readable token of keyToken; ok is false for a
+// hashed one or a malformed one.
+func parseKeyToken(token string) (mountpoint, s string, ok bool) {
+	rest, isReadable := strings.CutPrefix(token, "k")
+	if !isReadable {
+		return "", "", false
+	}
+	b, err := base64.RawURLEncoding.DecodeString(rest)
+	if err != nil {
+		return "", "", false
+	}
+	n, k := binary.Uvarint(b)
+	if k <= 0 || n > uint64(len(b)-k) {
+		return "", "", false
+	}
+	b = b[k:]
+	return string(b[:n]), string(b[n:]), true
+}
