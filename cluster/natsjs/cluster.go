@@ -69,6 +69,11 @@ type Cluster struct {
 	nodes  jetstream.KeyValue
 
 	adopting sync.Map // owner key → chan struct{}, closed once this node adopted it
+	// revs holds, for each session this node owns, the revision of the
+	// owners bucket that made it the owner (owner key → uint64): later
+	// changes are conditional on it, without reading the key first (a read
+	// may come from a replica that lags).
+	revs sync.Map
 
 	mu      sync.Mutex
 	node    mqtthooks.ClusterNode
@@ -271,7 +276,11 @@ func (c *Cluster) adoptOrphans(gone func(owner string) bool) {
 				// nothing to hand over before.
 				done := make(chan struct{})
 				c.adopting.Store(o.key, done)
-				if _, err := c.owners.Update(ctx, o.key, me, o.rev); err != nil {
+				rev, err := c.owners.Update(ctx, o.key, me, o.rev)
+				if err == nil {
+					c.revs.Store(o.key, rev)
+				}
+				if err != nil {
 					c.adopting.Delete(o.key)
 					close(done)
 					if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && ctx.Err() == nil {
@@ -339,6 +348,7 @@ func (c *Cluster) isolate() {
 		"node", c.opts.Node)
 	ctx, cancel := context.WithTimeout(context.Background(), c.opts.YieldTimeout)
 	defer cancel()
+	c.revs.Clear() // what this node owned, other nodes adopt
 	c.node.Isolated(ctx)
 }
 
@@ -375,7 +385,9 @@ func (c *Cluster) Claim(ctx context.Context, r *mqtthooks.ClaimRequest) error {
 	for {
 		e, err := c.owners.Get(ctx, key)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			if _, err = c.owners.Create(ctx, key, me); err == nil {
+			var rev uint64
+			if rev, err = c.owners.Create(ctx, key, me); err == nil {
+				c.revs.Store(key, rev)
 				return nil
 			}
 			if errors.Is(err, jetstream.ErrKeyExists) {
@@ -387,20 +399,27 @@ func (c *Cluster) Claim(ctx context.Context, r *mqtthooks.ClaimRequest) error {
 		}
 		owner := string(e.Value())
 		if owner == c.opts.Node {
+			c.revs.Store(key, e.Revision())
 			return nil
 		}
 		if _, err := c.nodes.Get(ctx, owner); errors.Is(err, jetstream.ErrKeyNotFound) {
 			// Its lease ran out: take the session without it.
-			if _, err := c.owners.Update(ctx, key, me, e.Revision()); err == nil || !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			rev, err := c.owners.Update(ctx, key, me, e.Revision())
+			if err == nil {
+				c.revs.Store(key, rev)
+				return nil
+			}
+			if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 				return err
 			}
 			continue
 		} else if err != nil {
 			return fmt.Errorf("natsjs: reading the lease of node %s: %w", owner, err)
 		}
-		err = c.askYield(ctx, owner, req)
+		rev, err := c.askYield(ctx, owner, req)
 		switch {
 		case err == nil:
+			c.revs.Store(key, rev)
 			return nil
 		case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout):
 			// The hand-over may have finished after all: then this node owns
@@ -409,6 +428,7 @@ func (c *Cluster) Claim(ctx context.Context, r *mqtthooks.ClaimRequest) error {
 			e, rerr := c.owners.Get(rctx, key)
 			cancel()
 			if rerr == nil && string(e.Value()) == c.opts.Node {
+				c.revs.Store(key, e.Revision())
 				return nil
 			}
 			return err
@@ -428,21 +448,35 @@ func (c *Cluster) Claim(ctx context.Context, r *mqtthooks.ClaimRequest) error {
 // Disown drops this node's ownership of id.
 func (c *Cluster) Disown(ctx context.Context, id mqtthooks.SubscriberID) error {
 	key := ownerKey(id)
-	e, err := c.owners.Get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return mqtthooks.ErrNotOwner
-	}
+	rev, err := c.ownRevision(ctx, key)
 	if err != nil {
 		return err
 	}
-	if string(e.Value()) != c.opts.Node {
-		return mqtthooks.ErrNotOwner
-	}
-	err = c.owners.Purge(ctx, key, jetstream.LastRevision(e.Revision()), jetstream.PurgeTTL(ownerMarkerTTL))
+	err = c.owners.Purge(ctx, key, jetstream.LastRevision(rev), jetstream.PurgeTTL(ownerMarkerTTL))
 	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-		return mqtthooks.ErrNotOwner
+		err = mqtthooks.ErrNotOwner
 	}
+	c.revs.Delete(key)
 	return err
+}
+
+// ownRevision returns the revision that made this node the owner of key,
+// or ErrNotOwner. It reads the key only if this node did not write it.
+func (c *Cluster) ownRevision(ctx context.Context, key string) (uint64, error) {
+	if rev, ok := c.revs.Load(key); ok {
+		return rev.(uint64), nil
+	}
+	e, err := c.owners.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0, mqtthooks.ErrNotOwner
+	}
+	if err != nil {
+		return 0, err
+	}
+	if string(e.Value()) != c.opts.Node {
+		return 0, mqtthooks.ErrNotOwner
+	}
+	return e.Revision(), nil
 }
 
 // ownerMarkerTTL is how long the owners bucket keeps the marker of a session
@@ -471,6 +505,9 @@ type yieldReply struct {
 	// Result is "ok", "refused" (the ResumePolicy), "not-owner" or "error".
 	Result string `json:"result"`
 	Error  string `json:"error,omitempty"`
+	// Revision is, with "ok", the revision of the owners bucket that made
+	// the claimant the owner.
+	Revision uint64 `json:"revision,omitempty"`
 }
 
 func toYieldMsg(r *mqtthooks.ClaimRequest) *yieldMsg {
@@ -498,31 +535,31 @@ func (m *yieldMsg) resume() mqtthooks.ResumeRequest {
 }
 
 // askYield asks owner to hand the session over to this node.
-func (c *Cluster) askYield(ctx context.Context, owner string, req []byte) error {
+func (c *Cluster) askYield(ctx context.Context, owner string, req []byte) (uint64, error) {
 	msg := &yieldMsg{}
 	_ = json.Unmarshal(req, msg)
 	msg.To = c.opts.Node
 	data, err := json.Marshal(msg)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	resp, err := c.opts.Conn.RequestWithContext(ctx, c.yieldSubject(owner), data)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	var rep yieldReply
 	if err := json.Unmarshal(resp.Data, &rep); err != nil {
-		return fmt.Errorf("natsjs: node %s answered a claim with %q: %w", owner, resp.Data, err)
+		return 0, fmt.Errorf("natsjs: node %s answered a claim with %q: %w", owner, resp.Data, err)
 	}
 	switch rep.Result {
 	case "ok":
-		return nil
+		return rep.Revision, nil
 	case "refused":
-		return fmt.Errorf("%w: %s", mqtthooks.ErrResumeRefused, rep.Error)
+		return 0, fmt.Errorf("%w: %s", mqtthooks.ErrResumeRefused, rep.Error)
 	case "not-owner":
-		return mqtthooks.ErrNotOwner
+		return 0, mqtthooks.ErrNotOwner
 	}
-	return fmt.Errorf("natsjs: node %s could not hand the session over: %s", owner, rep.Error)
+	return 0, fmt.Errorf("natsjs: node %s could not hand the session over: %s", owner, rep.Error)
 }
 
 // serveYield answers a claim on a session this node owns, on a goroutine
@@ -564,10 +601,15 @@ func (c *Cluster) handOver(node mqtthooks.ClusterNode, data []byte) yieldReply {
 			return yieldReply{Result: "error", Error: "the session is still being adopted"}
 		}
 	}
+	var rev uint64 // of the claimant's ownership
 	err := node.Yield(ctx, &mqtthooks.YieldRequest{Resume: res, Transfer: func(ctx context.Context) error {
-		e, err := c.owners.Get(ctx, key)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			_, err = c.owners.Create(ctx, key, []byte(msg.To))
+		own, err := c.ownRevision(ctx, key)
+		if errors.Is(err, mqtthooks.ErrNotOwner) {
+			if _, gerr := c.owners.Get(ctx, key); !errors.Is(gerr, jetstream.ErrKeyNotFound) {
+				return err
+			}
+			// Nobody owns it (it was disowned here): the claimant does.
+			rev, err = c.owners.Create(ctx, key, []byte(msg.To))
 			if errors.Is(err, jetstream.ErrKeyExists) {
 				return mqtthooks.ErrNotOwner
 			}
@@ -576,18 +618,19 @@ func (c *Cluster) handOver(node mqtthooks.ClusterNode, data []byte) yieldReply {
 		if err != nil {
 			return err
 		}
-		if string(e.Value()) != c.opts.Node {
+		rev, err = c.owners.Update(ctx, key, []byte(msg.To), own)
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			c.revs.Delete(key)
 			return mqtthooks.ErrNotOwner
 		}
-		_, err = c.owners.Update(ctx, key, []byte(msg.To), e.Revision())
-		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-			return mqtthooks.ErrNotOwner
+		if err == nil {
+			c.revs.Delete(key)
 		}
 		return err
 	}})
 	switch {
 	case err == nil:
-		return yieldReply{Result: "ok"}
+		return yieldReply{Result: "ok", Revision: rev}
 	case errors.Is(err, mqtthooks.ErrResumeRefused):
 		return yieldReply{Result: "refused", Error: err.Error()}
 	case errors.Is(err, mqtthooks.ErrNotOwner):
