@@ -14,6 +14,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/pbkdf2"
 	"crypto/rand"
@@ -60,9 +61,10 @@ func main() {
 	c := flag.Int("c", 50, "concurrent connections (connect mode)")
 	messages := flag.Int("messages", 20000, "messages to publish (publish mode)")
 	addr := flag.String("addr", "", "measure only the broker already listening here (user bench, password bench-password)")
+	subAddr := flag.String("sub-addr", "", "with -addr, publish modes: the subscriber connects here (another node of a cluster)")
 	flag.Parse()
 	if *addr != "" {
-		r, err := measure(*mode, *addr, *n, *c, *messages)
+		r, err := measure(*mode, *addr, cmp.Or(*subAddr, *addr), *n, *c, *messages)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "connstorm:", err)
 			os.Exit(1)
@@ -123,7 +125,7 @@ func run(mode string, n, c, messages int) error {
 			results = append(results, result{name: t.name, skipped: err.Error()})
 			continue
 		}
-		r, err := measure(mode, addr, n, c, messages)
+		r, err := measure(mode, addr, addr, n, c, messages)
 		stop()
 		if err != nil {
 			return fmt.Errorf("%s: %w", t.name, err)
@@ -135,12 +137,12 @@ func run(mode string, n, c, messages int) error {
 	return nil
 }
 
-func measure(mode, addr string, n, c, messages int) (result, error) {
+func measure(mode, addr, subAddr string, n, c, messages int) (result, error) {
 	switch mode {
 	case "publish":
-		return publishThroughput(addr, messages, false)
+		return publishThroughputTo(addr, subAddr, messages, false)
 	case "durable":
-		return publishThroughput(addr, messages, true)
+		return publishThroughputTo(addr, subAddr, messages, true)
 	}
 	return connectStorm(addr, n, c)
 }
@@ -320,7 +322,13 @@ func connectStorm(addr string, n, c int) (result, error) {
 // to one QoS 1 subscriber, and measures until the subscriber has them all.
 // A persistent subscriber has a session a store keeps.
 func publishThroughput(addr string, messages int, persistent bool) (result, error) {
-	sub, _, err := dial(addr, "bench-sub", !persistent)
+	return publishThroughputTo(addr, addr, messages, persistent)
+}
+
+// publishThroughputTo is publishThroughput with the subscriber on subAddr,
+// another node of a cluster.
+func publishThroughputTo(addr, subAddr string, messages int, persistent bool) (result, error) {
+	sub, _, err := dial(subAddr, "bench-sub", !persistent)
 	if err != nil {
 		return result{}, err
 	}
