@@ -53,7 +53,9 @@ type Options struct {
 	// default 30 s.
 	AuthExchangeTimeout time.Duration
 	// MaxSessions bounds the number of sessions, online or offline; 0 means
-	// no limit. A CONNECT that would create one more gets 3 / 0x97.
+	// no limit. A CONNECT that would create one more gets 3 / 0x97. In a
+	// cluster it bounds the sessions this node creates; those it takes over
+	// from other nodes (claimed or adopted) count, but are never refused.
 	MaxSessions int
 	// Capabilities are what the broker supports; default DefaultCapabilities().
 	Capabilities *Capabilities

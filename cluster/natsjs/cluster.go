@@ -573,9 +573,18 @@ func (c *Cluster) serveYield(m *nats.Msg) {
 		_ = m.Respond(data)
 		return
 	}
+	select {
+	case c.handing <- struct{}{}:
+	default: // too many at once: the claimant's CONNECT fails, and its client tries again
+		c.mu.Unlock()
+		data, _ := json.Marshal(yieldReply{Result: "error", Error: "too many hand-overs at once"})
+		_ = m.Respond(data)
+		return
+	}
 	c.yield.Add(1)
 	c.mu.Unlock()
 	go func() {
+		defer func() { <-c.handing }()
 		defer c.yield.Done()
 		rep := c.handOver(node, m.Data)
 		data, _ := json.Marshal(rep)
