@@ -82,6 +82,7 @@ type Cluster struct {
 	unwatch context.CancelFunc // ends the watch of the nodes
 	bg      sync.WaitGroup
 	yield   sync.WaitGroup // hand-overs in flight
+	handing chan struct{}  // a slot per hand-over in flight, up to maxHandOvers
 }
 
 var nodeName = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
@@ -106,7 +107,8 @@ func NewCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("natsjs: %w", err)
 	}
-	c := &Cluster{opts: opts, log: cmp.Or(opts.Logger, slog.Default()), js: js, stop: make(chan struct{})}
+	c := &Cluster{opts: opts, log: cmp.Or(opts.Logger, slog.Default()), js: js, stop: make(chan struct{}),
+		handing: make(chan struct{}, maxHandOvers)}
 	c.owners, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: opts.Bucket + "_owners",
 		Replicas: opts.Replicas, Storage: jetstream.FileStorage,
 		LimitMarkerTTL: ownerMarkerTTL}) // the markers of disowned sessions expire
@@ -302,6 +304,10 @@ func (c *Cluster) adoptOrphans(gone func(owner string) bool) {
 	close(work)
 	wg.Wait()
 }
+
+// maxHandOvers bounds the hand-overs a node runs at once, each on a
+// goroutine of its own while its hooks run.
+const maxHandOvers = 1024
 
 // adoptWorkers bounds the adoptions a node runs at once.
 const adoptWorkers = 16
