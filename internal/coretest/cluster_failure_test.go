@@ -7,7 +7,6 @@ package mqtthooks_test
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -21,28 +20,6 @@ import (
 	"github.com/mqtthooks/mqtthooks/mqtthookstest"
 )
 
-// startWith is cluster.start with one more plugin registered on the node.
-func (c *cluster) startWith(t *testing.T, name string, opts mqtthooks.Options, extra any) *fixture {
-	t.Helper()
-	f := &fixture{t: t, rec: &mqtthookstest.Recorder{Accept: true}, logs: new(logBuffer)}
-	logger := slog.New(slog.NewTextHandler(f.logs, nil))
-	f.chain = mqtthooks.NewChain(mqtthooks.ChainOptions{Logger: logger})
-	require.NoError(t, f.chain.Register("P", f.rec))
-	require.NoError(t, f.chain.Register("all", c.all))
-	require.NoError(t, f.chain.Register("extra", extra))
-	opts.Store, opts.Cluster, opts.Logger = c.store, c.cl.Node(name), logger
-	opts.Router = f.rec.Router()
-	opts.PublishWill = func(ctx context.Context, id mqtthooks.SubscriberID, w *mqtthooks.Will) {
-		c.wills.add(name, w)
-		f.rec.PublishWill(ctx, id, w)
-	}
-	core, err := mqtthooks.NewCore(f.chain, opts)
-	require.NoError(t, err)
-	f.core = core
-	t.Cleanup(func() { _ = core.Shutdown(context.Background()) })
-	c.nodes[name] = f
-	return f
-}
 
 // C3, C7: node A is cut off (Kill) and B took its session over; a client
 // that comes back to A must not resume A's stale copy: A finds the store

@@ -63,11 +63,20 @@ func newCluster(t *testing.T, store mqtthooks.SessionStore, opts mqtthooks.Optio
 // start starts the node name.
 func (c *cluster) start(t *testing.T, name string, opts mqtthooks.Options) *fixture {
 	t.Helper()
+	return c.startWith(t, name, opts, nil)
+}
+
+// startWith is start with one more plugin, extra, registered on the node.
+func (c *cluster) startWith(t *testing.T, name string, opts mqtthooks.Options, extra any) *fixture {
+	t.Helper()
 	f := &fixture{t: t, rec: &mqtthookstest.Recorder{Accept: true}, logs: new(logBuffer)}
 	logger := slog.New(slog.NewTextHandler(f.logs, nil))
 	f.chain = mqtthooks.NewChain(mqtthooks.ChainOptions{Logger: logger})
 	require.NoError(t, f.chain.Register("P", f.rec))
 	require.NoError(t, f.chain.Register("all", c.all))
+	if extra != nil {
+		require.NoError(t, f.chain.Register("extra", extra))
+	}
 	opts.Store, opts.Cluster, opts.Logger = c.store, c.cl.Node(name), logger
 	opts.Router = f.rec.Router()
 	opts.PublishWill = func(ctx context.Context, id mqtthooks.SubscriberID, w *mqtthooks.Will) {
