@@ -44,6 +44,7 @@ type clusterFlags struct {
 	node          string        // -node
 	replicas      int           // -nats-replicas
 	wait          time.Duration // -nats-wait: how long to wait for NATS and JetStream at start
+	lease         time.Duration // -nats-lease: natsjs.ClusterOptions.Lease
 }
 
 // enabled reports whether the broker is a node of a cluster.
@@ -73,6 +74,10 @@ func registerClusterFlags(fs *flag.FlagSet, f *clusterFlags) {
 		"ownership record: 3 in a cluster of three or more")
 	fs.DurationVar(&f.wait, "nats-wait", time.Minute, "how long to wait at start for NATS and its JetStream "+
 		"cluster (all -nats-replicas servers up)")
+	fs.DurationVar(&f.lease, "nats-lease", 10*time.Second, "how long a node that stopped renewing its presence "+
+		"(it died, or lost NATS) still counts as alive: its sessions are adopted by the other nodes once it ran out, "+
+		"and a client of the dead node cannot resume its session elsewhere before; the same on every node, at "+
+		"least 100ms")
 }
 
 // nodeNameRe is what natsjs accepts as a node name, and what a NATS subject
@@ -98,6 +103,8 @@ func (f *clusterFlags) check() error {
 		return errors.New("-nats-replicas must be at least 1")
 	case f.wait <= 0:
 		return errors.New("-nats-wait must be positive")
+	case f.lease != 0 && f.lease < 100*time.Millisecond: // 0: natsjs's default
+		return errors.New("-nats-lease must be at least 100ms")
 	}
 	if f.node == "" {
 		f.node = defaultNodeName()
@@ -189,7 +196,7 @@ func startCluster(f *clusterFlags, dataDir string, logger *slog.Logger) (_ *clus
 	}
 	if err := cl.retry(ctx, "opening the session owners", func(ctx context.Context) (err error) {
 		cl.owners, err = natsjs.NewCluster(ctx, natsjs.ClusterOptions{Node: f.node, Conn: cl.nc,
-			Replicas: f.replicas, Logger: logger})
+			Replicas: f.replicas, Lease: f.lease, Logger: logger})
 		return err
 	}); err != nil {
 		return nil, err

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,17 +20,25 @@ import (
 // clientTimeout bounds every wait on the broker.
 const clientTimeout = 10 * time.Second
 
-// subscriber is a persistent session subscribed to every message, and what
-// it has read off the wire across all its connections.
+// subscriber is a persistent session with one subscription, and what it
+// has read off the wire across all its connections: it behaves as a
+// conforming receiver that keeps its state across them, for which a QoS 2
+// PUBLISH that comes again with the same packet identifier before its
+// PUBREL is the same message.
 type subscriber struct {
 	name       string
-	v5, online bool // MQTT 5 (else 3.1.1); connected while publishers send (else offline)
+	v5, online bool   // MQTT 5 (else 3.1.1); connected while publishers send (else offline)
+	filter     string // its subscription; default crash/#
+	qos        byte   // of the subscription; default 2
 
 	mu          sync.Mutex
 	seen        map[string]*delivery // by payload
 	pending     map[uint16]string    // QoS 2 packet id -> payload, until its PUBREL
 	received    int
-	redelivered int
+	redelivered int // dup1 + retrans2
+	dup1        int // a message delivered at QoS 0 or 1 that came again
+	retrans2    int // a QoS 2 PUBLISH sent again before its PUBREL, same packet id
+	dup2        int // a QoS 2 message delivered twice: a problem
 	problems    []string
 	want        map[string]bool // what await waits for, and has not come yet
 	wantDone    chan struct{}
@@ -37,6 +46,34 @@ type subscriber struct {
 	c5    *paho.Client
 	c3    pahov3.Client
 	proxy *proxy
+}
+
+// subscription returns the filter and QoS, with their defaults.
+func (s *subscriber) subscription() (string, byte) {
+	return cmp.Or(s.filter, "crash/#"), cmp.Or(s.qos, 2)
+}
+
+// matches reports whether the subscriber's filter matches topic.
+func (s *subscriber) matches(topic string) bool {
+	f, _ := s.subscription()
+	return topicMatch(f, topic)
+}
+
+// topicMatch reports whether an MQTT topic filter (with + and #, no
+// $share) matches a topic name that does not start with $.
+func topicMatch(filter, topic string) bool {
+	fs, ts := strings.Split(filter, "/"), strings.Split(topic, "/")
+	for i, f := range fs {
+		switch {
+		case f == "#":
+			return true
+		case i >= len(ts):
+			return false
+		case f != "+" && f != ts[i]:
+			return false
+		}
+	}
+	return len(fs) == len(ts)
 }
 
 // delivery is what a subscriber knows of one message.
@@ -55,22 +92,29 @@ func (s *subscriber) init() {
 // takes such a repeat for the same message [MQTT-4.3.3-9]. (It need not carry
 // DUP: a broker that crashed between sending a PUBLISH and recording that it
 // did cannot know it is repeating it.)
-func (s *subscriber) publish(packetID uint16, qos byte, payload string) {
+func (s *subscriber) publish(packetID uint16, qos byte, topic, payload string) {
 	s.mu.Lock()
 	s.received++
 	d, again := s.seen[payload]
 	switch {
+	case !s.matches(topic):
+		s.problems = append(s.problems, fmt.Sprintf("%s: message %s on %s, which its subscription %s does not match",
+			s.name, payload, topic, cmp.Or(s.filter, "crash/#")))
 	case !again:
 		s.seen[payload] = &delivery{packetID: packetID}
 	case qos < 2:
 		s.redelivered++
+		s.dup1++
 	case d.released:
+		s.dup2++
 		s.problems = append(s.problems, fmt.Sprintf("%s: QoS 2 message %s delivered again after its PUBREL", s.name, payload))
 	case packetID != d.packetID:
+		s.dup2++
 		s.problems = append(s.problems, fmt.Sprintf("%s: QoS 2 message %s delivered twice, with packet ids %d and %d",
 			s.name, payload, d.packetID, packetID))
 	default:
 		s.redelivered++
+		s.retrans2++
 	}
 	if qos == 2 {
 		s.pending[packetID] = payload
@@ -85,14 +129,14 @@ func (s *subscriber) publish(packetID uint16, qos byte, payload string) {
 	s.mu.Unlock()
 }
 
-// await returns a channel closed once every payload in acked has been
-// received.
-func (s *subscriber) await(acked map[string]bool) <-chan struct{} {
+// await returns a channel closed once every payload in acked (payload ->
+// topic) that the subscription matches has been received.
+func (s *subscriber) await(acked map[string]string) <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.want, s.wantDone = map[string]bool{}, make(chan struct{})
-	for p := range acked {
-		if _, ok := s.seen[p]; !ok {
+	for p, topic := range acked {
+		if _, ok := s.seen[p]; !ok && s.matches(topic) {
 			s.want[p] = true
 		}
 	}
@@ -114,12 +158,14 @@ func (s *subscriber) pubrel(packetID uint16) {
 	}
 }
 
-func (s *subscriber) missing(acked map[string]bool) []string {
+// missing returns the payloads of acked (payload -> topic) that the
+// subscription matches and that have not come.
+func (s *subscriber) missing(acked map[string]string) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []string
-	for p := range acked {
-		if _, ok := s.seen[p]; !ok {
+	for p, topic := range acked {
+		if _, ok := s.seen[p]; !ok && s.matches(topic) {
 			out = append(out, p)
 		}
 	}
@@ -134,13 +180,19 @@ func (s *subscriber) problem(format string, args ...any) {
 
 // connect resumes the subscriber's session; first creates it and
 // subscribes. A session that should be there and is not is a problem, and
-// the subscriber subscribes again to go on.
-func (s *subscriber) connect(ctx context.Context, addr string, first bool) error {
+// the subscriber subscribes again to go on. What the broker sends on a
+// connection whose CONNECT fails (a CONNACK that comes after the client
+// gave up waiting, and what follows it) is not recorded: the client did
+// not take it. On an error the caller closes the subscriber before it
+// connects again.
+func (s *subscriber) connect(ctx context.Context, addr string, first bool) (err error) {
 	ctx, cancel := context.WithTimeout(ctx, clientTimeout)
 	defer cancel()
-	decode := s.decodeV3
+	g := &gate{decided: make(chan struct{})}
+	defer func() { g.decide(err == nil) }()
+	decode := func(r io.Reader) error { return s.decodeV3(r, g) }
 	if s.v5 {
-		decode = s.decodeV5
+		decode = func(r io.Reader) error { return s.decodeV5(r, g) }
 	}
 	p, err := startProxy(ctx, addr, decode)
 	if err != nil {
@@ -172,7 +224,8 @@ func (s *subscriber) connect(ctx context.Context, addr string, first bool) error
 		o := pahov3.NewClientOptions().AddBroker("tcp://" + p.addr()).SetClientID(s.name).SetCleanSession(false).
 			SetAutoReconnect(false).SetConnectRetry(false).SetProtocolVersion(4).SetConnectTimeout(clientTimeout).
 			SetKeepAlive(60 * time.Second).SetOrderMatters(false).
-			SetDefaultPublishHandler(func(pahov3.Client, pahov3.Message) {})
+			SetDefaultPublishHandler(func(pahov3.Client, pahov3.Message) {}).
+			SetConnectionLostHandler(func(pahov3.Client, error) {})
 		s.c3 = pahov3.NewClient(o)
 		tok := s.c3.Connect()
 		if err := wait(tok); err != nil {
@@ -180,6 +233,7 @@ func (s *subscriber) connect(ctx context.Context, addr string, first bool) error
 		}
 		present = tok.(*pahov3.ConnectToken).SessionPresent()
 	}
+	g.decide(true)
 	switch {
 	case first:
 	case present:
@@ -193,12 +247,35 @@ func (s *subscriber) connect(ctx context.Context, addr string, first bool) error
 	return nil
 }
 
+// gate holds back the recording of what a connection brings until its
+// CONNECT has succeeded or failed.
+type gate struct {
+	once    sync.Once
+	ok      bool
+	decided chan struct{}
+}
+
+// decide records the outcome; the first call counts.
+func (g *gate) decide(ok bool) {
+	g.once.Do(func() {
+		g.ok = ok
+		close(g.decided)
+	})
+}
+
+// wait returns the outcome once it is known.
+func (g *gate) wait() bool {
+	<-g.decided
+	return g.ok
+}
+
 func (s *subscriber) subscribe(ctx context.Context) error {
+	filter, qos := s.subscription()
 	if s.v5 {
-		_, err := s.c5.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "crash/#", QoS: 2}}})
+		_, err := s.c5.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: filter, QoS: qos}}})
 		return err
 	}
-	return wait(s.c3.Subscribe("crash/#", 2, nil))
+	return wait(s.c3.Subscribe(filter, qos, nil))
 }
 
 // close disconnects, if connected, and waits until everything read from
@@ -222,7 +299,16 @@ func (s *subscriber) close() {
 	}
 }
 
-func (s *subscriber) decodeV5(r io.Reader) error {
+// dropped returns a channel closed when the current connection has ended
+// (the broker's side or the client's), or nil if there is none.
+func (s *subscriber) dropped() <-chan struct{} {
+	if s.proxy == nil {
+		return nil
+	}
+	return s.proxy.done
+}
+
+func (s *subscriber) decodeV5(r io.Reader, g *gate) error {
 	for {
 		cp, err := packets.ReadPacket(r)
 		if err != nil {
@@ -230,14 +316,18 @@ func (s *subscriber) decodeV5(r io.Reader) error {
 		}
 		switch p := cp.Content.(type) {
 		case *packets.Publish:
-			s.publish(p.PacketID, p.QoS, string(p.Payload))
+			if g.wait() {
+				s.publish(p.PacketID, p.QoS, p.Topic, string(p.Payload))
+			}
 		case *packets.Pubrel:
-			s.pubrel(p.PacketID)
+			if g.wait() {
+				s.pubrel(p.PacketID)
+			}
 		}
 	}
 }
 
-func (s *subscriber) decodeV3(r io.Reader) error {
+func (s *subscriber) decodeV3(r io.Reader, g *gate) error {
 	for {
 		cp, err := packets3.ReadPacket(r)
 		if err != nil {
@@ -245,9 +335,13 @@ func (s *subscriber) decodeV3(r io.Reader) error {
 		}
 		switch p := cp.(type) {
 		case *packets3.PublishPacket:
-			s.publish(p.MessageID, p.Qos, string(p.Payload))
+			if g.wait() {
+				s.publish(p.MessageID, p.Qos, p.TopicName, string(p.Payload))
+			}
 		case *packets3.PubrelPacket:
-			s.pubrel(p.MessageID)
+			if g.wait() {
+				s.pubrel(p.MessageID)
+			}
 		}
 	}
 }

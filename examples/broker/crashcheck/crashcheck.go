@@ -120,7 +120,7 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	for _, s := range subs {
 		s.init()
 	}
-	r := run{subs: subs, acked: map[string]bool{}}
+	r := run{subs: subs, acked: map[string]string{}}
 	rep := Report{Cycles: o.Cycles, Subscribers: len(subs)}
 
 	for cycle := range o.Cycles {
@@ -169,7 +169,7 @@ func Run(ctx context.Context, o Options) (Report, error) {
 type run struct {
 	subs    []*subscriber
 	mu      sync.Mutex
-	acked   map[string]bool // payloads
+	acked   map[string]string // payload -> topic
 	unacked int
 }
 
@@ -220,12 +220,13 @@ func (r *run) cycle(ctx context.Context, b Broker, cycle, k int) error {
 				r.mu.Lock()
 				r.unacked++
 				r.mu.Unlock()
-				if err := pub.publish(ctx, "crash/"+fmt.Sprint(p), qos, payload); err != nil {
+				topic := "crash/" + fmt.Sprint(p)
+				if err := pub.publish(ctx, topic, qos, payload); err != nil {
 					return // the broker is gone: this one stays unacknowledged
 				}
 				r.mu.Lock()
 				r.unacked--
-				r.acked[payload] = true
+				r.acked[payload] = topic
 				r.mu.Unlock()
 				select {
 				case acks <- struct{}{}:
