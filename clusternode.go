@@ -385,6 +385,26 @@ func (c *Core) owned(ctx context.Context, e *entry, st *sessionState) bool {
 	return false
 }
 
+// recheckOwner checks, in an operation of id, whether this node still owns
+// the session it holds for id, after the store refused a write for it as
+// stale; if not, the session is forgotten (see owned). One check per id runs
+// at a time: the writes refused meanwhile need no other.
+func (c *Core) recheckOwner(id SubscriberID) {
+	if _, busy := c.rechecks.LoadOrStore(id, true); busy || c.closed.Load() {
+		return
+	}
+	go func() {
+		defer c.rechecks.Delete(id)
+		ctx, cancel := context.WithTimeout(context.Background(), c.opts.HookTimeout)
+		defer cancel()
+		_ = c.reg.do(ctx, id, newOp(func(ctx context.Context, e *entry) {
+			if st := e.state.Load(); st != nil {
+				c.owned(ctx, e, st)
+			}
+		}))
+	}()
+}
+
 // forget drops st, a clustered session that is another node's now, from
 // this node, firing nothing: its connections are ended as taken over, its
 // timers stopped, its subscriptions removed from the Router, its messages

@@ -646,7 +646,23 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 	st.mu.Unlock()
 	if recorded != nil {
 		if err := waitFlushed(ctx, recorded); err != nil {
+			// Another node could not end this connection should this one
+			// die: refuse it. The session stays here, offline, unless the
+			// store says it is another node's now.
 			c.logger.Error("mqtthooks: session store: recording the connection failed", "session", r.ID.String(), "err", err)
+			c.stats.connections.Add(1) // detach counts it out
+			c.detach(st, s)
+			switch {
+			case errors.Is(err, ErrStaleGeneration):
+				c.forget(e, st)
+			case fresh != nil: // a life no hook has seen: it goes as it came
+				if fenced, _ := c.deleteFirst(ctx, e, st, nil); !fenced {
+					c.forget(e, st) // a failed delete is tried again later (deleteLater)
+				}
+			case !st.online():
+				c.armTimers(st)
+			}
+			return h.reject(fmt.Errorf("%w: recording the connection: %w", ErrRegistration, err))
 		}
 	}
 	if unstore != nil {

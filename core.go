@@ -270,9 +270,12 @@ type Core struct {
 	// store failed to delete them (SubscriberID → Generation), deleted
 	// again later, and before any other node may take them.
 	unended sync.Map
-	closed  atomic.Bool
-	conns   sync.WaitGroup // calls to Conn.Disconnect in flight
-	writes  sync.WaitGroup // store commits in flight
+	// rechecks: the SubscriberIDs whose ownership is being checked again
+	// after a write was refused as stale (see recheckOwner).
+	rechecks sync.Map
+	closed   atomic.Bool
+	conns    sync.WaitGroup // calls to Conn.Disconnect in flight
+	writes   sync.WaitGroup // store commits in flight
 }
 
 // NewCore returns a Core that runs chain's hooks. It fails with

@@ -2,6 +2,7 @@ package mqtthooks
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -142,6 +143,9 @@ func (c *Core) commit(b StoreBatch, id SubscriberID, done func(error)) {
 			if err != nil {
 				sw.failed.Add(1)
 				c.logger.Error("mqtthooks: session store: write failed", "session", id.String(), "err", err)
+				if c.cluster != nil && errors.Is(err, ErrStaleGeneration) && id != (SubscriberID{}) {
+					c.recheckOwner(id) // another node took the session: stop serving it here
+				}
 			}
 			if done != nil {
 				done(err)

@@ -335,8 +335,21 @@ func (c *Cluster) renew() {
 				// out in between, and other nodes adopt the sessions.
 				if late := time.Since(last) >= c.opts.Lease*3/4; late && !isolated {
 					c.isolate()
+					isolated = true
 				}
-				last, isolated = time.Now(), false
+				last = time.Now()
+				if isolated {
+					// The lease holds again. The sessions no other node
+					// adopted meanwhile (the lease may never have run out:
+					// JetStream was only electing a leader) are still this
+					// node's: take them back, or nobody would serve them.
+					isolated = false
+					c.bg.Add(1)
+					go func() { // renewals go on meanwhile
+						defer c.bg.Done()
+						c.adoptOrphans(func(owner string) bool { return owner == c.opts.Node })
+					}()
+				}
 				continue
 			}
 			c.log.Warn("natsjs: renewing the node's lease", "node", c.opts.Node, "err", err)
