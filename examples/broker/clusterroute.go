@@ -52,10 +52,12 @@ import (
 // sent again every retryEvery; the receiving node recognises a request it
 // has seen by its (boot, seq) among the last dedupWindow, and answers it
 // once its first delivery is durable, without routing it twice. A request to
-// a node that is gone (NATS has no subscriber for it, "no responders") counts
-// as answered: the node's sessions are claimed by others, from the store,
-// and its keys are purged from the interest bucket by the node that found
-// out (a node still alive puts them back when its watcher sees them go).
+// a node that is gone (NATS has no subscriber for it, "no responders") fails:
+// its sessions' copies are stored nowhere until another node adopts them,
+// so the PUBLISH is not acknowledged and the client sends it again; once
+// the gone node owns no session any more, its keys are purged from the
+// interest bucket by a node that found out (see purgeNode; a node still
+// alive puts them back when its watcher sees them go).
 // Requests of one node to another travel on one subject and one connection,
 // so they arrive in the order they were sent, and are routed in that order.
 //
@@ -365,7 +367,12 @@ func (cl *cluster) purgeKeys(ctx context.Context, node string) error {
 }
 
 // purgeNode purges the keys of a node that is gone, at most every
-// purgeEvery, on a goroutine of its own.
+// purgeEvery, on a goroutine of its own: once its lease has run out and no
+// session is owned by it any more (every one was adopted), seen twice, a
+// grace apart, so that the adopting nodes' own interest is in place first
+// (their Router.Add waits for every node, up to syncTimeout). Until then the
+// PUBLISHes its keys match are not acknowledged: purging them sooner would
+// acknowledge messages that no session stored.
 func (cl *cluster) purgeNode(node string) {
 	cl.imu.Lock()
 	if time.Since(cl.purged[node]) < purgeEvery || !cl.serving.Load() {
@@ -374,14 +381,57 @@ func (cl *cluster) purgeNode(node string) {
 	}
 	cl.purged[node] = time.Now()
 	cl.imu.Unlock()
-	cl.log.Info("cluster: a node does not answer; forgetting its subscriptions", "gone", node)
 	cl.spawn(func() {
+		if !cl.orphaned(node) {
+			return
+		}
+		select {
+		case <-cl.stop:
+			return
+		case <-time.After(2 * syncTimeout):
+		}
+		if !cl.orphaned(node) {
+			return
+		}
+		cl.log.Info("cluster: a node is gone and its sessions adopted; forgetting its subscriptions", "gone", node)
 		ctx, cancel := context.WithTimeout(cl.stopCtx, kvTimeout)
 		defer cancel()
 		if err := cl.purgeKeys(ctx, node); err != nil {
 			cl.log.Warn("cluster: purging a gone node's subscriptions", "gone", node, "err", err)
 		}
 	})
+}
+
+// orphaned reports whether node's lease has run out and no session is owned
+// by it any more (the buckets of natsjs.Cluster, default names).
+func (cl *cluster) orphaned(node string) bool {
+	ctx, cancel := context.WithTimeout(cl.stopCtx, kvTimeout)
+	defer cancel()
+	nodes, err := cl.js.KeyValue(ctx, "MQTTHOOKS_nodes")
+	if err != nil {
+		return false
+	}
+	if _, err := nodes.Get(ctx, node); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false // alive, or unknown
+	}
+	owners, err := cl.js.KeyValue(ctx, "MQTTHOOKS_owners")
+	if err != nil {
+		return false
+	}
+	w, err := owners.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return false
+	}
+	defer func() { _ = w.Stop() }()
+	for e := range w.Updates() {
+		if e == nil {
+			return true
+		}
+		if string(e.Value()) == node {
+			return false
+		}
+	}
+	return false
 }
 
 // --- Interest: the other nodes' filters ---
@@ -1014,8 +1064,13 @@ func (cl *cluster) onReply(m *nats.Msg) {
 	switch {
 	case noResponders && c.js:
 		err = errors.New("cluster: JetStream did not answer a retained message's write")
-	case noResponders: // the node is gone: its sessions go to others, from the store
-		err = nil
+	case noResponders:
+		// The node is gone, and its sessions with it until another node
+		// adopts them: their copies are stored nowhere yet, so the PUBLISH
+		// is not acknowledged, and its client sends it again. Once the
+		// sessions are adopted, their new nodes' interest takes over and the
+		// gone node's keys are purged (purgeNode).
+		err = fmt.Errorf("cluster: node %s does not answer; its sessions are not yet adopted", c.node)
 		cl.purgeNode(c.node)
 	case c.js:
 		err = pubAckError(m.Data)
