@@ -263,7 +263,6 @@ func (c *Cluster) adoptOrphans(gone func(owner string) bool) {
 	// Each node goes through them in an order of its own, so that the nodes
 	// alive share the work instead of racing for the same sessions.
 	rand.Shuffle(len(orphans), func(i, j int) { orphans[i], orphans[j] = orphans[j], orphans[i] })
-	me := []byte(c.opts.Node)
 	work := make(chan orphan)
 	var wg sync.WaitGroup
 	for range adoptWorkers {
@@ -278,7 +277,7 @@ func (c *Cluster) adoptOrphans(gone func(owner string) bool) {
 				// nothing to hand over before.
 				done := make(chan struct{})
 				c.adopting.Store(o.key, done)
-				rev, err := c.owners.Update(ctx, o.key, me, o.rev)
+				rev, err := c.casOrphan(ctx, o.key, o.rev, gone)
 				if err == nil {
 					c.revs.Store(o.key, rev)
 				}
@@ -308,6 +307,40 @@ func (c *Cluster) adoptOrphans(gone func(owner string) bool) {
 // maxHandOvers bounds the hand-overs a node runs at once, each on a
 // goroutine of its own while its hooks run.
 const maxHandOvers = 1024
+
+// casOrphan makes this node the owner of key, whose revision rev names an
+// owner that is gone. A write that fails for another reason than a change
+// of the key (JetStream electing a leader, say) is tried again, with the
+// key read afresh, for as long as its owner is still one gone says is gone:
+// a dead node's session left to it would be served by nobody.
+func (c *Cluster) casOrphan(ctx context.Context, key string, rev uint64, gone func(owner string) bool) (uint64, error) {
+	me := []byte(c.opts.Node)
+	wait := 100 * time.Millisecond
+	for {
+		nrev, err := c.owners.Update(ctx, key, me, rev)
+		if err == nil || errors.Is(err, jetstream.ErrKeyRevisionMismatch) || ctx.Err() != nil {
+			return nrev, err
+		}
+		c.log.Warn("natsjs: adopting a session; trying again", "key", key, "err", err)
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
+		e, gerr := c.owners.Get(ctx, key)
+		if gerr != nil {
+			if errors.Is(gerr, jetstream.ErrKeyNotFound) {
+				return 0, jetstream.ErrKeyRevisionMismatch // it ended meanwhile
+			}
+			continue // and read again after the next failure
+		}
+		if !gone(string(e.Value())) {
+			return 0, jetstream.ErrKeyRevisionMismatch // another node took it
+		}
+		rev = e.Revision()
+	}
+}
 
 // adoptWorkers bounds the adoptions a node runs at once.
 const adoptWorkers = 16
