@@ -86,12 +86,14 @@ type ClusterNode interface {
 	// this node holds already, or one the store does not have, does
 	// nothing (the latter disowns it).
 	Adopt(ctx context.Context, id SubscriberID) error
-	// Isolated tells the Core that this node lost its place in the cluster:
-	// its lease ran out, or may have, since it could not renew it in time,
-	// so other nodes adopt its sessions. The Core ends every connection here
-	// as taken over and forgets every session, firing no hook and
-	// publishing no Will: the node that adopts a session reports its end.
-	// New CONNECTs are claimed as usual.
+	// Isolated tells the Core that this node may have lost its place in the
+	// cluster: its lease ran out, or may have, since it could not renew it
+	// in time, so other nodes may adopt its sessions. The Core checks each
+	// session it holds with a write the store fences: a session another
+	// node took over is forgotten here, its connections ended as taken
+	// over, firing no hook and publishing no Will (the node that adopted it
+	// reports its end); the others stay. Any later write refused as stale
+	// does the same for its session.
 	Isolated(ctx context.Context)
 }
 

@@ -525,14 +525,18 @@ func (c *Core) deleteLater(id SubscriberID, d time.Duration) {
 	})
 }
 
-// Isolated ends this node's hold on every session, when the Cluster lost
-// its place (see ClusterNode.Isolated).
+// Isolated checks every session this node holds with a fenced write, when
+// the Cluster may have lost its place (see ClusterNode.Isolated): those
+// another node took over are forgotten; the others stay. Dropping them all
+// would leave the ones nobody adopted (a lease that held after all) served
+// by nobody, and their subscriptions gone from the Router, so that messages
+// for them would be acknowledged and stored nowhere.
 func (n clusterNode) Isolated(ctx context.Context) {
 	c := n.c
 	c.reg.each(func(e *entry) bool {
-		_ = c.reg.do(notInHook{ctx}, e.id, newOp(func(_ context.Context, e *entry) {
+		_ = c.reg.do(notInHook{ctx}, e.id, newOp(func(ctx context.Context, e *entry) {
 			if st := e.state.Load(); st != nil {
-				c.forget(e, st)
+				c.owned(ctx, e, st)
 			}
 		}))
 		return ctx.Err() == nil
