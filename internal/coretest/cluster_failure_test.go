@@ -20,7 +20,6 @@ import (
 	"github.com/mqtthooks/mqtthooks/mqtthookstest"
 )
 
-
 // C3, C7: node A is cut off (Kill) and B took its session over; a client
 // that comes back to A must not resume A's stale copy: A finds the store
 // refusing its write, forgets the copy and claims the session from B, which
