@@ -38,6 +38,17 @@ func (c *Core) routerRemoveAll(id SubscriberID, gen uint64) {
 	_ = c.guard("Router.RemoveAll", id, func() { c.router.RemoveAll(id, gen) })
 }
 
+// routerMoved tells the Router that the subscriptions of a session another
+// node owns now leave this one: Moved for a MovingRouter, RemoveAll for
+// another.
+func (c *Core) routerMoved(id SubscriberID, gen uint64) {
+	if r, ok := c.router.(MovingRouter); ok {
+		_ = c.guard("Router.Moved", id, func() { r.Moved(id, gen) })
+		return
+	}
+	c.routerRemoveAll(id, gen)
+}
+
 // resumeAllowed asks the ResumePolicy; a panic refuses, with ErrRegistration.
 func (c *Core) resumeAllowed(ctx context.Context, r *ResumeRequest) (ok bool, err error) {
 	if perr := c.guard("ResumePolicy", r.SubscriberID, func() { ok = c.opts.ResumePolicy(ctx, r) }); perr != nil {

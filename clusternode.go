@@ -296,7 +296,7 @@ func (c *Core) yield(ctx context.Context, e *entry, r *YieldRequest) error {
 	// From this write on, nothing more is written here: a message routed
 	// now finds no session, rather than a write the next owner would not
 	// see (it may read the store before the write lands).
-	st.ended = true
+	st.ended, st.leaving = true, true
 	j := st.journal()
 	j.updateRecord()
 	flushed := make(chan error, 1)
@@ -304,7 +304,7 @@ func (c *Core) yield(ctx context.Context, e *entry, r *YieldRequest) error {
 	st.mu.Unlock()
 	stay := func() { // the session stays here, offline
 		st.mu.Lock()
-		st.ended = false
+		st.ended, st.leaving = false, false
 		st.mu.Unlock()
 		st.moving = false
 		c.armTimers(st)
@@ -407,7 +407,7 @@ func (c *Core) recheckOwner(id SubscriberID) {
 
 // forget drops st, a clustered session that is another node's now, from
 // this node, firing nothing: its connections are ended as taken over, its
-// timers stopped, its subscriptions removed from the Router, its messages
+// timers stopped, its subscriptions moved out of the Router, its messages
 // counted as handed over; the store keeps it for its owner.
 func (c *Core) forget(e *entry, st *sessionState) {
 	for _, s := range st.snapshotConns() {
@@ -420,13 +420,13 @@ func (c *Core) forget(e *entry, st *sessionState) {
 	st.mu.Lock()
 	wasStored := st.stored
 	st.stored = false // no more writes from here, whatever still holds it
-	st.ended = true
+	st.ended, st.leaving = true, true
 	c.stats.handedOver.Add(uint64(st.q.clear(nil)))
 	subscribed := len(st.subs) > 0
 	st.clearSubscriptions()
 	st.mu.Unlock()
 	if subscribed {
-		c.routerRemoveAll(st.rec.ID, st.rec.Generation)
+		c.routerMoved(st.rec.ID, st.rec.Generation)
 	}
 	e.mu.Lock()
 	if e.state.Load() == st {

@@ -142,6 +142,21 @@ type Router interface {
 	RemoveAll(id SubscriberID, generation uint64)
 }
 
+// A MovingRouter is a Router that learns when a session's subscriptions
+// leave this node because another node of the cluster owns the session now
+// (see Options.Cluster): the Core then calls Moved, not RemoveAll.
+//
+// The new owner adds the subscriptions to its own Router only once it has
+// read the session, so a message matched between the two is stored nowhere
+// if the broker takes Moved for RemoveAll. A broker that acknowledges
+// PUBLISHes cluster-wide should keep refusing (not acknowledging) messages
+// that match a moved session's filters until the new owner routes them;
+// meanwhile Deliver to the session fails with ErrNotOwner.
+type MovingRouter interface {
+	Router
+	Moved(id SubscriberID, generation uint64)
+}
+
 // ResumeRequest is what a ResumePolicy decides on: a CONNECT that would take
 // over, resume or discard the existing session of the same SubscriberID.
 type ResumeRequest struct {
@@ -273,7 +288,11 @@ type Core struct {
 	// rechecks: the SubscriberIDs whose ownership is being checked again
 	// after a write was refused as stale (see recheckOwner).
 	rechecks sync.Map
-	closed   atomic.Bool
+	// refusedInbound: the QoS 2 identifiers whose PUBLISH was not taken
+	// (its Receipt failed), inboundKey → that *Receipt, until they are
+	// forgotten (see Session.InboundPublish).
+	refusedInbound sync.Map
+	closed         atomic.Bool
 	conns    sync.WaitGroup // calls to Conn.Disconnect in flight
 	writes   sync.WaitGroup // store commits in flight
 }

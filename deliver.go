@@ -35,8 +35,12 @@ type DeliverOptions struct {
 // a QoS 1 or 2 copy for a persistent session is written, and
 // opts.Receipt learns when it is durable. Deliver never waits for a lifecycle
 // hook or for the store; it fails with ErrSessionNotFound when no session
-// exists (or, with opts.Generation, when that life has ended) and with
-// ErrInvalidArgument for a nil message or a QoS above 2. msg is shared, not
+// exists (or, with opts.Generation, when that life has ended), with
+// ErrInvalidArgument for a nil message or a QoS above 2, and, in a cluster,
+// with ErrNotOwner while the session is being handed over to another node:
+// the copy is then stored nowhere, and opts.Receipt fails with ErrNotOwner
+// too, so that the PUBLISH is not acknowledged and its client sends it
+// again (see MovingRouter). msg is shared, not
 // copied: it must not change after Deliver.
 func (c *Core) Deliver(id SubscriberID, msg *Message, opts DeliverOptions) error {
 	if msg == nil || opts.QoS > 2 {
@@ -56,7 +60,14 @@ func (c *Core) Deliver(id SubscriberID, msg *Message, opts DeliverOptions) error
 	}
 	st.mu.Lock()
 	if st.ended || (opts.Generation != 0 && opts.Generation != st.rec.Generation) {
+		leaving := st.ended && st.leaving && (opts.Generation == 0 || opts.Generation == st.rec.Generation)
 		st.mu.Unlock()
+		if leaving {
+			if done := opts.Receipt.completion(); done != nil {
+				done(ErrNotOwner)
+			}
+			return ErrNotOwner
+		}
 		return ErrSessionNotFound
 	}
 	st.seq++

@@ -209,6 +209,7 @@ type Receipt struct {
 	pending atomic.Int64 // 1 until Close, plus the writes not yet durable
 	mu      sync.Mutex
 	err     error
+	refused []func() // run, under no lock of the Core's, when the Receipt fails
 	msgID   uint64 // the stored message of the copies; written by the routing goroutine only
 	core    *Core  // that stored it, and releases it at Close
 }
@@ -245,6 +246,30 @@ func (r *Receipt) join() func(error) {
 	return r.finish
 }
 
+// Fail records that the PUBLISH was not taken after all (another node of a
+// cluster did not store its copies, say): done receives err, or the first
+// error recorded before it, and what the PUBLISH recorded in the session of
+// its client is undone as for a failed write (see Session.InboundPublish).
+// The broker must then not acknowledge the PUBLISH. Fail does not replace
+// Close.
+func (r *Receipt) Fail(err error) {
+	if err == nil {
+		err = errors.New("mqtthooks: PUBLISH not taken")
+	}
+	r.mu.Lock()
+	if r.err == nil {
+		r.err = err
+	}
+	r.mu.Unlock()
+}
+
+// onRefused adds f to what runs when r fails.
+func (r *Receipt) onRefused(f func()) {
+	r.mu.Lock()
+	r.refused = append(r.refused, f)
+	r.mu.Unlock()
+}
+
 func (r *Receipt) finish(err error) {
 	if err != nil {
 		r.mu.Lock()
@@ -253,10 +278,18 @@ func (r *Receipt) finish(err error) {
 		}
 		r.mu.Unlock()
 	}
-	if r.pending.Add(-1) == 0 && r.done != nil {
-		r.mu.Lock()
-		err := r.err
-		r.mu.Unlock()
+	if r.pending.Add(-1) != 0 {
+		return
+	}
+	r.mu.Lock()
+	err, refused := r.err, r.refused
+	r.mu.Unlock()
+	if err != nil {
+		for _, f := range refused {
+			f()
+		}
+	}
+	if r.done != nil {
 		r.done(err)
 	}
 }

@@ -404,19 +404,65 @@ func (s *Session) withQueueDone(fn func(q *queue, j *journal) error, done func(e
 // store, r, if not nil, learns when the identifier is durable: the broker
 // sends its PUBREC only then, or a client that sends the PUBLISH again after
 // a crash would have it routed twice.
+//
+// A PUBLISH whose Receipt fails (a write failed, or Receipt.Fail) was not
+// taken: its identifier is forgotten, so that the client's resend is routed
+// as a first arrival, on this connection's successor or on another node
+// that takes the session over.
 func (s *Session) InboundPublish(id uint16, r *Receipt) (first bool, err error) {
+	c := s.core
 	err = s.withQueueDone(func(q *queue, j *journal) error {
+		key := inboundKey{q, id}
 		if slices.Contains(q.inbound, id) {
-			return nil
+			if _, refused := c.refusedInbound.LoadAndDelete(key); !refused {
+				return nil // a repeat
+			}
+		} else {
+			q.inbound = append(q.inbound, id)
 		}
-		q.inbound = append(q.inbound, id)
 		first = true
+		c.refusedInbound.Delete(key)
 		if j != nil && q == &j.st.q {
 			j.batch().PutInbound(j.st.rec.ID, j.st.rec.Generation, id)
+		}
+		if r != nil {
+			st := s.st
+			r.onRefused(func() {
+				c.refusedInbound.Store(key, r) // at once: a resend may come before the goroutine runs
+				go c.forgetInbound(st, key, r)
+			})
 		}
 		return nil
 	}, r.completion())
 	return first, err
+}
+
+// inboundKey names the QoS 2 identifier of a client's PUBLISH in the queue
+// that keeps it.
+type inboundKey struct {
+	q  *queue
+	id uint16
+}
+
+// forgetInbound drops the identifier of a PUBLISH whose Receipt r failed,
+// from the queue and the store, unless a resend has taken it since.
+func (c *Core) forgetInbound(st *sessionState, key inboundKey, r *Receipt) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if v, ok := c.refusedInbound.Load(key); !ok || v != r {
+		return
+	}
+	c.refusedInbound.Delete(key)
+	q := key.q
+	i := slices.Index(q.inbound, key.id)
+	if i < 0 {
+		return
+	}
+	q.inbound = slices.Delete(q.inbound, i, i+1)
+	if j := st.journal(); j != nil && q == &st.q && !st.ended {
+		j.batch().DeleteInbound(st.rec.ID, st.rec.Generation, key.id)
+		j.commit(nil)
+	}
 }
 
 // InboundPubrel reports the client's PUBREL of the identifier of one of its
@@ -428,6 +474,7 @@ func (s *Session) InboundPublish(id uint16, r *Receipt) (first bool, err error) 
 // PUBLISH with the same identifier would be taken for a repeat.
 func (s *Session) InboundPubrel(id uint16, r *Receipt) (known bool, err error) {
 	err = s.withQueueDone(func(q *queue, j *journal) error {
+		s.core.refusedInbound.Delete(inboundKey{q, id})
 		if i := slices.Index(q.inbound, id); i >= 0 {
 			q.inbound = slices.Delete(q.inbound, i, i+1)
 			known = true
@@ -653,6 +700,7 @@ type sessionState struct {
 	connsBuf [1]*Session    // conns' backing array while there is one connection
 	multi    bool           // the session allows multiple connections
 	ended    bool           // the life is over; deliveries find no session
+	leaving  bool           // with ended: another node owns the session, or is about to (Deliver: ErrNotOwner)
 	q        queue          // the session's queue: offline, or its first connection's
 	balance  int            // round-robin position of DeliverBalance
 	seq      uint64         // messages routed to this life, numbering them
@@ -740,7 +788,7 @@ func (st *sessionState) reset(rec *SessionRecord) {
 	defer st.mu.Unlock()
 	st.rec = *rec
 	st.conns = st.connsBuf[:0]
-	st.multi, st.ended, st.balance = false, false, 0
+	st.multi, st.ended, st.leaving, st.balance = false, false, false, 0
 	st.q = queue{}
 	st.expiryItem, st.willItem = nil, nil
 	st.subs, st.subIndex = nil, nil

@@ -18,7 +18,7 @@ import (
 // Call is one recorded call: a hook, a Router call or a published Will.
 type Call struct {
 	// Hook is the hook's name ("AuthOnRegister", "OnClientWakeup", …), or
-	// "Add", "Remove", "RemoveAll" for the Router and "PublishWill".
+	// "Add", "Remove", "RemoveAll", "Moved" for the Router and "PublishWill".
 	Hook string
 	ID   mqtthooks.SubscriberID
 	// Event is the SessionEvent of a lifecycle hook (for OnRegister and
@@ -258,7 +258,9 @@ func (r *Recorder) PublishWill(_ context.Context, id mqtthooks.SubscriberID, w *
 	r.record(Call{Hook: "PublishWill", ID: id, Will: w})
 }
 
-// Router returns a mqtthooks.Router that records its calls into r.
+// Router returns a mqtthooks.Router that records its calls into r. It is a
+// mqtthooks.MovingRouter: a session handed over to another node is
+// recorded as "Moved".
 func (r *Recorder) Router() mqtthooks.Router { return recRouter{r} }
 
 type recRouter struct{ r *Recorder }
@@ -273,6 +275,10 @@ func (rr recRouter) Remove(id mqtthooks.SubscriberID, gen uint64, filter string)
 
 func (rr recRouter) RemoveAll(id mqtthooks.SubscriberID, gen uint64) {
 	rr.r.record(Call{Hook: "RemoveAll", ID: id, Generation: gen})
+}
+
+func (rr recRouter) Moved(id mqtthooks.SubscriberID, gen uint64) {
+	rr.r.record(Call{Hook: "Moved", ID: id, Generation: gen})
 }
 
 func copyRegister(req *mqtthooks.RegisterRequest) *mqtthooks.RegisterRequest {

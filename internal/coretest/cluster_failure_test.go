@@ -302,3 +302,90 @@ func TestC4AdoptRetried(t *testing.T) {
 		}
 	})
 }
+
+// gatedStore is a MemoryStore that holds back the commit of the first batch
+// writing an offline record of a session (the record a node writes before
+// handing the session over) once armed, until the test opens the gate.
+type gatedStore struct {
+	*mqtthooks.MemoryStore
+	armed   atomic.Bool
+	held    chan struct{} // closed when a commit is held
+	release chan struct{} // closed by the test to let it through
+}
+
+func (s *gatedStore) Batch() mqtthooks.StoreBatch {
+	return &gatedBatch{StoreBatch: s.MemoryStore.Batch(), s: s}
+}
+
+type gatedBatch struct {
+	mqtthooks.StoreBatch
+	s       *gatedStore
+	offline bool
+}
+
+func (b *gatedBatch) UpdateSession(rec *mqtthooks.SessionRecord) {
+	b.offline = b.offline || !rec.Connected
+	b.StoreBatch.UpdateSession(rec)
+}
+
+func (b *gatedBatch) Commit(done func(error)) {
+	if b.offline && b.s.armed.CompareAndSwap(true, false) {
+		close(b.s.held)
+		go func() {
+			<-b.s.release
+			b.StoreBatch.Commit(done)
+		}()
+		return
+	}
+	b.StoreBatch.Commit(done)
+}
+
+// A message routed to a session while its node hands it over to another
+// one is stored nowhere: Deliver fails with ErrNotOwner and so does the
+// PUBLISH's Receipt, so that the broker does not acknowledge it and the
+// client sends it again (once the new owner routes it). Then the old node
+// tells its Router the session moved (Moved, not RemoveAll), and the
+// message sent again reaches the session on the new node.
+func TestClusterDeliverDuringHandOver(t *testing.T) {
+	store := &gatedStore{MemoryStore: new(mqtthooks.MemoryStore), held: make(chan struct{}), release: make(chan struct{})}
+	c := newCluster(t, store, mqtthooks.Options{}, "A", "B")
+	a, b := c.nodes["A"], c.nodes["B"]
+	id := sid("s")
+	c1 := a.v5("s", false, 3600)
+	requireAccepted(t, c1)
+	require.NoError(t, c1.Subscribe(t.Context(), "t"))
+
+	store.armed.Store(true)
+	c2 := mqtthookstest.NewClient(b.core)
+	connected := make(chan struct{})
+	go func() {
+		defer close(connected)
+		c2.Connect(context.Background(), mqtthookstest.V5("s", "u", false, 3600))
+	}()
+	<-store.held // A has ended the session and is writing it before the hand-over
+
+	msg := &mqtthooks.Message{Topic: "t", Payload: []byte("during"), QoS: 1}
+	var receiptErr error
+	acked := make(chan struct{})
+	r := mqtthooks.NewReceipt(func(err error) { receiptErr = err; close(acked) })
+	err := a.core.Deliver(id, msg, mqtthooks.DeliverOptions{QoS: 1, Receipt: r})
+	r.Close()
+	<-acked
+	require.ErrorIs(t, err, mqtthooks.ErrNotOwner, "a session on its way to another node takes no message here")
+	assert.ErrorIs(t, receiptErr, mqtthooks.ErrNotOwner, "and the PUBLISH is not acknowledged")
+	assert.Zero(t, a.rec.Count(id, "Moved"), "the subscriptions stay until the session has left")
+
+	close(store.release)
+	<-connected
+	requireAccepted(t, c2)
+	assert.True(t, c2.Connack().SessionPresent)
+	assert.Equal(t, 1, a.rec.Count(id, "Moved"), "A's Router learns the session moved")
+	assert.Zero(t, a.rec.Count(id, "RemoveAll"))
+	_, held := a.core.Lookup(id)
+	assert.False(t, held, "A no longer holds the session")
+
+	b.publish(t, id, 1, 1) // the client's resend, routed by B now
+	got, err2 := c2.PullAll()
+	require.NoError(t, err2)
+	assert.Equal(t, []string{"1"}, payloads(got), "only the resent copy: the refused one was stored nowhere")
+}

@@ -157,7 +157,8 @@ func TestC1TakeoverAcrossNodes(t *testing.T) {
 	assert.Zero(t, info.Pending)
 
 	// The subscription moved with the session: A's router forgot it, B's has it.
-	assert.Equal(t, 1, a.rec.Count(id, "RemoveAll"))
+	assert.Equal(t, 1, a.rec.Count(id, "Moved"), "A tells its Router the session moved")
+	assert.Zero(t, a.rec.Count(id, "RemoveAll"))
 	assert.Equal(t, 1, b.rec.Count(id, "Add"))
 	checkNoLoss(t, a.core)
 	checkNoLoss(t, b.core)

@@ -6,6 +6,7 @@ package mqtthooks_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -534,4 +535,60 @@ func (r *countingRouter) RemoveAll(id mqtthooks.SubscriberID, _ uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	delete(r.subs, id)
+}
+
+// A QoS 2 PUBLISH that was not taken (its Receipt failed: here the broker's
+// Fail, as when another node of a cluster did not store its copies) leaves
+// no identifier behind: the client's resend is routed as a first arrival,
+// on the same connection, after a takeover, and after a crash (the store
+// forgot it too). A PUBLISH that was taken stays a duplicate.
+func TestInboundRefusedPublishForgotten(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store := new(mqtthookstest.Store)
+		f := newFixture(t, mqtthooks.Options{Store: store})
+		c := f.v3("s", false)
+
+		refuse := func(s *mqtthooks.Session, id uint16) error {
+			var got error
+			r := mqtthooks.NewReceipt(func(err error) { got = err })
+			first, err := s.InboundPublish(id, r)
+			require.NoError(t, err)
+			require.True(t, first)
+			r.Fail(errors.New("injected: another node did not store it"))
+			r.Close()
+			synctest.Wait()
+			return got
+		}
+		assert.Error(t, refuse(c.Session, 7), "the Receipt reports the failure")
+		again, err := c.Session.InboundPublish(7, nil)
+		require.NoError(t, err)
+		assert.True(t, again, "the resend on the same connection is routed")
+
+		assert.Error(t, refuse(c.Session, 8))
+		taken := mqtthooks.NewReceipt(nil)
+		first, err := c.Session.InboundPublish(9, taken)
+		require.NoError(t, err)
+		require.True(t, first)
+		taken.Close()
+		synctest.Wait()
+
+		c2 := f.v3("s", false) // takes over
+		again, err = c2.Session.InboundPublish(8, nil)
+		require.NoError(t, err)
+		assert.True(t, again, "the resend after a takeover is routed")
+		dup, err := c2.Session.InboundPublish(9, nil)
+		require.NoError(t, err)
+		assert.False(t, dup, "a PUBLISH that was taken stays a duplicate")
+
+		assert.Error(t, refuse(c2.Session, 10))
+		after := f.crash(t, store)
+		g := newFixture(t, mqtthooks.Options{Store: after})
+		c3 := g.v3("s", false)
+		again, err = c3.Session.InboundPublish(10, nil)
+		require.NoError(t, err)
+		assert.True(t, again, "the store forgot the identifier of the refused PUBLISH")
+		dup, err = c3.Session.InboundPublish(9, nil)
+		require.NoError(t, err)
+		assert.False(t, dup)
+	})
 }
