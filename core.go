@@ -293,8 +293,8 @@ type Core struct {
 	// forgotten (see Session.InboundPublish).
 	refusedInbound sync.Map
 	closed         atomic.Bool
-	conns    sync.WaitGroup // calls to Conn.Disconnect in flight
-	writes   sync.WaitGroup // store commits in flight
+	conns          sync.WaitGroup // calls to Conn.Disconnect in flight
+	writes         sync.WaitGroup // store commits in flight
 }
 
 // NewCore returns a Core that runs chain's hooks. It fails with

@@ -210,8 +210,8 @@ type Receipt struct {
 	mu      sync.Mutex
 	err     error
 	refused []func() // run, under no lock of the Core's, when the Receipt fails
-	msgID   uint64 // the stored message of the copies; written by the routing goroutine only
-	core    *Core  // that stored it, and releases it at Close
+	msgID   uint64   // the stored message of the copies; written by the routing goroutine only
+	core    *Core    // that stored it, and releases it at Close
 }
 
 // NewReceipt returns a Receipt whose done is called once, after Close, when
