@@ -152,7 +152,8 @@ func FuzzReadPacket(f *testing.F) {
 	f.Add([]byte{0x82, 0x05, 0x00, 0x01, 0x00, 0x01, 'a'}, byte(4)) // SUBSCRIBE without options
 	f.Add([]byte{0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F}, byte(0))      // a length that never ends
 	f.Fuzz(func(t *testing.T, data []byte, version byte) {
-		pk, body, err := readFrame(bufio.NewReader(bytes.NewReader(data)), version%6, 1<<16)
+		var pk packets.Packet
+		body, err := readFrame(&frameReader{br: bufio.NewReader(bytes.NewReader(data))}, version%6, 1<<16, &pk)
 		if err != nil {
 			return
 		}

@@ -283,36 +283,45 @@ type match struct {
 // matches returns the sessions subscribed to topic on mountpoint, one entry
 // per session, leaving out the NoLocal subscriptions of from, the publisher.
 func (r *router) matches(mountpoint, topic string, from mqtthooks.SubscriberID) []match {
+	return r.appendMatches(nil, mountpoint, topic, from)
+}
+
+// appendMatches is matches appending to out, so that a caller routing
+// message after message can reuse one slice (see server.route). The topic's
+// levels are walked in place, not split into a slice of their own.
+func (r *router) appendMatches(out []match, mountpoint, topic string, from mqtthooks.SubscriberID) []match {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	root := r.trees[mountpoint]
 	if root == nil {
-		return nil
+		return out
 	}
-	var out []match
-	levels := strings.Split(topic, "/")
 	dollar := strings.HasPrefix(topic, "$") // [MQTT-4.7.2-1]: no wildcard matches it at the first level
-	r.walk(root, levels, 0, dollar, from, &out)
+	r.walk(root, topic, false, true, dollar, from, &out)
 	return out
 }
 
-func (r *router) walk(n *node, levels []string, i int, dollar bool, from mqtthooks.SubscriberID, out *[]match) {
-	if i == len(levels) {
+// walk adds the matches under n for rest, the levels of the topic not yet
+// matched; end: there are none (rest "" alone is one empty level, as
+// strings.Split has it). first: rest starts at the topic's first level.
+func (r *router) walk(n *node, rest string, end, first, dollar bool, from mqtthooks.SubscriberID, out *[]match) {
+	if end {
 		r.collect(n, from, out)
 		if hash := n.children["#"]; hash != nil {
 			r.collect(hash, from, out) // "a/#" matches "a"
 		}
 		return
 	}
-	wild := !(dollar && i == 0)
+	level, next, more := strings.Cut(rest, "/")
+	wild := !(dollar && first)
 	if hash := n.children["#"]; hash != nil && wild {
 		r.collect(hash, from, out)
 	}
 	if plus := n.children["+"]; plus != nil && wild {
-		r.walk(plus, levels, i+1, dollar, from, out)
+		r.walk(plus, next, !more, false, dollar, from, out)
 	}
-	if next := n.children[levels[i]]; next != nil {
-		r.walk(next, levels, i+1, dollar, from, out)
+	if child := n.children[level]; child != nil {
+		r.walk(child, next, !more, false, dollar, from, out)
 	}
 }
 

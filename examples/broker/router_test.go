@@ -212,3 +212,58 @@ func TestDollarTopicsAndWildcards(t *testing.T) {
 	assert.Equal(t, []string{"c3", "c4"}, got)
 	assert.Len(t, r.matches("", "a/b", mqtthooks.SubscriberID{}), 2, "# and a/# match an ordinary topic")
 }
+
+// The subscription tree's walk, which cuts the topic into levels in place,
+// finds exactly the sessions whose filters match by the reference matcher,
+// for random topics and filters ($ topics, empty levels, + and # included),
+// and appendMatches appends to the slice it is given.
+func TestMatchesAgainstReference(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	levels := []string{"a", "b", "$SYS", "", "x"}
+	random := func(wild bool) string {
+		parts := make([]string, 1+rng.IntN(4))
+		for i := range parts {
+			parts[i] = levels[rng.IntN(len(levels))]
+			if wild && rng.IntN(4) == 0 {
+				parts[i] = "+"
+			}
+			if wild && i == len(parts)-1 && rng.IntN(5) == 0 {
+				parts[i] = "#"
+			}
+		}
+		return strings.Join(parts, "/")
+	}
+	r := newRouter()
+	filters := map[mqtthooks.SubscriberID]string{}
+	for i := range 200 {
+		f := random(true)
+		if !validFilter(f) {
+			continue
+		}
+		id := mqtthooks.SubscriberID{ClientID: fmt.Sprint("c", i)}
+		r.Add(id, 1, mqtthooks.Subscription{Filter: f, QoS: 1})
+		filters[id] = f
+	}
+	sentinel := match{id: mqtthooks.SubscriberID{ClientID: "already there"}}
+	for range 500 {
+		topic := random(false)
+		if !validTopic(topic) {
+			continue
+		}
+		var want []string
+		for id, f := range filters {
+			if topicMatches(f, topic) {
+				want = append(want, id.ClientID)
+			}
+		}
+		ms := r.appendMatches([]match{sentinel}, "", topic, mqtthooks.SubscriberID{})
+		require.Equal(t, sentinel.id, ms[0].id, "appended after what was there")
+		var got []string
+		for _, m := range ms[1:] {
+			got = append(got, m.id.ClientID)
+		}
+		slices.Sort(want)
+		slices.Sort(got)
+		assert.Equal(t, want, got, "topic %q", topic)
+	}
+}

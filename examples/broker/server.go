@@ -137,7 +137,12 @@ func newServer(cfg config, chain *mqtthooks.Chain, logger *slog.Logger) (*server
 
 // listen opens the listener; addr returns its address.
 func (s *server) listen() error {
-	ln, err := net.Listen("tcp", s.cfg.addr)
+	// No TCP keep-alive on accepted connections (Go's default turns it on,
+	// 4 setsockopt calls per accept): MQTT's Keep Alive finds the dead
+	// peers, and a session without one turns it on for itself (see
+	// client.enableTCPKeepAlive); before the CONNECT, the connect timeout.
+	lc := net.ListenConfig{KeepAlive: -1}
+	ln, err := lc.Listen(context.Background(), "tcp", s.cfg.addr)
 	if err != nil {
 		return err
 	}
@@ -174,7 +179,8 @@ func (s *server) serve() error {
 			return err
 		}
 		c := newClient(s, nc, listenerName, s.connIDs.Add(1))
-		_ = nc.SetDeadline(time.Now().Add(s.cfg.connectTimeout)) // TLS handshake and CONNECT, within the timeout
+		c.writeDue = time.Now().Add(s.cfg.connectTimeout) // TLS handshake and CONNECT, within the timeout
+		_ = nc.SetDeadline(c.writeDue)
 		s.mu.Lock()
 		if s.closing {
 			s.mu.Unlock()
@@ -189,6 +195,7 @@ func (s *server) serve() error {
 				s.mu.Unlock()
 			}()
 			c.serve()
+			c.releaseBuffers()
 		})
 		s.mu.Unlock()
 	}
@@ -212,19 +219,31 @@ func (s *server) isOnline(id mqtthooks.SubscriberID) bool {
 }
 
 // enterConnecting takes one of the slots of connections that have not had
-// their CONNACK, waiting at most the connect timeout. release gives it back;
-// calling it again does nothing.
-func (s *server) enterConnecting() (release func(), ok bool) {
+// their CONNACK, waiting at most the connect timeout; leaveConnecting gives
+// it back. A free slot is taken without a timer: one is made only to wait.
+func (s *server) enterConnecting() bool {
 	if s.connecting == nil {
-		return func() {}, true
+		return true
+	}
+	select {
+	case s.connecting <- struct{}{}:
+		return true
+	default:
 	}
 	t := time.NewTimer(s.cfg.connectTimeout)
 	defer t.Stop()
 	select {
 	case s.connecting <- struct{}{}:
-		return sync.OnceFunc(func() { <-s.connecting }), true
+		return true
 	case <-t.C:
-		return nil, false
+		return false
+	}
+}
+
+// leaveConnecting gives back a slot enterConnecting took.
+func (s *server) leaveConnecting() {
+	if s.connecting != nil {
+		<-s.connecting
 	}
 }
 
@@ -260,13 +279,24 @@ func (s *server) shutdown(ctx context.Context) error {
 // acknowledgements wait for their writes.
 func (s *server) stored() bool { return s.durable }
 
+// matchPool holds the slices route collects a message's matches in: one
+// allocation (and its growth) per message less.
+var matchPool = sync.Pool{New: func() any { return new([]match) }}
+
 // route hands a message published by from to every matching session; r, if
 // not nil, follows the writes of its copies.
 func (s *server) route(from mqtthooks.SubscriberID, msg *mqtthooks.Message, r *mqtthooks.Receipt) {
 	if msg.Retain {
 		s.router.retain(from.Mountpoint, msg)
 	}
-	for _, m := range s.router.matches(from.Mountpoint, msg.Topic, from) {
+	mp := matchPool.Get().(*[]match)
+	ms := s.router.appendMatches((*mp)[:0], from.Mountpoint, msg.Topic, from)
+	defer func() {
+		clear(ms) // the pool holds no session's identifiers
+		*mp = ms[:0]
+		matchPool.Put(mp)
+	}()
+	for _, m := range ms {
 		var err error
 		if m.shared {
 			err = s.deliverShared(shareRef{from.Mountpoint, m.share}, m, msg, r)

@@ -146,10 +146,11 @@ func TestSharedMemberLeavingHandsOver(t *testing.T) {
 	for range n / 2 { // m2's turns
 		got = append(got, string(receive(t, m2.received, "m2's share").Payload))
 	}
-	r := bufio.NewReader(m1)
+	r := &frameReader{br: bufio.NewReader(m1)}
 	require.NoError(t, m1.SetReadDeadline(time.Now().Add(5*time.Second)))
 	for range n / 2 { // m1's turns, sent and never acknowledged
-		pk, _, err := readFrame(r, 5, 0)
+		var pk packets.Packet
+		_, err := readFrame(r, 5, 0, &pk)
 		require.NoError(t, err)
 		require.Equal(t, packets.Publish, pk.FixedHeader.Type)
 	}

@@ -21,51 +21,90 @@ var (
 	errTooLarge  = errors.New("packet too large")
 )
 
-// readPacket reads one packet from r. It reads the fixed header first and
-// refuses a remaining length above maxSize (0: no limit) before reading the
-// body. version is the connection's protocol level (0 before CONNECT). A
-// packet that breaks a rule the codec does not check comes back, undecoded
-// but for what the answer needs, with a *wireError (see precheck).
-func readPacket(r *bufio.Reader, version byte, maxSize uint32) (packets.Packet, error) {
-	pk, body, err := readFrame(r, version, maxSize)
-	if err != nil {
-		return pk, err
-	}
-	if err := precheck(&pk, body); err != nil {
-		return pk, err
-	}
-	if err := decodeRecovering(&pk, body); err != nil {
-		return pk, fmt.Errorf("%w: %w", errMalformed, err)
-	}
-	return pk, nil
+// frameReader frames packets on a connection's byte stream. It is the
+// connection's own, used by its reading goroutine only, and keeps what
+// framing would otherwise allocate for every packet: the length reader
+// (passed as an io.ByteReader it would escape) and a body buffer for the
+// packets nothing keeps a reference into.
+type frameReader struct {
+	br      *bufio.Reader
+	length  fourBytes
+	scratch []byte
 }
 
-// readFrame reads one packet's fixed header and body from r, undecoded.
-func readFrame(r *bufio.Reader, version byte, maxSize uint32) (pk packets.Packet, body []byte, err error) {
-	b, err := r.ReadByte()
+// scratchMax is the largest body read into the reused buffer; a larger
+// one gets a buffer of its own, so that one big acknowledgement does not
+// pin a big buffer for the connection's life.
+const scratchMax = 256
+
+// body returns a buffer of n bytes for a packet of type t. The codec
+// decodes strings and byte slices as views into the body (no copy), and a
+// CONNECT's, PUBLISH's, SUBSCRIBE's, UNSUBSCRIBE's or AUTH's views outlive
+// the read (they are routed, queued, stored or handed to plugins): those get
+// a fresh buffer. The others are done with before the next read.
+func (f *frameReader) body(t byte, n int) []byte {
+	switch t {
+	case packets.Puback, packets.Pubrec, packets.Pubrel, packets.Pubcomp, packets.Pingreq, packets.Disconnect:
+		if n <= scratchMax {
+			if f.scratch == nil {
+				f.scratch = make([]byte, scratchMax)
+			}
+			return f.scratch[:n]
+		}
+	}
+	return make([]byte, n)
+}
+
+// readPacket reads one packet from f into pk, which it resets first. It
+// reads the fixed header first and refuses a remaining length above maxSize
+// (0: no limit) before reading the body. version is the connection's
+// protocol level (0 before CONNECT). A packet that breaks a rule the codec
+// does not check comes back, undecoded but for what the answer needs, with a
+// *wireError (see precheck). pk is a pointer: a Packet is about 800 bytes,
+// and copying it through every frame grew the connection's stack.
+func readPacket(f *frameReader, version byte, maxSize uint32, pk *packets.Packet) error {
+	*pk = packets.Packet{}
+	body, err := readFrame(f, version, maxSize, pk)
 	if err != nil {
-		return pk, nil, err
+		return err
+	}
+	if err := precheck(pk, body); err != nil {
+		return err
+	}
+	if err := decodeRecovering(pk, body); err != nil {
+		return fmt.Errorf("%w: %w", errMalformed, err)
+	}
+	return nil
+}
+
+// readFrame reads one packet's fixed header into pk and returns its body,
+// undecoded. The body may be f's reused buffer (see frameReader.body).
+func readFrame(f *frameReader, version byte, maxSize uint32, pk *packets.Packet) (body []byte, err error) {
+	b, err := f.br.ReadByte()
+	if err != nil {
+		return nil, err
 	}
 	if err := pk.FixedHeader.Decode(b); err != nil {
-		return pk, nil, fmt.Errorf("%w: %w", errMalformed, err)
+		return nil, fmt.Errorf("%w: %w", errMalformed, err)
 	}
-	n, lenBytes, err := packets.DecodeLength(&fourBytes{r: r})
+	f.length = fourBytes{r: f.br}
+	n, lenBytes, err := packets.DecodeLength(&f.length)
 	if err != nil {
 		if errors.Is(err, io.EOF) {
-			return pk, nil, io.ErrUnexpectedEOF
+			return nil, io.ErrUnexpectedEOF
 		}
-		return pk, nil, fmt.Errorf("%w: %w", errMalformed, err)
+		return nil, fmt.Errorf("%w: %w", errMalformed, err)
 	}
 	if total := uint64(1 + lenBytes + n); maxSize > 0 && total > uint64(maxSize) {
-		return pk, nil, fmt.Errorf("%w: %d bytes", errTooLarge, total)
+		return nil, fmt.Errorf("%w: %d bytes", errTooLarge, total)
 	}
 	pk.FixedHeader.Remaining = n
-	body = make([]byte, n)
-	if _, err := io.ReadFull(r, body); err != nil {
-		return pk, nil, err
+	body = f.body(pk.FixedHeader.Type, n)
+	if _, err := io.ReadFull(f.br, body); err != nil {
+		return nil, err
 	}
 	pk.ProtocolVersion = version
-	return pk, body, nil
+	return body, nil
 }
 
 // fourBytes reads at most the four bytes a Remaining Length may have, so that
@@ -139,15 +178,15 @@ func packetUserProperties(ps []mqtthooks.UserProperty) []packets.UserProperty {
 	return out
 }
 
-// connackPacket maps the core's CONNACK to the codec's.
-func connackPacket(version byte, ack *mqtthooks.Connack) packets.Packet {
-	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}, ProtocolVersion: version,
+// connackPacket maps the core's CONNACK to the codec's, into pk.
+func connackPacket(pk *packets.Packet, version byte, ack *mqtthooks.Connack) {
+	*pk = packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}, ProtocolVersion: version,
 		SessionPresent: ack.SessionPresent && version != 3, ReasonCode: byte(ack.ReturnCode),
 		// The codec writes Response Information only when told to; the core
 		// sets it only for a client that asked.
 		Mods: packets.Mods{AllowResponseInfo: true}}
 	if version != 5 {
-		return pk
+		return
 	}
 	pk.ReasonCode = byte(ack.ReasonCode)
 	a, p := &ack.Properties, &pk.Properties
@@ -182,13 +221,12 @@ func connackPacket(version byte, ack *mqtthooks.Connack) packets.Packet {
 	p.ServerReference = a.ServerReference
 	p.AuthenticationMethod = a.AuthenticationMethod
 	p.AuthenticationData = a.AuthenticationData
-	return pk
 }
 
-// publishPacket maps a delivery to the codec's PUBLISH.
-func publishPacket(version byte, d *mqtthooks.Delivery) packets.Packet {
+// publishPacket maps a delivery to the codec's PUBLISH, into pk.
+func publishPacket(pk *packets.Packet, version byte, d *mqtthooks.Delivery) {
 	m := d.Message
-	pk := packets.Packet{
+	*pk = packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Publish, Qos: d.QoS, Dup: d.Dup, Retain: d.Retain},
 		ProtocolVersion: version, TopicName: m.Topic, Payload: m.Payload, PacketID: d.PacketID,
 		// Response Topic and Correlation Data go to every subscriber unaltered
@@ -205,7 +243,6 @@ func publishPacket(version byte, d *mqtthooks.Delivery) packets.Packet {
 			p.SubscriptionIdentifier = append(p.SubscriptionIdentifier, int(id))
 		}
 	}
-	return pk
 }
 
 func boolByte(b bool) byte {
