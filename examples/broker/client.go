@@ -1037,7 +1037,7 @@ func (c *client) publish(pk *packets.Packet) (mqtthooks.ReasonCode, bool) {
 	}
 	if route {
 		if cl := c.srv.cluster; cl != nil {
-			handedOver = cl.publish(c.session.ID(), mochi.Message(pk), r, rep)
+			handedOver = cl.publish(c.session.ID(), mochi.Message(pk), resendRef{pid: pk.PacketID, dup: pk.FixedHeader.Dup}, r)
 		} else {
 			c.srv.route(c.session.ID(), mochi.Message(pk), r)
 		}

@@ -353,6 +353,123 @@ func TestClusterC5(t *testing.T) {
 		assert.Equal(t, "lost?", string(rm.msg.Payload))
 		assert.Equal(t, mqtthooks.SubscriberID{ClientID: "zpub"}, rm.from)
 	})
+
+	// A session that left A for B (the Core called Moved on A) and whose
+	// subscriptions B does not route yet: a QoS 1 PUBLISH matching them is
+	// refused, on A and on the other nodes (A keeps its interest), until B
+	// routes them; a QoS 0 one is not. A QoS 2 PUBLISH refused that way and
+	// sent again reaches each subscriber once.
+	t.Run("moving session refused", func(t *testing.T) {
+		ghost := mqtthooks.SubscriberID{ClientID: "ghost"}
+		sub := mqtthooks.Subscription{Filter: "gh/+", QoS: 2}
+		ra, rb := a.srv.cluster.router(), b.srv.cluster.router()
+		ra.Add(ghost, 1, sub)
+		onB, err := v5Client(t, b.addr, &paho.Connect{ClientID: "ghwatch", CleanStart: true}, nil)
+		require.NoError(t, err)
+		v5Subscribe(t, onB, "gh/#", 2)
+		ra.Moved(ghost, 1)
+		assert.True(t, a.srv.cluster.moved.refuses("", "gh/t"))
+
+		refused := func(addr, id string) {
+			t.Helper()
+			p, err := v5Client(t, addr, &paho.Connect{ClientID: id, CleanStart: true}, nil)
+			require.NoError(t, err)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			published := make(chan error, 1)
+			go func() {
+				_, err := p.Publish(ctx, &paho.Publish{Topic: "gh/t", Payload: []byte("refused " + id), QoS: 1})
+				published <- err
+			}()
+			receive(t, p.Done(), "the broker closing the publisher's connection")
+			cancel()
+			assert.Error(t, receive(t, published, "the end of the PUBLISH"), "no PUBACK")
+		}
+		refused(a.addr, "ghpubA") // matches the moved filter here: routed nowhere
+		refused(c.addr, "ghpubC") // forwarded to A, which refuses it; B takes its copy
+		assert.Equal(t, "refused ghpubC", string(receive(t, onB.received, "B's copy").Payload),
+			"at least once: the client sends it again")
+
+		// QoS 2 from C, refused; the subscriber on B got its copy all the same.
+		nc := rawConnect(t, c.addr, 5, "ghq2", func(p *packets.ConnectParams) { p.Clean = false })
+		publishQoS2 := func(nc net.Conn, dup bool) {
+			t.Helper()
+			pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2, Dup: dup},
+				ProtocolVersion: 5, TopicName: "gh/q2", Payload: []byte("once"), PacketID: 9}
+			var buf bytes.Buffer
+			require.NoError(t, pk.PublishEncode(&buf))
+			_, err := nc.Write(buf.Bytes())
+			require.NoError(t, err)
+		}
+		publishQoS2(nc, false)
+		_, err = io.ReadAll(nc) // no PUBREC: the connection ends
+		require.NoError(t, err)
+		assert.Equal(t, "once", string(receive(t, onB.received, "the copy on B").Payload))
+
+		v5Publish(t, pub, "gh/t", "qos 0 goes through", 0, false)
+		assert.Equal(t, "qos 0 goes through", string(receive(t, onB.received, "the QoS 0 message").Payload))
+
+		bc := b.srv.cluster
+		bc.imu.Lock()
+		assert.Equal(t, map[string]bool{"A": true}, bc.movedFrom[ghost], "Moved returned once B knew that A holds moved filters of the session")
+		bc.imu.Unlock()
+		rb.Add(ghost, 2, sub) // B routes the session's filter: A lets it go before Add returns
+		assert.False(t, a.srv.cluster.moved.refuses("", "gh/t"), "A no longer refuses")
+		v5Publish(t, pub, "gh/t", "taken", 1, false)
+		assert.Equal(t, "taken", string(receive(t, onB.received, "the message after the move").Payload))
+
+		// The resend of the QoS 2 PUBLISH is routed again (the Core forgot its
+		// identifier), and skips the subscriber it reached the first time.
+		nc = rawConnect(t, c.addr, 5, "ghq2", func(p *packets.ConnectParams) { p.Clean = false })
+		publishQoS2(nc, true)
+		rec := readRaw(t, nc, 5)
+		assert.Equal(t, packets.Pubrec, rec.FixedHeader.Type, "the resend is taken")
+		_ = nc.Close()
+		v5Publish(t, pub, "gh/t", "end", 1, false)
+		assert.Equal(t, "end", string(receive(t, onB.received, "the next message").Payload), "no second copy of the QoS 2 message")
+
+		// Nobody routes a moved session's filter: A lets it go after routeTimeout.
+		cl := a.srv.cluster
+		cl.timing.timeout.Store(int64(300 * time.Millisecond))
+		defer cl.timing.timeout.Store(0)
+		gone := mqtthooks.SubscriberID{ClientID: "gone"}
+		ra.Add(gone, 1, mqtthooks.Subscription{Filter: "gone/t", QoS: 1})
+		ra.Moved(gone, 1)
+		assert.True(t, cl.moved.refuses("", "gone/t"))
+		require.Eventually(t, func() bool { return !cl.moved.refuses("", "gone/t") }, 5*time.Second, 5*time.Millisecond)
+		require.Eventually(t, func() bool { return len(c.srv.cluster.targets("", "gone/t")) == 0 }, 5*time.Second,
+			5*time.Millisecond, "A's interest in the filter is withdrawn")
+		rb.RemoveAll(ghost, 2)
+	})
+}
+
+// A resend (DUP) of a QoS 2 PUBLISH finds what its first sending reached;
+// anything else is a new PUBLISH: another payload or topic under the same
+// identifier, or DUP not set. The window forgets the oldest first.
+func TestResendWindow(t *testing.T) {
+	var w resendWindow
+	w.init(2)
+	p := mqtthooks.SubscriberID{ClientID: "p"}
+	s1, s2 := mqtthooks.SubscriberID{ClientID: "s1"}, mqtthooks.SubscriberID{ClientID: "s2"}
+	msg := &mqtthooks.Message{Topic: "t", Payload: []byte("x"), QoS: 2}
+
+	assert.Nil(t, w.begin(p, resendRef{pid: 1}, &mqtthooks.Message{Topic: "t", QoS: 1}), "QoS 1 is not remembered")
+	assert.Nil(t, w.begin(p, resendRef{}, msg), "nor a message without a packet identifier (a Will)")
+
+	e := w.begin(p, resendRef{pid: 1}, msg)
+	w.reach(e, s1)
+	again := w.begin(p, resendRef{pid: 1, dup: true}, msg)
+	assert.True(t, w.reached(again, s1), "the resend finds the first sending")
+	assert.False(t, w.reached(again, s2))
+	assert.False(t, w.reached(w.begin(p, resendRef{pid: 1, dup: true}, &mqtthooks.Message{Topic: "t", Payload: []byte("y"), QoS: 2}), s1),
+		"another payload under the identifier is another PUBLISH")
+	w.reach(w.begin(p, resendRef{pid: 1}, msg), s1)
+	assert.False(t, w.reached(w.begin(p, resendRef{pid: 1}, msg), s1), "without DUP, a new PUBLISH that reuses the identifier")
+
+	w.reach(w.begin(p, resendRef{pid: 2}, msg), s2)
+	w.reach(w.begin(p, resendRef{pid: 3}, msg), s2) // the window holds two: pid 1 goes
+	assert.False(t, w.reached(w.begin(p, resendRef{pid: 1, dup: true}, msg), s1), "forgotten")
+	assert.True(t, w.reached(w.begin(p, resendRef{pid: 3, dup: true}, msg), s2))
 }
 
 // The encodings between nodes read back what they wrote, and refuse what
@@ -363,7 +480,7 @@ func TestClusterCodec(t *testing.T) {
 			ContentType: "text/plain", ResponseTopic: "r/t", CorrelationData: []byte{},
 			UserProperties: []mqtthooks.UserProperty{{Key: "k", Value: "v"}, {Key: "k", Value: "w"}}}}
 	in := &routeMsg{boot: 1 << 60, seq: 12345, from: mqtthooks.SubscriberID{Mountpoint: "mp", ClientID: "c"},
-		shares: []string{"$share/g/a/+"}, msg: m}
+		shares: []string{"$share/g/a/+"}, ref: resendRef{pid: 65535, dup: true}, msg: m}
 	out, err := decodeRoute(encodeRoute(in))
 	require.NoError(t, err)
 	assert.Equal(t, in, out)
@@ -386,7 +503,7 @@ func TestClusterCodec(t *testing.T) {
 	assert.NoError(t, decodeReply(encodeReply(nil)))
 	assert.ErrorContains(t, decodeReply(encodeReply(errors.New("disk full"))), "disk full")
 
-	for _, bad := range [][]byte{nil, {2, kindRoute}, {wireVersion, kindReply}, encodeRoute(in)[:20]} {
+	for _, bad := range [][]byte{nil, {2, kindRoute}, {wireVersion, 1}, {wireVersion, kindReply}, encodeRoute(in)[:20]} {
 		_, err := decodeRoute(bad)
 		assert.Error(t, err, "%x", bad)
 	}

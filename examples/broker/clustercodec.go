@@ -23,7 +23,7 @@ const wireVersion = 1
 
 // The kinds of encoding, the second byte.
 const (
-	kindRoute    = 1 // a PUBLISH forwarded to a node
+	kindRoute    = 5 // a PUBLISH forwarded to a node (1: before resendRef)
 	kindReply    = 2 // a node's answer to a forwarded PUBLISH
 	kindInterest = 3 // a value of the interest bucket: mountpoint and filter
 	kindRetained = 4 // a value of the retained bucket: mountpoint and message
@@ -39,6 +39,7 @@ type routeMsg struct {
 	seq    uint64                 // the message's id in that process; 0 for one not answered (QoS 0), which is not deduplicated
 	from   mqtthooks.SubscriberID // the publisher, for NoLocal
 	shares []string               // the shared subscriptions ($share/{name}/{filter}) this node delivers for
+	ref    resendRef              // a QoS 2 PUBLISH's packet identifier and DUP flag
 	msg    *mqtthooks.Message
 }
 
@@ -197,6 +198,7 @@ func encodeRoute(r *routeMsg) []byte {
 	for _, s := range r.shares {
 		e.str(s)
 	}
+	e.u(r.ref.wire())
 	e.message(r.msg)
 	return e.b
 }
@@ -214,6 +216,7 @@ func decodeRoute(b []byte) (*routeMsg, error) {
 	for i := uint64(0); i < n && d.err == nil; i++ {
 		r.shares = append(r.shares, d.str())
 	}
+	r.ref = resendRefFromWire(d.u())
 	if d.err == nil {
 		r.msg = d.message()
 	}

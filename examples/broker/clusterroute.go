@@ -81,21 +81,19 @@ import (
 // What a single broker does not pay for: none of this is on its path. The
 // server calls into the cluster only where s.cluster is set.
 //
-// Limits. A PUBLISH accepted while a session moves between nodes (after the
-// old node handed it over, before the new one has its subscriptions in the
-// interest bucket) misses it. A QoS 2 PUBLISH whose forwarding failed is not
-// acknowledged, but its packet id is recorded with the local copies; the
-// client's DUP resend is then taken for a duplicate and not forwarded again,
-// so the nodes that failed miss it (they are gone or cut off, their
-// sessions claimed by others later). A node that does not confirm a new
-// subscription within syncTimeout does not hold up the SUBACK longer. The
-// Message Expiry Interval of a retained message counts from the time of its
-// KV entry, the clock of the JetStream server that stored it. $SYS topics
-// stay on their node.
+// Sessions moving between nodes: see clustermove.go; QoS 2 PUBLISHes sent
+// again: see clusterresend.go.
+//
+// Limits. A node that does not confirm a new subscription within
+// syncTimeout does not hold up the SUBACK longer. The Message Expiry
+// Interval of a retained message counts from the time of its KV entry, the
+// clock of the JetStream server that stored it. $SYS topics stay on their
+// node.
 
 // The names the nodes agree on: the KV buckets of the routing, and the
 // first token of its NATS subjects (mqtthooks.route.<node>,
-// mqtthooks.sync.<node>; natsjs.Cluster has mqtthooks.yield.<node>).
+// mqtthooks.sync.<node>, mqtthooks.arrived.<node>; natsjs.Cluster has
+// mqtthooks.yield.<node>).
 const (
 	interestBucket = "MQTTHOOKS_interest"
 	retainedBucket = "MQTTHOOKS_retained"
@@ -121,13 +119,15 @@ type routing struct {
 	seq        atomic.Uint64 // ids of forwarded messages that are answered
 
 	// The other nodes' filters, as the interest watcher applied them.
-	interest *router // each node a subscriber: ClientID is its name
-	imu      sync.Mutex
-	ikeys    map[string]ikey // their interest keys → what they stand for
-	nodes    map[string]bool // the nodes present (their .n key)
-	iprog    progress        // the interest bucket's revision applied
-	rprog    progress        // the retained bucket's revision applied
-	rhashed  map[string]ikey // hashed retained keys → mountpoint and topic; the retained watcher's
+	interest  *router // each node a subscriber: ClientID is its name
+	imu       sync.Mutex
+	ikeys     map[string]ikey                            // their interest keys → what they stand for
+	nodes     map[string]bool                            // the nodes present (their .n key)
+	mkeys     map[string]mqtthooks.SubscriberID          // the other nodes' .m. keys → the session each names
+	movedFrom map[mqtthooks.SubscriberID]map[string]bool // the nodes that hold moved filters of a session (clustermove.go)
+	iprog     progress                                   // the interest bucket's revision applied
+	rprog     progress                                   // the retained bucket's revision applied
+	rhashed   map[string]ikey                            // hashed retained keys → mountpoint and topic; the retained watcher's
 
 	mine interestWriter // this node's filters
 
@@ -135,6 +135,9 @@ type routing struct {
 	timing routeTiming // routeTimeout and retryEvery; tests shorten them
 	dedup  dedup
 	resp   responder
+	rmu    sync.Mutex           // the Router's: the local router's subscriptions and the interest counts change together
+	moved  movedSessions        // the filters of sessions moving to another node (clustermove.go)
+	resent resendWindow         // the QoS 2 PUBLISHes routed here, for their resends (clusterresend.go)
 	purged map[string]time.Time // under imu: when each gone node's keys were last purged
 
 	serving  atomic.Bool // the node announced itself (serve); cleared by stopRouting
@@ -152,13 +155,7 @@ type routing struct {
 
 // spawn runs f on a goroutine that stopRouting waits for, unless the
 // routing has stopped.
-func (cl *cluster) spawn(f func()) {
-	cl.gmu.Lock()
-	defer cl.gmu.Unlock()
-	if !cl.stopped {
-		cl.wg.Go(f)
-	}
-}
+func (cl *cluster) spawn(f func()) { _ = cl.spawnOK(f) }
 
 // routeTiming holds routeTimeout and retryEvery, unless changed (by a test,
 // which cannot wait ten seconds): atomics, as the routing goroutines read
@@ -206,6 +203,7 @@ func (cl *cluster) attach(s *server) error {
 	cl.srv = s
 	cl.interest = newRouter()
 	cl.ikeys, cl.nodes, cl.rhashed, cl.purged = map[string]ikey{}, map[string]bool{}, map[string]ikey{}, map[string]time.Time{}
+	cl.mkeys, cl.movedFrom = map[string]mqtthooks.SubscriberID{}, map[mqtthooks.SubscriberID]map[string]bool{}
 	cl.stop = make(chan struct{})
 	cl.stopCtx, cl.cancel = context.WithCancel(context.Background())
 	cl.iprog.init()
@@ -213,6 +211,7 @@ func (cl *cluster) attach(s *server) error {
 	cl.mine.init()
 	cl.resp.init(cl.nc, cl.stop)
 	cl.dedup.init(dedupWindow)
+	cl.resent.init(resendWindowSize)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*kvTimeout)
 	defer cancel()
 	if err := cl.purgeKeys(ctx, cl.node); err != nil {
@@ -241,8 +240,9 @@ func (cl *cluster) attach(s *server) error {
 	cl.fwd.prefix = nats.NewInbox()
 	cl.fwd.calls = map[uint64]*call{}
 	for subject, handler := range map[string]nats.MsgHandler{
-		cl.fwd.prefix + ".*":        cl.onReply,
-		cl.subject("sync", cl.node): cl.serveSync,
+		cl.fwd.prefix + ".*":           cl.onReply,
+		cl.subject("sync", cl.node):    cl.serveSync,
+		cl.subject("arrived", cl.node): cl.serveArrived,
 	} {
 		sub, err := cl.nc.Subscribe(subject, handler)
 		if err != nil {
@@ -454,6 +454,8 @@ func (cl *cluster) applyInterest(e jetstream.KeyValueEntry) {
 		cl.nodes[node] = true
 	case rest == "n":
 		delete(cl.nodes, node)
+	case strings.HasPrefix(rest, "m."):
+		cl.applyMoved(node, key, e.Value(), put)
 	case !strings.HasPrefix(rest, "f."):
 	case put:
 		mp, filter, err := decodeInterest(e.Value())
@@ -562,6 +564,13 @@ func (w *interestWriter) change(k ikey, d int) (seq uint64) {
 	w.dirty[k] = true
 	w.seq++
 	w.kickLocked()
+	return w.seq
+}
+
+// asked returns the number of the last change asked for.
+func (w *interestWriter) asked() uint64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	return w.seq
 }
 
@@ -726,6 +735,11 @@ type clusterRouter struct {
 	mu    *sync.Mutex // the local router's subscriptions and the counts change together
 }
 
+// router returns the Router of the node's Core.
+func (cl *cluster) router() clusterRouter {
+	return clusterRouter{local: cl.srv.router, cl: cl, mu: &cl.rmu}
+}
+
 // Add records the subscription locally, and waits until every node knows
 // of its filter if it is new on this node.
 func (r clusterRouter) Add(id mqtthooks.SubscriberID, gen uint64, sub mqtthooks.Subscription) {
@@ -740,6 +754,7 @@ func (r clusterRouter) Add(id mqtthooks.SubscriberID, gen uint64, sub mqtthooks.
 	if seq != 0 {
 		r.cl.mine.wait(seq, r.cl.stop)
 	}
+	r.cl.arrived(id, sub.Filter)
 }
 
 // Remove forgets the subscription, and the node's filter if no other
@@ -800,17 +815,30 @@ func (cl *cluster) targets(mountpoint, topic string) []target {
 // other nodes that need it. With r (QoS 1 and 2) it reports whether it took
 // r over: then it closes r once the other nodes' copies are durable, having
 // withdrawn rep if they are not, and the caller must not close r.
-func (cl *cluster) publish(from mqtthooks.SubscriberID, msg *mqtthooks.Message, r *mqtthooks.Receipt, rep *pendingReply) bool {
-	cl.srv.route(from, msg, r)
-	if r == nil {
-		cl.forward(from, msg, nil)
+//
+// A QoS 1 or 2 PUBLISH matching the filters of a session that is moving to
+// another node is refused at once (r fails; see clustermove.go), routed
+// nowhere. ref names a QoS 2 PUBLISH for its resends (see resendWindow).
+func (cl *cluster) publish(from mqtthooks.SubscriberID, msg *mqtthooks.Message, ref resendRef, r *mqtthooks.Receipt) bool {
+	if r != nil && cl.moved.refuses(from.Mountpoint, msg.Topic) {
+		cl.log.Info("cluster: a PUBLISH is refused while a session it matches moves to another node", "client",
+			from.String(), "topic", msg.Topic)
+		r.Fail(errMoving)
 		return false
 	}
-	return cl.forward(from, msg, func(err error) {
+	if msg.Retain {
+		cl.srv.router.retain(from.Mountpoint, msg)
+	}
+	cl.deliver(from, msg, ref, nil, true, r)
+	if r == nil {
+		cl.forward(from, msg, ref, nil)
+		return false
+	}
+	return cl.forward(from, msg, ref, func(err error) {
 		if err != nil {
 			cl.log.Warn("cluster: a PUBLISH is not acknowledged: another node did not store it", "client",
 				from.String(), "topic", msg.Topic, "err", err)
-			rep.withdraw.Store(true)
+			r.Fail(err)
 		}
 		r.Close()
 	})
@@ -821,7 +849,7 @@ func (cl *cluster) publish(from mqtthooks.SubscriberID, msg *mqtthooks.Message, 
 func (cl *cluster) publishWill(ctx context.Context, id mqtthooks.SubscriberID, w *mqtthooks.Will) {
 	cl.srv.route(id, &w.Message, nil)
 	done := make(chan error, 1)
-	if !cl.forward(id, &w.Message, func(err error) { done <- err }) {
+	if !cl.forward(id, &w.Message, resendRef{}, func(err error) { done <- err }) {
 		return
 	}
 	select {
@@ -837,13 +865,13 @@ func (cl *cluster) publishWill(ctx context.Context, id mqtthooks.SubscriberID, w
 // retained bucket if it is retained. With done, each node answers when its
 // copies are durable; forward then reports true, and done is called once,
 // with the first error. Without done nothing is answered.
-func (cl *cluster) forward(from mqtthooks.SubscriberID, msg *mqtthooks.Message, done func(error)) bool {
+func (cl *cluster) forward(from mqtthooks.SubscriberID, msg *mqtthooks.Message, ref resendRef, done func(error)) bool {
 	targets := cl.targets(from.Mountpoint, msg.Topic)
 	if len(targets) == 0 && !msg.Retain {
 		return false
 	}
 	var w *fwdWait
-	rm := routeMsg{boot: cl.boot, from: from, msg: msg}
+	rm := routeMsg{boot: cl.boot, from: from, ref: ref, msg: msg}
 	if done != nil {
 		w = cl.fwd.newWait(done, cl.timing.routeTimeout())
 		rm.seq = cl.seq.Add(1)
@@ -1142,20 +1170,47 @@ func (cl *cluster) serveRoute(m *nats.Msg) {
 // subscriptions match, and to one member of each shared subscription the
 // sending node named. It is route's loop without retaining (the retained
 // bucket brings retained messages) and with the shares of the request.
+// A QoS 1 or 2 message matching the filters of a session moving away from
+// this node is refused (r fails) and delivered to nobody here.
 func (cl *cluster) deliverForwarded(rm *routeMsg, r *mqtthooks.Receipt) {
-	s, msg, mp := cl.srv, rm.msg, rm.from.Mountpoint
-	for _, m := range s.router.matches(mp, msg.Topic, rm.from) {
-		var err error
+	if r != nil && cl.moved.refuses(rm.from.Mountpoint, rm.msg.Topic) {
+		r.Fail(errMoving)
+		return
+	}
+	cl.deliver(rm.from, rm.msg, rm.ref, rm.shares, false, r)
+}
+
+// deliver hands msg, published by from, to this node's sessions whose
+// subscriptions match, and to one member of each shared subscription in
+// shares (each that matches if all is set). A QoS 2 message sent again
+// (ref.dup) skips the sessions and share groups its first sending reached
+// here (see resendWindow).
+func (cl *cluster) deliver(from mqtthooks.SubscriberID, msg *mqtthooks.Message, ref resendRef, shares []string, all bool, r *mqtthooks.Receipt) {
+	s, mp := cl.srv, from.Mountpoint
+	sent := cl.resent.begin(from, ref, msg)
+	for _, m := range s.router.matches(mp, msg.Topic, from) {
+		to := m.id
 		if m.shared {
-			if !slices.Contains(rm.shares, m.share) {
+			if !all && !slices.Contains(shares, m.share) {
 				continue // the sending node or another delivers for it
 			}
+			to = mqtthooks.SubscriberID{Mountpoint: mp, ClientID: m.share}
+		}
+		if cl.resent.reached(sent, to) {
+			continue
+		}
+		var err error
+		if m.shared {
 			err = s.deliverShared(shareRef{mp, m.share}, m, msg, r)
 		} else {
 			err = s.core.Deliver(m.id, msg, mqtthooks.DeliverOptions{QoS: min(msg.QoS, m.qos), Retain: m.rap && msg.Retain,
 				SubscriptionIdentifiers: m.identity, Generation: m.gen, Receipt: r})
 		}
-		if err != nil && !errors.Is(err, mqtthooks.ErrSessionNotFound) {
+		switch {
+		case err == nil:
+			cl.resent.reach(sent, to)
+		case errors.Is(err, mqtthooks.ErrSessionNotFound), errors.Is(err, mqtthooks.ErrNotOwner):
+		default:
 			cl.log.Warn("deliver", "session", m.id.String(), "err", err)
 		}
 	}

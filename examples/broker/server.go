@@ -82,7 +82,7 @@ func newServer(cfg config, chain *mqtthooks.Chain, logger *slog.Logger) (*server
 			return nil, err
 		}
 		s.cluster, store, cl = cfg.cluster, cfg.cluster.store, cfg.cluster.owners
-		rt = clusterRouter{local: s.router, cl: s.cluster, mu: new(sync.Mutex)}
+		rt = s.cluster.router()
 	case cfg.dataDir != "":
 		ps, err := pebble.Open(cfg.dataDir, pebble.Options{Sync: cfg.sync})
 		if err != nil {
