@@ -297,10 +297,7 @@ func (c *Core) yield(ctx context.Context, e *entry, r *YieldRequest) error {
 	// now finds no session, rather than a write the next owner would not
 	// see (it may read the store before the write lands).
 	st.ended, st.leaving = true, true
-	j := st.journal()
-	j.updateRecord()
-	flushed := make(chan error, 1)
-	j.commit(func(err error) { flushed <- err })
+	flushed := st.journal().writeRecord()
 	st.mu.Unlock()
 	stay := func() { // the session stays here, offline
 		st.mu.Lock()
@@ -366,14 +363,7 @@ func (c *Core) owned(ctx context.Context, e *entry, st *sessionState) bool {
 		return true
 	}
 	st.mu.Lock()
-	j := st.journal()
-	if j == nil {
-		st.mu.Unlock()
-		return true
-	}
-	j.updateRecord()
-	written := make(chan error, 1)
-	j.commit(func(err error) { written <- err })
+	written := st.journal().writeRecord()
 	st.mu.Unlock()
 	err := waitFlushed(ctx, written)
 	if !errors.Is(err, ErrStaleGeneration) {

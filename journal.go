@@ -112,6 +112,15 @@ func (j *journal) updateRecord() {
 	j.batch().UpdateSession(&j.st.rec)
 }
 
+// writeRecord records the session's record and commits, returning where
+// the outcome arrives (nil, at once, without a journal). st.mu is held.
+func (j *journal) writeRecord() <-chan error {
+	j.updateRecord()
+	done := make(chan error, 1)
+	j.commit(func(err error) { done <- err })
+	return done
+}
+
 // commit hands the batch to the store, if anything changed; done, if not
 // nil, is called once it is durable, with the store's error, and at once
 // without changes.
