@@ -108,8 +108,23 @@ func (j *journal) enqueue(q *queue, m *queued, r *Receipt) (enqueueResult, queue
 	j.storeCopy(q, m, r) // before enqueue: an entry must name its message
 	res, old := q.enqueue(*m)
 	j.queued(res, m, &old)
-	j.commit(r.completion())
+	j.commit(j.copyWritten(m, r.completion()))
 	return res, old
+}
+
+// copyWritten returns done, and for a stored QoS 2 copy m a done that
+// first records m written (see sessionState.handOut).
+func (j *journal) copyWritten(m *queued, done func(error)) func(error) {
+	if j == nil || m.qos != 2 || m.msgID == 0 {
+		return done
+	}
+	st, seq := j.st, m.seq
+	return func(err error) {
+		st.written(seq)
+		if done != nil {
+			done(err)
+		}
+	}
 }
 
 // queued records what enqueue did with m: a new entry, and the one it
@@ -168,10 +183,12 @@ func (c *Core) fanout(st *sessionState, m queued, r *Receipt) error {
 	}
 	outs := make([]outcome, len(st.conns))
 	j := st.journal()
+	stored := m // the copy in the session's own queue, the one stored
 	for i, s := range st.conns {
 		cp := m
 		if s.q == &st.q {
 			j.storeCopy(s.q, &cp, r)
+			stored = cp
 		}
 		outs[i].res, outs[i].old = s.q.enqueue(cp)
 		outs[i].m = cp
@@ -180,7 +197,7 @@ func (c *Core) fanout(st *sessionState, m queued, r *Receipt) error {
 			outs[i].notify = s.conn
 		}
 	}
-	j.commit(r.completion())
+	j.commit(j.copyWritten(&stored, r.completion()))
 	id := st.rec.ID
 	st.mu.Unlock()
 	for _, o := range outs {

@@ -324,6 +324,9 @@ func (q *queue) pull(buf []Delivery, clock func() int64, j *journal) (n int, del
 		if !q.windowOpen() {
 			break
 		}
+		if m.qos == 2 && m.msgID != 0 && j != nil && !j.st.handOut(m.seq, q.owner) {
+			break // its copy is not durable yet: the owner is notified when it is
+		}
 		pid := PacketIDOf(m.seq)
 		if q.inUse(pid) {
 			break

@@ -708,12 +708,49 @@ type sessionState struct {
 	subIndex map[string]int // filter → position in subs, for many subscriptions
 	stored   bool           // the life is kept in the Core's store: it began persistent
 	jn       journal        // the store changes of the operation under way
+	// durable is the highest seq whose stored QoS 2 copy is durable (or
+	// whose write failed): a QoS 2 copy is handed out only then (see
+	// queue.pull), and wake is the connection to notify when durable moves
+	// past the copy its Pull stopped at.
+	durable atomic.Uint64
+	wake    atomic.Pointer[Session]
 
 	expiryItem, willItem *timerItem
 	// moving: the session is being handed over to another node of the
 	// cluster; its end here does not end this node's claim. Written by the
 	// running operation.
 	moving bool
+}
+
+// written records that the write of the copy seq has finished; the
+// connection whose Pull waits for it is notified.
+func (st *sessionState) written(seq uint64) {
+	for {
+		d := st.durable.Load()
+		if seq <= d || st.durable.CompareAndSwap(d, seq) {
+			break
+		}
+	}
+	if s := st.wake.Swap(nil); s != nil {
+		s.conn.Notify()
+	}
+}
+
+// handOut reports whether the QoS 2 copy seq may be sent to its client: a
+// client that acknowledged a copy the store then lost (its node died before
+// the write was durable) would get the same message again, under another
+// packet identifier, when its publisher sends it again. Otherwise owner
+// is notified once it may. st.mu is held.
+func (st *sessionState) handOut(seq uint64, owner *Session) bool {
+	if seq <= st.durable.Load() {
+		return true
+	}
+	st.wake.Store(owner)
+	if seq <= st.durable.Load() { // written meanwhile
+		st.wake.CompareAndSwap(owner, nil)
+		return true
+	}
+	return false
 }
 
 func (st *sessionState) has(s *Session) bool {
@@ -793,4 +830,5 @@ func (st *sessionState) reset(rec *SessionRecord) {
 	st.expiryItem, st.willItem = nil, nil
 	st.subs, st.subIndex = nil, nil
 	st.seq, st.stored = 0, false
+	st.durable.Store(0)
 }

@@ -592,3 +592,78 @@ func TestInboundRefusedPublishForgotten(t *testing.T) {
 		assert.False(t, dup)
 	})
 }
+
+// heldStore is a mqtthookstest.Store whose commits wait, while hold is
+// set, until release is called: a store slower than the client.
+type heldStore struct {
+	*mqtthookstest.Store
+	mu   sync.Mutex
+	hold bool
+	held []func()
+}
+
+func (s *heldStore) Batch() mqtthooks.StoreBatch { return &heldBatch{StoreBatch: s.Store.Batch(), s: s} }
+
+// release lets the held commits through, in order, and holds no more.
+func (s *heldStore) release() {
+	s.mu.Lock()
+	held := s.held
+	s.held, s.hold = nil, false
+	s.mu.Unlock()
+	for _, commit := range held {
+		commit()
+	}
+}
+
+type heldBatch struct {
+	mqtthooks.StoreBatch
+	s *heldStore
+}
+
+func (b *heldBatch) Commit(done func(error)) {
+	b.s.mu.Lock()
+	if b.s.hold {
+		b.s.held = append(b.s.held, func() { b.StoreBatch.Commit(done) })
+		b.s.mu.Unlock()
+		return
+	}
+	b.s.mu.Unlock()
+	b.StoreBatch.Commit(done)
+}
+
+// A stored QoS 2 copy goes to its client only once the store has it: were
+// the node to die before, the client would have the message, the store
+// not, and the publisher (unacknowledged) would send it again, to arrive a
+// second time under another packet identifier. The connection is notified
+// when it may go. QoS 1 (at least once) does not wait.
+func TestQoS2CopyHandedOutWhenDurable(t *testing.T) {
+	store := &heldStore{Store: new(mqtthookstest.Store)}
+	f := newFixture(t, mqtthooks.Options{Store: store})
+	c := f.v5("s", false, 3600)
+	requireAccepted(t, c)
+	require.NoError(t, c.Subscribe(t.Context(), "t"))
+	got, err := c.PullAll()
+	require.NoError(t, err)
+	require.Empty(t, got)
+
+	store.mu.Lock()
+	store.hold = true
+	store.mu.Unlock()
+	f.publish(t, sid("s"), 1, 1)
+	got, err = c.Pull()
+	require.NoError(t, err)
+	assert.Equal(t, []string{"1"}, payloads(got), "QoS 1 goes at once")
+	f.publish(t, sid("s"), 2, 1)
+	got, err = c.Pull()
+	require.NoError(t, err)
+	assert.Empty(t, got, "the QoS 2 copy waits for the store")
+
+	notified := c.Conn.NotifyCount()
+	store.release()
+	assert.Greater(t, c.Conn.NotifyCount(), notified, "the connection is told when the copy is durable")
+	got, err = c.Pull()
+	require.NoError(t, err)
+	require.Len(t, got, 1)
+	assert.Equal(t, byte(2), got[0].QoS)
+	assert.Equal(t, "1", string(got[0].Message.Payload))
+}
