@@ -488,7 +488,8 @@ func (c *Core) restoreSession(ss *StoredSession) (*sessionState, *lostConnection
 		m := queued{msg: le.Message, subIDs: le.SubscriptionIdentifiers, expires: unixNano(le.ExpiresAt),
 			seq: le.Seq, msgID: le.MessageID, qos: le.QoS, retain: le.Retain}
 		st.seq = max(st.seq, le.Seq)
-		st.durable.Store(st.seq) // read from the store: durable
+		// Read from the store, so durable.
+		st.durable.Store(st.seq)
 		if c.cluster == nil { // a clustered Core's ids come from blocks the store hands out
 			c.msgIDs.Store(max(c.msgIDs.Load(), le.MessageID))
 		}

@@ -602,7 +602,9 @@ type heldStore struct {
 	held []func()
 }
 
-func (s *heldStore) Batch() mqtthooks.StoreBatch { return &heldBatch{StoreBatch: s.Store.Batch(), s: s} }
+func (s *heldStore) Batch() mqtthooks.StoreBatch {
+	return &heldBatch{StoreBatch: s.Store.Batch(), s: s}
+}
 
 // release lets the held commits through, in order, and holds no more.
 func (s *heldStore) release() {
