@@ -41,7 +41,9 @@ type Cluster interface {
 	// Disown ends this node's ownership of id when its session ended here
 	// (gone or expired), or when a claimed session was not installed (its
 	// CONNECT failed after Claim): the next CONNECT, on any node, finds no
-	// owner. Only the owner disowns; an error is logged by the Core.
+	// owner. Only the owner disowns: Disown fails with ErrNotOwner if
+	// another node took the session meanwhile, which the Core takes as done;
+	// another error is logged by the Core.
 	Disown(ctx context.Context, id SubscriberID) error
 	// Leave is called once by Core.Shutdown, after every session ended
 	// there: the Cluster stops calling the node, and the sessions it owned,

@@ -192,6 +192,10 @@ func (c *Core) disown(ctx context.Context, id SubscriberID) {
 	if perr := c.guard("Cluster.Disown", id, func() { err = c.cluster.Disown(ctx, id) }); perr != nil {
 		err = perr
 	}
+	if errors.Is(err, ErrNotOwner) { // another node took it meanwhile: nothing to give up
+		c.logger.Debug("mqtthooks: cluster: disown: the session is another node's", "session", id.String())
+		return
+	}
 	if err != nil {
 		c.logger.Error("mqtthooks: cluster: disown failed", "session", id.String(), "err", err)
 	}
