@@ -153,6 +153,33 @@ func (r *Recorder) ExpectHooks(t testing.TB, id mqtthooks.SubscriberID, want ...
 	}
 }
 
+// CheckLifecycle fails t if the lifecycle hooks recorded for id break the
+// order every life of a session keeps when it has one connection at a
+// time: OnClientWakeup attaches a connection, and exactly one
+// OnClientOffline or OnClientGone ends it before the next OnClientWakeup.
+// A Recorder registered on every node of a cluster checks the order
+// cluster-wide. Sessions that allow multiple connections wake up once per
+// connection and are not for this check.
+func (r *Recorder) CheckLifecycle(t testing.TB, id mqtthooks.SubscriberID) {
+	t.Helper()
+	hooks := r.Hooks(id)
+	online := false
+	for i, h := range hooks {
+		switch h {
+		case "OnClientWakeup":
+			if online {
+				t.Errorf("%s, hook %d: OnClientWakeup while a connection was attached: %s", id, i, strings.Join(hooks, " → "))
+			}
+			online = true
+		case "OnClientOffline", "OnClientGone":
+			if !online {
+				t.Errorf("%s, hook %d: %s with no connection attached: %s", id, i, h, strings.Join(hooks, " → "))
+			}
+			online = false
+		}
+	}
+}
+
 func (r *Recorder) lifecycle(ctx context.Context, c Call) {
 	r.mu.Lock()
 	if r.running == nil {

@@ -253,28 +253,9 @@ func TestC3RacingConnectsBetweenNodes(t *testing.T) {
 		}
 		assert.Equal(t, 1, live, "round %d: live connections", round)
 		assert.Equal(t, 1, holders, "round %d: nodes holding the session", round)
-		checkGrammar(t, tc.all.Hooks(id))
+		tc.all.CheckLifecycle(t, id)
 	}
 	assert.Empty(t, tc.all.Overlaps())
-}
-
-func checkGrammar(t *testing.T, hooks []string) {
-	t.Helper()
-	online := false
-	for i, h := range hooks {
-		switch h {
-		case "OnClientWakeup":
-			if online {
-				t.Errorf("hook %d: OnClientWakeup while a connection was attached: %s", i, strings.Join(hooks, " → "))
-			}
-			online = true
-		case "OnClientOffline", "OnClientGone":
-			if !online {
-				t.Errorf("hook %d: %s with no connection attached: %s", i, h, strings.Join(hooks, " → "))
-			}
-			online = false
-		}
-	}
 }
 
 // C4 and C7: node A loses NATS with sessions online (its nats-server is

@@ -49,7 +49,7 @@ func TestC7StaleNodeDoesNotResume(t *testing.T) {
 	assert.ErrorIs(t, err2, mqtthooks.ErrTakenOver, "B's connection was taken over by A's")
 	<-c1.Conn.Disconnected() // A's old connection ends as taken over
 	assert.Equal(t, []mqtthooks.ReasonCode{mqtthooks.CodeSessionTakenOver}, c1.Conn.Disconnects())
-	checkGrammar(t, c.all.Hooks(sid("s")))
+	c.all.CheckLifecycle(t, sid("s"))
 	assert.Empty(t, c.all.Overlaps())
 }
 
@@ -80,7 +80,7 @@ func TestC7StaleNodeCleanStartClaims(t *testing.T) {
 	require.True(t, ok)
 	assert.Equal(t, aInfo.Generation, ss.Record.Generation, "the store holds A's new life")
 	assert.NotEqual(t, bInfo.Generation, aInfo.Generation)
-	checkGrammar(t, c.all.Hooks(id))
+	c.all.CheckLifecycle(t, id)
 	assert.Zero(t, a.rec.Count(id, "OnClientGone"), "A fired nothing for the copy it forgot")
 }
 
@@ -98,7 +98,7 @@ func TestC7StaleNodeFiresNothing(t *testing.T) {
 	require.NoError(t, c2.Disconnect(t.Context(), mqtthooks.CodeSuccess))
 	require.NoError(t, c1.Disconnect(t.Context(), mqtthooks.CodeSuccess)) // the connection A kept
 	assert.Zero(t, a.rec.Count(id, "OnClientOffline"), "A fired a hook for a session B owns: %v", c.all.Hooks(id))
-	checkGrammar(t, c.all.Hooks(id))
+	c.all.CheckLifecycle(t, id)
 }
 
 // C4: adoption racing a claim. A dies with p1 and p2 online; the Cluster

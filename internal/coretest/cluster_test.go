@@ -8,7 +8,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -257,31 +256,9 @@ func TestC3RacingConnects(t *testing.T) {
 		info, ok := c.nodes[owner].core.Lookup(id)
 		require.True(t, ok, "round %d: the owner %s holds the session", round, owner)
 		assert.Equal(t, 1, info.Connections)
-		checkGrammar(t, c.all.Hooks(id))
+		c.all.CheckLifecycle(t, id)
 	}
 	assert.Empty(t, c.all.Overlaps())
-}
-
-// checkGrammar checks one session's hooks against the lifecycle grammar: a
-// wakeup opens a connection, which ends with one Offline or Gone before the
-// next wakeup.
-func checkGrammar(t *testing.T, hooks []string) {
-	t.Helper()
-	online := false
-	for i, h := range hooks {
-		switch h {
-		case "OnClientWakeup":
-			if online {
-				t.Errorf("hook %d: OnClientWakeup while a connection was attached: %s", i, strings.Join(hooks, " → "))
-			}
-			online = true
-		case "OnClientOffline", "OnClientGone":
-			if !online {
-				t.Errorf("hook %d: %s with no connection attached: %s", i, h, strings.Join(hooks, " → "))
-			}
-			online = false
-		}
-	}
 }
 
 // C6: the expiry of an offline session runs on exactly one node, the one
