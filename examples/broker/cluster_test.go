@@ -445,7 +445,8 @@ func TestClusterC5(t *testing.T) {
 
 // A resend (DUP) of a QoS 2 PUBLISH finds what its first sending reached;
 // anything else is a new PUBLISH: another payload or topic under the same
-// identifier, or DUP not set. The window forgets the oldest first.
+// identifier, or DUP not set. The window forgets the oldest first. A
+// client's DUP is a resend only if the node refused that PUBLISH.
 func TestResendWindow(t *testing.T) {
 	var w resendWindow
 	w.init(2)
@@ -470,6 +471,18 @@ func TestResendWindow(t *testing.T) {
 	w.reach(w.begin(p, resendRef{pid: 3}, msg), s2) // the window holds two: pid 1 goes
 	assert.False(t, w.reached(w.begin(p, resendRef{pid: 1, dup: true}, msg), s1), "forgotten")
 	assert.True(t, w.reached(w.begin(p, resendRef{pid: 3, dup: true}, msg), s2))
+
+	// A client's DUP counts as a resend only after this node refused that PUBLISH.
+	dup := resendRef{pid: 3, dup: true}
+	assert.Equal(t, resendRef{pid: 3}, w.admit(p, dup, msg), "not refused here: routed as a new PUBLISH")
+	w.refuse(p, resendRef{pid: 3}, msg)
+	assert.Equal(t, resendRef{pid: 3}, w.admit(p, dup, &mqtthooks.Message{Topic: "t", Payload: []byte("other"), QoS: 2}),
+		"another PUBLISH under the identifier")
+	w.refuse(p, resendRef{pid: 3}, msg)
+	assert.Equal(t, resendRef{pid: 3}, w.admit(p, resendRef{pid: 3}, msg), "without DUP, a new PUBLISH")
+	w.refuse(p, resendRef{pid: 3}, msg)
+	assert.Equal(t, dup, w.admit(p, dup, msg), "the resend of the refused PUBLISH")
+	assert.Equal(t, resendRef{pid: 3}, w.admit(p, dup, msg), "taken once")
 }
 
 // The encodings between nodes read back what they wrote, and refuse what

@@ -9,16 +9,22 @@ import (
 )
 
 // The resends of QoS 2 PUBLISHes. A client sends a QoS 2 PUBLISH again, DUP
-// set, when it got no PUBREC: its connection ended first, or the broker
-// refused it (another node did not store its copies, or a session it
-// matches was moving). The Core then forgets its packet identifier, so the
-// resend is routed again, possibly on another node. Each node remembers,
+// set, when it got no PUBREC. When this node refused it (another node did
+// not store its copies, or a session it matches was moving), the Core has
+// forgotten its packet identifier, so the resend is routed again; the copies
+// the first sending stored must not be stored twice. Each node remembers,
 // for the QoS 2 PUBLISHes it routed, which of its sessions and share groups
-// a copy reached; a resend skips them and reaches only the others (a
-// session that arrived since, a node that refused). What it remembers is
-// bounded (resendWindowSize PUBLISHes, the oldest forgotten first) and in
-// memory: the copies a dead node delivered to its own sessions are not
-// known to the node that adopts them.
+// a copy reached; a resend that this node refused before skips them here,
+// and is forwarded as a resend so that the other nodes skip theirs.
+//
+// Any other PUBLISH is routed as a new one, DUP or not: a packet identifier
+// is reused once released, and a client whose new PUBLISH was lost on the
+// wire sends it again with DUP set, identical, perhaps, to the last one
+// under that identifier; skipping sessions then would lose it. So a resend
+// after its first sending's node died, or arriving at another node than
+// the one that refused it, may reach a session twice (at least once rather
+// than lost). What a node remembers is bounded (resendWindowSize PUBLISHes
+// each way, the oldest forgotten first) and in memory.
 
 // resendWindowSize is how many QoS 2 PUBLISHes a node remembers.
 const resendWindowSize = 1 << 16
@@ -55,17 +61,65 @@ type resendEntry struct {
 	reached []mqtthooks.SubscriberID
 }
 
-// resendWindow remembers the QoS 2 PUBLISHes routed on this node.
+// resendWindow remembers the QoS 2 PUBLISHes routed on this node, and those
+// of its clients' that it refused.
 type resendWindow struct {
-	mu   sync.Mutex
-	seed maphash.Seed
-	m    map[resendKey]*resendEntry
-	ring []resendKey // insertion order; the oldest is at next once full
-	next int
+	mu      sync.Mutex
+	seed    maphash.Seed
+	m       map[resendKey]*resendEntry
+	ring    []resendKey // insertion order; the oldest is at next once full
+	next    int
+	refused map[resendKey]uint64 // → the PUBLISH's sum
 }
 
 func (w *resendWindow) init(n int) {
 	w.seed, w.m, w.ring = maphash.MakeSeed(), map[resendKey]*resendEntry{}, make([]resendKey, 0, n)
+	w.refused = map[resendKey]uint64{}
+}
+
+// sum identifies a PUBLISH among those under one packet identifier.
+func (w *resendWindow) sum(msg *mqtthooks.Message) uint64 {
+	var h maphash.Hash
+	h.SetSeed(w.seed)
+	h.WriteString(msg.Topic)
+	h.WriteByte(0)
+	h.Write(msg.Payload)
+	return h.Sum64()
+}
+
+// refuse records that this node did not acknowledge the QoS 2 PUBLISH msg
+// of its client from, so that the client's resend is taken for one.
+func (w *resendWindow) refuse(from mqtthooks.SubscriberID, ref resendRef, msg *mqtthooks.Message) {
+	if msg.QoS != 2 || ref.pid == 0 {
+		return
+	}
+	sum := w.sum(msg)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.refused) >= cap(w.ring) {
+		for k := range w.refused { // any one: they are few, and consumed at the resend
+			delete(w.refused, k)
+			break
+		}
+	}
+	w.refused[resendKey{from, ref.pid}] = sum
+}
+
+// admit returns ref as this node routes its client's PUBLISH msg: a
+// resend only if this node refused the same PUBLISH before.
+func (w *resendWindow) admit(from mqtthooks.SubscriberID, ref resendRef, msg *mqtthooks.Message) resendRef {
+	if !ref.dup || msg.QoS != 2 {
+		ref.dup = false
+		return ref
+	}
+	k := resendKey{from, ref.pid}
+	sum := w.sum(msg)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s, ok := w.refused[k]
+	delete(w.refused, k)
+	ref.dup = ok && s == sum
+	return ref
 }
 
 // begin returns the entry of the PUBLISH msg of from: the one remembered
@@ -75,12 +129,7 @@ func (w *resendWindow) begin(from mqtthooks.SubscriberID, ref resendRef, msg *mq
 	if msg.QoS != 2 || ref.pid == 0 {
 		return nil
 	}
-	var h maphash.Hash
-	h.SetSeed(w.seed)
-	h.WriteString(msg.Topic)
-	h.WriteByte(0)
-	h.Write(msg.Payload)
-	sum := h.Sum64()
+	sum := w.sum(msg)
 	k := resendKey{from, ref.pid}
 	w.mu.Lock()
 	defer w.mu.Unlock()

@@ -820,9 +820,11 @@ func (cl *cluster) targets(mountpoint, topic string) []target {
 // another node is refused at once (r fails; see clustermove.go), routed
 // nowhere. ref names a QoS 2 PUBLISH for its resends (see resendWindow).
 func (cl *cluster) publish(from mqtthooks.SubscriberID, msg *mqtthooks.Message, ref resendRef, r *mqtthooks.Receipt) bool {
+	ref = cl.resent.admit(from, ref, msg)
 	if r != nil && cl.moved.refuses(from.Mountpoint, msg.Topic) {
 		cl.log.Info("cluster: a PUBLISH is refused while a session it matches moves to another node", "client",
 			from.String(), "topic", msg.Topic)
+		cl.resent.refuse(from, ref, msg)
 		r.Fail(errMoving)
 		return false
 	}
@@ -838,6 +840,7 @@ func (cl *cluster) publish(from mqtthooks.SubscriberID, msg *mqtthooks.Message, 
 		if err != nil {
 			cl.log.Warn("cluster: a PUBLISH is not acknowledged: another node did not store it", "client",
 				from.String(), "topic", msg.Topic, "err", err)
+			cl.resent.refuse(from, ref, msg)
 			r.Fail(err)
 		}
 		r.Close()
