@@ -37,7 +37,12 @@ type Options struct {
 	Replicas int
 	// Timeout bounds a read (Load, LoadSession), a write (from Commit to
 	// its done) and a reservation of generations, retries included; 10
-	// seconds if zero.
+	// seconds if zero. A write still unanswered then fails with an error
+	// saying that its outcome is unknown: JetStream may have stored it, and
+	// a later read sees it. The Core takes it as failed: the PUBLISH it
+	// stored a copy of is not acknowledged (so its resend may be stored
+	// twice), the CONNECT it recorded is refused (its session stays in the
+	// store for the next CONNECT).
 	Timeout time.Duration
 	// Logger receives what the Store cannot report otherwise; slog.Default()
 	// if nil.
