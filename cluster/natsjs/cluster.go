@@ -422,6 +422,19 @@ func (c *Cluster) Leave(ctx context.Context) error {
 	return errors.Join(err, c.nodes.Purge(ctx, c.opts.Node))
 }
 
+// Adopting reports whether this node is adopting sessions of a node that is
+// gone: it is making itself their owner, or its Core has not installed them
+// yet. Once no node owns a session of the gone node (the owners bucket) and
+// no node is adopting, every one of them is installed on a node alive.
+func (c *Cluster) Adopting() bool {
+	busy := false
+	c.adopting.Range(func(any, any) bool {
+		busy = true
+		return false
+	})
+	return busy
+}
+
 func (c *Cluster) yieldSubject(node string) string { return c.opts.Subject + ".yield." + node }
 
 // Claim makes this node the owner of the session: at once if no node owns

@@ -33,6 +33,7 @@ type node struct {
 	core  *mqtthooks.Core
 	rec   *mqtthookstest.Recorder
 	store *natsjs.Store
+	cl    *natsjs.Cluster
 	logs  *syncBuffer
 }
 
@@ -59,6 +60,8 @@ type testCluster struct {
 	nodes map[string]*node
 	all   *mqtthookstest.Recorder
 	wills *willLog
+	// offlineGate, while set, holds every OnClientOffline until closed.
+	offlineGate atomic.Pointer[chan struct{}]
 }
 
 type willLog struct {
@@ -84,6 +87,11 @@ func newTestCluster(t *testing.T) *testCluster {
 	t.Helper()
 	srvs := natstest.StartCluster(t, 3)
 	tc := &testCluster{nodes: map[string]*node{}, all: &mqtthookstest.Recorder{}, wills: &willLog{}}
+	tc.all.Lifecycle = func(_ context.Context, c mqtthookstest.Call) {
+		if gate := tc.offlineGate.Load(); gate != nil && c.Hook == "OnClientOffline" {
+			<-*gate
+		}
+	}
 	for i, name := range []string{"A", "B", "C"} {
 		n := &node{name: name, srv: srvs[i], rec: &mqtthookstest.Recorder{Accept: true}, logs: new(syncBuffer)}
 		n.nc = natstest.Connect(t, srvs[i])
@@ -92,6 +100,7 @@ func newTestCluster(t *testing.T) *testCluster {
 		cl, err := natsjs.NewCluster(t.Context(), natsjs.ClusterOptions{Node: name, Conn: n.nc, Replicas: 3,
 			Lease: testLease, Logger: logger})
 		require.NoError(t, err)
+		n.cl = cl
 		chain := mqtthooks.NewChain(mqtthooks.ChainOptions{Logger: logger})
 		require.NoError(t, chain.Register("P", n.rec))
 		require.NoError(t, chain.Register("all", tc.all))
@@ -277,12 +286,20 @@ func TestC4C7NodeDown(t *testing.T) {
 	k1.Connect(t.Context(), withWill(mqtthookstest.V3("k", "u", true), "will/k"))
 	requireAccepted(t, k1)
 
+	gate := make(chan struct{})
+	tc.offlineGate.Store(&gate)
 	a.nc.Close() // A is cut off: no more lease renewals, no answers to claims
 	a.srv.Shutdown()
 	start := time.Now()
+	adopting := func() bool { return b.cl.Adopting() || tc.nodes["C"].cl.Adopting() }
+	require.Eventually(t, adopting, 30*time.Second, testLease/20,
+		"a surviving node is adopting A's session, its OnClientOffline held")
+	close(gate)
 	require.Eventually(t, func() bool {
 		return tc.all.Count(id, "OnClientOffline") == 1 && tc.all.Count(clean, "OnClientGone") == 1
 	}, 30*time.Second, testLease/20, "a surviving node ends the connections A held")
+	require.Eventually(t, func() bool { return !adopting() }, 10*time.Second, testLease/20,
+		"no node is adopting once the sessions are installed")
 	t.Logf("the sessions were taken over %v after A was cut off (lease %v)", time.Since(start), testLease)
 	var heir string
 	for _, name := range []string{"B", "C"} {

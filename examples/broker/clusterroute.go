@@ -92,8 +92,8 @@ import (
 
 // The names the nodes agree on: the KV buckets of the routing, and the
 // first token of its NATS subjects (mqtthooks.route.<node>,
-// mqtthooks.sync.<node>, mqtthooks.arrived.<node>; natsjs.Cluster has
-// mqtthooks.yield.<node>).
+// mqtthooks.sync.<node>, mqtthooks.arrived.<node>,
+// mqtthooks.adopting.<node>; natsjs.Cluster has mqtthooks.yield.<node>).
 const (
 	interestBucket = "MQTTHOOKS_interest"
 	retainedBucket = "MQTTHOOKS_retained"
@@ -107,7 +107,7 @@ const (
 	retryEvery   = time.Second      // an unanswered request is sent again this often
 	syncTimeout  = 5 * time.Second  // an interest write, until every node applied it; a retained barrier
 	dedupWindow  = 1 << 16          // forwarded messages remembered, to recognise a request sent again
-	purgeEvery   = 5 * time.Second  // the keys of one gone node are purged at most this often
+	purgeEvery   = 2 * time.Second  // the keys of one gone node are purged at most this often
 	kvTimeout    = 5 * time.Second  // one KV operation
 )
 
@@ -240,9 +240,10 @@ func (cl *cluster) attach(s *server) error {
 	cl.fwd.prefix = nats.NewInbox()
 	cl.fwd.calls = map[uint64]*call{}
 	for subject, handler := range map[string]nats.MsgHandler{
-		cl.fwd.prefix + ".*":           cl.onReply,
-		cl.subject("sync", cl.node):    cl.serveSync,
-		cl.subject("arrived", cl.node): cl.serveArrived,
+		cl.fwd.prefix + ".*":            cl.onReply,
+		cl.subject("sync", cl.node):     cl.serveSync,
+		cl.subject("arrived", cl.node):  cl.serveArrived,
+		cl.subject("adopting", cl.node): cl.serveAdopting,
 	} {
 		sub, err := cl.nc.Subscribe(subject, handler)
 		if err != nil {
@@ -367,10 +368,10 @@ func (cl *cluster) purgeKeys(ctx context.Context, node string) error {
 }
 
 // purgeNode purges the keys of a node that is gone, at most every
-// purgeEvery, on a goroutine of its own: once its lease has run out and no
-// session is owned by it any more (every one was adopted), seen twice, a
-// grace apart, so that the adopting nodes' own interest is in place first
-// (their Router.Add waits for every node, up to syncTimeout). Until then the
+// purgeEvery, on a goroutine of its own: once its lease has run out, no
+// session is owned by it any more, and then no node is adopting sessions
+// (each adopted session's subscriptions are in its new node's interest:
+// the Core's Adopt returns after its Router.Add). Until then the
 // PUBLISHes its keys match are not acknowledged: purging them sooner would
 // acknowledge messages that no session stored.
 func (cl *cluster) purgeNode(node string) {
@@ -382,15 +383,7 @@ func (cl *cluster) purgeNode(node string) {
 	cl.purged[node] = time.Now()
 	cl.imu.Unlock()
 	cl.spawn(func() {
-		if !cl.orphaned(node) {
-			return
-		}
-		select {
-		case <-cl.stop:
-			return
-		case <-time.After(2 * syncTimeout):
-		}
-		if !cl.orphaned(node) {
+		if !cl.orphaned(node) || cl.adopting() {
 			return
 		}
 		cl.log.Info("cluster: a node is gone and its sessions adopted; forgetting its subscriptions", "gone", node)
@@ -400,6 +393,40 @@ func (cl *cluster) purgeNode(node string) {
 			cl.log.Warn("cluster: purging a gone node's subscriptions", "gone", node, "err", err)
 		}
 	})
+}
+
+// adopting reports whether this node or another one is adopting the
+// sessions of a gone node (asked on mqtthooks.adopting.<node>); a node
+// that does not answer in time counts as adopting.
+func (cl *cluster) adopting() bool {
+	if cl.owners.Adopting() {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(cl.stopCtx, syncTimeout)
+	defer cancel()
+	var busy atomic.Bool
+	var wg sync.WaitGroup
+	for _, node := range cl.otherNodes() {
+		wg.Go(func() {
+			m, err := cl.nc.RequestWithContext(ctx, cl.subject("adopting", node), nil)
+			switch {
+			case errors.Is(err, nats.ErrNoResponders): // gone too
+			case err != nil || len(m.Data) != 1 || m.Data[0] != 0:
+				busy.Store(true)
+			}
+		})
+	}
+	wg.Wait()
+	return busy.Load()
+}
+
+// serveAdopting answers whether this node is adopting sessions.
+func (cl *cluster) serveAdopting(m *nats.Msg) {
+	answer := []byte{0}
+	if cl.owners.Adopting() {
+		answer[0] = 1
+	}
+	_ = m.Respond(answer)
 }
 
 // orphaned reports whether node's lease has run out and no session is owned
