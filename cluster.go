@@ -110,5 +110,6 @@ type YieldRequest struct {
 }
 
 // ErrNotOwner is the error of a Cluster operation on a session that another
-// node owns now.
+// node owns now, and of Core.Deliver to a session that this node is handing
+// over to another one.
 var ErrNotOwner = errors.New("mqtthooks: the session is owned by another node")

@@ -301,6 +301,7 @@ func (c *Core) yield(ctx context.Context, e *entry, r *YieldRequest) error {
 	// now finds no session, rather than a write the next owner would not
 	// see (it may read the store before the write lands).
 	st.ended, st.leaving = true, true
+	c.dropUnsettledInbound(st, st.journal())
 	flushed := st.journal().writeRecord()
 	st.mu.Unlock()
 	stay := func() { // the session stays here, offline
@@ -312,7 +313,7 @@ func (c *Core) yield(ctx context.Context, e *entry, r *YieldRequest) error {
 	}
 	if err := waitFlushed(ctx, flushed); err != nil {
 		if errors.Is(err, ErrStaleGeneration) { // it was another node's already
-			c.forget(e, st)
+			c.forget(e, st, false)
 			return c.transfer(ctx, e.id, r)
 		}
 		stay()
@@ -323,7 +324,7 @@ func (c *Core) yield(ctx context.Context, e *entry, r *YieldRequest) error {
 		return err
 	}
 	c.stats.yielded.Add(1)
-	c.forget(e, st) // the store keeps it, for its new owner
+	c.forget(e, st, true) // the store keeps it, for its new owner
 	return nil
 }
 
@@ -375,7 +376,7 @@ func (c *Core) owned(ctx context.Context, e *entry, st *sessionState) bool {
 	}
 	c.logger.Warn("mqtthooks: cluster: another node took the session over while this one was cut off; forgetting it",
 		"session", st.rec.ID.String())
-	c.forget(e, st)
+	c.forget(e, st, false)
 	return false
 }
 
@@ -401,9 +402,10 @@ func (c *Core) recheckOwner(id SubscriberID) {
 
 // forget drops st, a clustered session that is another node's now, from
 // this node, firing nothing: its connections are ended as taken over, its
-// timers stopped, its subscriptions moved out of the Router, its messages
-// counted as handed over; the store keeps it for its owner.
-func (c *Core) forget(e *entry, st *sessionState) {
+// timers stopped, its subscriptions out of the Router (Moved when this node
+// just handed it over, RemoveAll when another node took it earlier), its
+// messages counted as handed over; the store keeps it for its owner.
+func (c *Core) forget(e *entry, st *sessionState, moved bool) {
 	for _, s := range st.snapshotConns() {
 		c.kick(s, errTakenOver)
 		c.detach(st, s)
@@ -419,8 +421,11 @@ func (c *Core) forget(e *entry, st *sessionState) {
 	subscribed := len(st.subs) > 0
 	st.clearSubscriptions()
 	st.mu.Unlock()
-	if subscribed {
+	switch {
+	case subscribed && moved:
 		c.routerMoved(st.rec.ID, st.rec.Generation)
+	case subscribed:
+		c.routerRemoveAll(st.rec.ID, st.rec.Generation)
 	}
 	e.mu.Lock()
 	if e.state.Load() == st {
@@ -472,7 +477,7 @@ func (c *Core) deleteFirst(ctx context.Context, e *entry, st *sessionState, repl
 		if replacedBy != nil {
 			c.stats.sessions.Add(1) // forget gives back a slot that the new life keeps
 		}
-		c.forget(e, st)
+		c.forget(e, st, false)
 		return true, false
 	}
 	c.logger.Error("mqtthooks: session store: delete failed; the session stays claimed by this node until it succeeds",

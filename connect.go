@@ -654,10 +654,10 @@ func (h *Handshake) attach(ctx context.Context, e *entry, p *plan) Step {
 			c.detach(st, s)
 			switch {
 			case errors.Is(err, ErrStaleGeneration):
-				c.forget(e, st)
+				c.forget(e, st, false)
 			case fresh != nil: // a life no hook has seen: it goes as it came
 				if fenced, _ := c.deleteFirst(ctx, e, st, nil); !fenced {
-					c.forget(e, st) // a failed delete is tried again later (deleteLater)
+					c.forget(e, st, false) // a failed delete is tried again later (deleteLater)
 				}
 			case !st.online():
 				c.armTimers(st)

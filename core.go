@@ -143,8 +143,11 @@ type Router interface {
 }
 
 // A MovingRouter is a Router that learns when a session's subscriptions
-// leave this node because another node of the cluster owns the session now
-// (see Options.Cluster): the Core then calls Moved, not RemoveAll.
+// leave this node because this node just handed the session over to
+// another one (see Options.Cluster and ClusterNode.Yield): the Core then
+// calls Moved, not RemoveAll, inside the hand-over, which waits for it. A
+// session another node took earlier, while this one was cut off, leaves
+// with RemoveAll: its new owner routes it already.
 //
 // The new owner adds the subscriptions to its own Router only once it has
 // read the session, so a message matched between the two is stored nowhere
@@ -288,9 +291,10 @@ type Core struct {
 	// rechecks: the SubscriberIDs whose ownership is being checked again
 	// after a write was refused as stale (see recheckOwner).
 	rechecks sync.Map
-	// refusedInbound: the QoS 2 identifiers whose PUBLISH was not taken
-	// (its Receipt failed), inboundKey → that *Receipt, until they are
-	// forgotten (see Session.InboundPublish).
+	// inboundPending: the QoS 2 identifiers whose PUBLISH's Receipt has
+	// not settled, inboundKey → that *Receipt; refusedInbound: those whose
+	// Receipt failed, until they are forgotten (see Session.InboundPublish).
+	inboundPending sync.Map
 	refusedInbound sync.Map
 	closed         atomic.Bool
 	conns          sync.WaitGroup // calls to Conn.Disconnect in flight

@@ -218,9 +218,10 @@ type Receipt struct {
 	pending atomic.Int64 // 1 until Close, plus the writes not yet durable
 	mu      sync.Mutex
 	err     error
-	refused []func() // run, under no lock of the Core's, when the Receipt fails
-	msgID   uint64   // the stored message of the copies; written by the routing goroutine only
-	core    *Core    // that stored it, and releases it at Close
+	settled bool              // done has been decided
+	after   []func(err error) // run when the Receipt is settled, possibly under a session's lock
+	msgID   uint64            // the stored message of the copies; written by the routing goroutine only
+	core    *Core             // that stored it, and releases it at Close
 }
 
 // NewReceipt returns a Receipt whose done is called once, after Close, when
@@ -255,15 +256,18 @@ func (r *Receipt) join() func(error) {
 	return r.finish
 }
 
+// ErrNotTaken is the error a Receipt fails with after Fail(nil).
+var ErrNotTaken = errors.New("mqtthooks: PUBLISH not taken")
+
 // Fail records that the PUBLISH was not taken after all (another node of a
-// cluster did not store its copies, say): done receives err, or the first
-// error recorded before it, and what the PUBLISH recorded in the session of
-// its client is undone as for a failed write (see Session.InboundPublish).
-// The broker must then not acknowledge the PUBLISH. Fail does not replace
-// Close.
+// cluster did not store its copies, say): done receives err (ErrNotTaken
+// if nil), or the first error recorded before it, and what the PUBLISH
+// recorded in the session of its client is undone as for a failed write
+// (see Session.InboundPublish). The broker must then not acknowledge the
+// PUBLISH. Fail must come before Close; it does not replace it.
 func (r *Receipt) Fail(err error) {
 	if err == nil {
-		err = errors.New("mqtthooks: PUBLISH not taken")
+		err = ErrNotTaken
 	}
 	r.mu.Lock()
 	if r.err == nil {
@@ -272,11 +276,17 @@ func (r *Receipt) Fail(err error) {
 	r.mu.Unlock()
 }
 
-// onRefused adds f to what runs when r fails.
-func (r *Receipt) onRefused(f func()) {
+// onSettled runs f with r's outcome once it is known: at once if it is.
+func (r *Receipt) onSettled(f func(err error)) {
 	r.mu.Lock()
-	r.refused = append(r.refused, f)
+	if !r.settled {
+		r.after = append(r.after, f)
+		r.mu.Unlock()
+		return
+	}
+	err := r.err
 	r.mu.Unlock()
+	f(err)
 }
 
 func (r *Receipt) finish(err error) {
@@ -291,12 +301,12 @@ func (r *Receipt) finish(err error) {
 		return
 	}
 	r.mu.Lock()
-	err, refused := r.err, r.refused
+	r.settled = true
+	err, after := r.err, r.after
+	r.after = nil
 	r.mu.Unlock()
-	if err != nil {
-		for _, f := range refused {
-			f()
-		}
+	for _, f := range after {
+		f(err)
 	}
 	if r.done != nil {
 		r.done(err)

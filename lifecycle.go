@@ -120,7 +120,14 @@ func (c *Core) handOverQueue(st *sessionState, s *Session) Conn {
 	}
 	next := st.conns[0]
 	j := st.journal()
-	defer j.commit(nil)
+	var top uint64 // the last QoS 2 copy stored here: its Pull waits for this write
+	keep := func(m *queued) {
+		j.keep(m, EntryPending)
+		if j != nil && m.qos == 2 {
+			top = max(top, m.seq)
+		}
+	}
+	defer func() { j.commit(st.writtenFunc(top)) }()
 	var left queue // what s held
 	if s.q == &st.q {
 		left = st.q
@@ -133,7 +140,7 @@ func (c *Core) handOverQueue(st *sessionState, s *Session) Conn {
 				j.keepFlight(&st.q.inflight[i])
 			}
 			for i := range st.q.pending.len() {
-				j.keep(st.q.pending.at(i), EntryPending)
+				keep(st.q.pending.at(i))
 			}
 		}
 	} else {
@@ -156,12 +163,12 @@ func (c *Core) handOverQueue(st *sessionState, s *Session) Conn {
 		}
 		c.stats.discarded.Add(uint64(len(msgs) - len(kept)))
 		for i := len(kept) - 1; i >= 0; i-- { // older than anything next has: in front
-			j.keep(&kept[i], EntryPending)
+			keep(&kept[i])
 			st.q.pending.pushFront(kept[i])
 		}
 	} else {
 		for _, m := range msgs {
-			j.keep(&m, EntryPending)
+			keep(&m)
 			st.q.pending.pushBack(m)
 		}
 	}

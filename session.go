@@ -407,31 +407,43 @@ func (s *Session) withQueueDone(fn func(q *queue, j *journal) error, done func(e
 //
 // A PUBLISH whose Receipt fails (a write failed, or Receipt.Fail) was not
 // taken: its identifier is forgotten, so that the client's resend is routed
-// as a first arrival, on this connection's successor or on another node
-// that takes the session over.
+// as a first arrival (on this node; a session handed over to another node
+// meanwhile leaves without the identifiers whose Receipts had not settled,
+// see ClusterNode.Yield). A repeat that arrives before the first arrival's
+// Receipt settled is not routed, and r settles with that Receipt: a broker
+// that acknowledges on r's done never acknowledges a repeat of a PUBLISH
+// that then fails.
 func (s *Session) InboundPublish(id uint16, r *Receipt) (first bool, err error) {
 	c := s.core
 	err = s.withQueueDone(func(q *queue, j *journal) error {
 		key := inboundKey{q, id}
 		if slices.Contains(q.inbound, id) {
 			if _, refused := c.refusedInbound.LoadAndDelete(key); !refused {
-				return nil // a repeat
+				if v, ok := c.inboundPending.Load(key); ok && r != nil { // a repeat of a PUBLISH still in the balance
+					v.(*Receipt).onSettled(r.join())
+				}
+				return nil
 			}
 		} else {
 			q.inbound = append(q.inbound, id)
 		}
 		first = true
-		c.refusedInbound.Delete(key)
 		if j != nil && q == &j.st.q {
 			j.batch().PutInbound(j.st.rec.ID, j.st.rec.Generation, id)
 		}
-		if r != nil {
-			st := s.st
-			r.onRefused(func() {
-				c.refusedInbound.Store(key, r) // at once: a resend may come before the goroutine runs
-				go c.forgetInbound(st, key, r)
-			})
+		if r == nil {
+			c.inboundPending.Delete(key)
+			return nil
 		}
+		c.inboundPending.Store(key, r)
+		st := s.st
+		r.onSettled(func(err error) {
+			if !c.inboundPending.CompareAndDelete(key, r) || err == nil {
+				return // taken, or a later PUBLISH holds the identifier now
+			}
+			c.refusedInbound.Store(key, r) // at once: a resend may come before the goroutine runs
+			go c.forgetInbound(st, key, r)
+		})
 		return nil
 	}, r.completion())
 	return first, err
@@ -465,6 +477,23 @@ func (c *Core) forgetInbound(st *sessionState, key inboundKey, r *Receipt) {
 	}
 }
 
+// dropUnsettledInbound removes from st's queue, and with j from the store,
+// the identifiers whose PUBLISH's Receipt has not settled: a node that
+// takes the session over must route their resends (a repeat would be lost
+// if the Receipt then failed). st.mu is held.
+func (c *Core) dropUnsettledInbound(st *sessionState, j *journal) {
+	q := &st.q
+	q.inbound = slices.DeleteFunc(q.inbound, func(id uint16) bool {
+		if _, pending := c.inboundPending.Load(inboundKey{q, id}); !pending {
+			return false
+		}
+		if j != nil {
+			j.batch().DeleteInbound(st.rec.ID, st.rec.Generation, id)
+		}
+		return true
+	})
+}
+
 // InboundPubrel reports the client's PUBREL of the identifier of one of its
 // QoS 2 PUBLISHes, and whether it was known (the PUBCOMP for an unknown one
 // carries 0x92 in v5).
@@ -475,6 +504,7 @@ func (c *Core) forgetInbound(st *sessionState, key inboundKey, r *Receipt) {
 func (s *Session) InboundPubrel(id uint16, r *Receipt) (known bool, err error) {
 	err = s.withQueueDone(func(q *queue, j *journal) error {
 		s.core.refusedInbound.Delete(inboundKey{q, id})
+		s.core.inboundPending.Delete(inboundKey{q, id})
 		if i := slices.Index(q.inbound, id); i >= 0 {
 			q.inbound = slices.Delete(q.inbound, i, i+1)
 			known = true
@@ -710,10 +740,11 @@ type sessionState struct {
 	jn       journal        // the store changes of the operation under way
 	// durable is the highest seq whose stored QoS 2 copy is durable (or
 	// whose write failed): a QoS 2 copy is handed out only then (see
-	// queue.pull), and wake is the connection to notify when durable moves
-	// past the copy its Pull stopped at.
+	// queue.pull), and wake are the connections to notify when durable
+	// moves past the copy their Pull stopped at.
 	durable atomic.Uint64
-	wake    atomic.Pointer[Session]
+	wakeMu  sync.Mutex // after mu, if both
+	wake    []*Session
 
 	expiryItem, willItem *timerItem
 	// moving: the session is being handed over to another node of the
@@ -731,9 +762,22 @@ func (st *sessionState) written(seq uint64) {
 			break
 		}
 	}
-	if s := st.wake.Swap(nil); s != nil {
+	st.wakeMu.Lock()
+	wake := st.wake
+	st.wake = nil
+	st.wakeMu.Unlock()
+	for _, s := range wake {
 		s.conn.Notify()
 	}
+}
+
+// writtenFunc returns a commit's done that records the copies up to seq
+// written; nil for none.
+func (st *sessionState) writtenFunc(seq uint64) func(error) {
+	if seq == 0 {
+		return nil
+	}
+	return func(error) { st.written(seq) }
 }
 
 // handOut reports whether the QoS 2 copy seq may be sent to its client: a
@@ -745,12 +789,14 @@ func (st *sessionState) handOut(seq uint64, owner *Session) bool {
 	if seq <= st.durable.Load() {
 		return true
 	}
-	st.wake.Store(owner)
-	if seq <= st.durable.Load() { // written meanwhile
-		st.wake.CompareAndSwap(owner, nil)
-		return true
+	st.wakeMu.Lock()
+	if !slices.Contains(st.wake, owner) {
+		st.wake = append(st.wake, owner)
 	}
-	return false
+	st.wakeMu.Unlock()
+	// Written meanwhile, its notification perhaps gone before owner was
+	// added: the Pull goes on (owner may get a Notify it does not need).
+	return seq <= st.durable.Load()
 }
 
 func (st *sessionState) has(s *Session) bool {

@@ -389,3 +389,35 @@ func TestClusterDeliverDuringHandOver(t *testing.T) {
 	require.NoError(t, err2)
 	assert.Equal(t, []string{"1"}, payloads(got), "only the resent copy: the refused one was stored nowhere")
 }
+
+// A session handed over while a QoS 2 PUBLISH of its client is still being
+// routed (its Receipt waits for other nodes, say) leaves without that
+// identifier: should the routing fail after the hand-over, the new node
+// still routes the client's resend, which it would otherwise take for a
+// repeat and acknowledge without routing.
+func TestClusterHandOverDropsUnsettledInbound(t *testing.T) {
+	c := newCluster(t, new(mqtthooks.MemoryStore), mqtthooks.Options{}, "A", "B")
+	a, b := c.nodes["A"], c.nodes["B"]
+	c1 := a.v5("s", false, 3600)
+	requireAccepted(t, c1)
+	settled := mqtthooks.NewReceipt(nil)
+	first, err := c1.Session.InboundPublish(4, settled)
+	require.NoError(t, err)
+	require.True(t, first)
+	settled.Close()
+	pending := mqtthooks.NewReceipt(nil)
+	first, err = c1.Session.InboundPublish(5, pending)
+	require.NoError(t, err)
+	require.True(t, first)
+
+	c2 := b.v5("s", false, 3600) // takes the session over
+	requireAccepted(t, c2)
+	pending.Fail(nil)
+	pending.Close()
+	again, err := c2.Session.InboundPublish(5, nil)
+	require.NoError(t, err)
+	assert.True(t, again, "the resend of the PUBLISH in the balance is routed on B")
+	dup, err := c2.Session.InboundPublish(4, nil)
+	require.NoError(t, err)
+	assert.False(t, dup, "an acknowledged one stays a repeat")
+}

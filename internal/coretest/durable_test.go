@@ -564,9 +564,24 @@ func TestInboundRefusedPublishForgotten(t *testing.T) {
 		require.NoError(t, err)
 		assert.True(t, again, "the resend on the same connection is routed")
 
+		// The resend before the Core got round to forgetting the identifier.
+		r := mqtthooks.NewReceipt(nil)
+		first, err := c.Session.InboundPublish(6, r)
+		require.NoError(t, err)
+		require.True(t, first)
+		r.Fail(nil)
+		r.Close() // forgetting it is left to a goroutine, which has not run yet
+		again, err = c.Session.InboundPublish(6, nil)
+		require.NoError(t, err)
+		assert.True(t, again, "a resend that comes before the identifier is forgotten is routed")
+		synctest.Wait()
+		dup, err := c.Session.InboundPublish(6, nil)
+		require.NoError(t, err)
+		assert.False(t, dup, "the resend took the identifier: the late forgetting leaves it")
+
 		assert.Error(t, refuse(c.Session, 8))
 		taken := mqtthooks.NewReceipt(nil)
-		first, err := c.Session.InboundPublish(9, taken)
+		first, err = c.Session.InboundPublish(9, taken)
 		require.NoError(t, err)
 		require.True(t, first)
 		taken.Close()
@@ -576,7 +591,7 @@ func TestInboundRefusedPublishForgotten(t *testing.T) {
 		again, err = c2.Session.InboundPublish(8, nil)
 		require.NoError(t, err)
 		assert.True(t, again, "the resend after a takeover is routed")
-		dup, err := c2.Session.InboundPublish(9, nil)
+		dup, err = c2.Session.InboundPublish(9, nil)
 		require.NoError(t, err)
 		assert.False(t, dup, "a PUBLISH that was taken stays a duplicate")
 
@@ -668,4 +683,81 @@ func TestQoS2CopyHandedOutWhenDurable(t *testing.T) {
 	require.Len(t, got, 1)
 	assert.Equal(t, byte(2), got[0].QoS)
 	assert.Equal(t, "1", string(got[0].Message.Payload))
+}
+
+// A repeat of a QoS 2 PUBLISH whose first arrival is still being routed is
+// not routed, and its Receipt settles with the first one's: a broker that
+// sends PUBREC on the repeat's Receipt never acknowledges a PUBLISH whose
+// routing then fails (the client would not send it again).
+func TestInboundRepeatWaitsForFirstArrival(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store := new(mqtthookstest.Store)
+		f := newFixture(t, mqtthooks.Options{Store: store})
+		c := f.v3("s", false)
+		for _, fail := range []bool{false, true} {
+			id := uint16(10)
+			if fail {
+				id = 11
+			}
+			orig := mqtthooks.NewReceipt(nil)
+			first, err := c.Session.InboundPublish(id, orig)
+			require.NoError(t, err)
+			require.True(t, first)
+
+			var repeatErr error
+			settled := false
+			repeat := mqtthooks.NewReceipt(func(err error) { repeatErr, settled = err, true })
+			again, err := c.Session.InboundPublish(id, repeat)
+			require.NoError(t, err)
+			assert.False(t, again, "a repeat is not routed")
+			repeat.Close()
+			synctest.Wait()
+			assert.False(t, settled, "the repeat waits for the first arrival's outcome")
+
+			if fail {
+				orig.Fail(nil)
+			}
+			orig.Close()
+			synctest.Wait()
+			require.True(t, settled)
+			if fail {
+				assert.ErrorIs(t, repeatErr, mqtthooks.ErrNotTaken, "the repeat is not acknowledged either")
+				resend, err := c.Session.InboundPublish(id, nil)
+				require.NoError(t, err)
+				assert.True(t, resend, "and the next resend is routed")
+			} else {
+				assert.NoError(t, repeatErr)
+			}
+		}
+	})
+}
+
+// With several connections (DeliverBalance), every connection whose Pull
+// stopped at a QoS 2 copy not yet durable is notified when it is.
+func TestQoS2DurableNotifiesEveryConnection(t *testing.T) {
+	store := &heldStore{Store: new(mqtthookstest.Store)}
+	f := newFixture(t, mqtthooks.Options{Store: store})
+	f.rec.AuthOnRegisterFunc = multi(mqtthooks.DeliverBalance)
+	c1, c2 := f.v3("s", false), f.v3("s", false)
+	require.NoError(t, c1.Subscribe(t.Context(), "t"))
+	store.mu.Lock()
+	store.hold = true
+	store.mu.Unlock()
+	f.publish(t, sid("s"), 2, 2) // one for each connection
+	for _, c := range []*mqtthookstest.Client{c1, c2} {
+		got, err := c.Pull()
+		require.NoError(t, err)
+		assert.Empty(t, got)
+	}
+	n1, n2 := c1.Conn.NotifyCount(), c2.Conn.NotifyCount()
+	store.release()
+	assert.Greater(t, c1.Conn.NotifyCount(), n1, "the first connection is told")
+	assert.Greater(t, c2.Conn.NotifyCount(), n2, "and the second")
+	var got []mqtthooks.Delivery
+	for _, c := range []*mqtthookstest.Client{c1, c2} {
+		ds, err := c.Pull()
+		require.NoError(t, err)
+		got = append(got, ds...)
+	}
+	assert.ElementsMatch(t, []string{"1", "2"}, payloads(got))
 }
