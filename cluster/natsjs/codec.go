@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mqtthooks/mqtthooks"
+	"github.com/mqtthooks/mqtthooks/internal/wire"
 )
 
 // The encoding of a session's log. Each part (the share of one session in
@@ -55,161 +56,21 @@ const (
 
 var errCorrupt = errors.New("natsjs: corrupt session log")
 
-// encoder appends values.
+// encoder appends values; store_state.go writes delta operations with it.
 type encoder struct{ b []byte }
 
-func (e *encoder) u(v uint64)   { e.b = binary.AppendUvarint(e.b, v) }
-func (e *encoder) i(v int64)    { e.b = binary.AppendVarint(e.b, v) }
-func (e *encoder) byte(v byte)  { e.b = append(e.b, v) }
-func (e *encoder) str(s string) { e.u(uint64(len(s))); e.b = append(e.b, s...) }
-func (e *encoder) bytes(p []byte) {
-	if p == nil {
-		e.u(0)
-		return
-	}
-	e.u(uint64(len(p)) + 1) // nil and empty differ
-	e.b = append(e.b, p...)
-}
-func (e *encoder) bool(v bool) {
-	if v {
-		e.byte(1)
-	} else {
-		e.byte(0)
-	}
-}
-func (e *encoder) time(t time.Time) {
-	if t.IsZero() {
-		e.i(0)
-		return
-	}
-	e.i(t.UnixNano())
-}
+func (e *encoder) u(v uint64)                   { e.b = binary.AppendUvarint(e.b, v) }
+func (e *encoder) i(v int64)                    { e.b = binary.AppendVarint(e.b, v) }
+func (e *encoder) byte(v byte)                  { e.b = append(e.b, v) }
+func (e *encoder) str(s string)                 { e.b = wire.AppendString(e.b, s) }
+func (e *encoder) bool(v bool)                  { e.b = wire.AppendBool(e.b, v) }
+func (e *encoder) time(t time.Time)             { e.b = wire.AppendTime(e.b, t) }
+func (e *encoder) message(m *mqtthooks.Message) { e.b = wire.AppendMessage(e.b, m) }
 
 // decoder reads values; the first error sticks.
-type decoder struct {
-	b   []byte
-	err error
-}
+type decoder struct{ *wire.Decoder }
 
-func (d *decoder) fail() {
-	if d.err == nil {
-		d.err = errCorrupt
-	}
-	d.b = nil
-}
-
-func (d *decoder) u() uint64 {
-	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
-		d.fail()
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) i() int64 {
-	v, n := binary.Varint(d.b)
-	if n <= 0 {
-		d.fail()
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) byte() byte {
-	if len(d.b) == 0 {
-		d.fail()
-		return 0
-	}
-	v := d.b[0]
-	d.b = d.b[1:]
-	return v
-}
-
-func (d *decoder) raw(n uint64) []byte {
-	if uint64(len(d.b)) < n {
-		d.fail()
-		return nil
-	}
-	v := d.b[:n:n]
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) str() string { return string(d.raw(d.u())) }
-
-func (d *decoder) bytes() []byte {
-	n := d.u()
-	if n == 0 {
-		return nil
-	}
-	return append([]byte{}, d.raw(n-1)...)
-}
-
-func (d *decoder) bool() bool { return d.byte() != 0 }
-
-func (d *decoder) time() time.Time {
-	ns := d.i()
-	if ns == 0 {
-		return time.Time{}
-	}
-	return time.Unix(0, ns)
-}
-
-// count reads a number of items, each at least one byte long.
-func (d *decoder) count() int {
-	n := d.u()
-	if n > uint64(len(d.b)) {
-		d.fail()
-		return 0
-	}
-	return int(n)
-}
-
-func (e *encoder) message(m *mqtthooks.Message) {
-	e.str(m.Topic)
-	e.bytes(m.Payload)
-	e.byte(m.QoS)
-	e.bool(m.Retain)
-	p := &m.Properties
-	e.byte(p.PayloadFormatIndicator)
-	e.bool(p.MessageExpiryInterval.Set)
-	e.u(uint64(p.MessageExpiryInterval.V))
-	e.str(p.ContentType)
-	e.str(p.ResponseTopic)
-	e.bytes(p.CorrelationData)
-	if p.UserProperties == nil {
-		e.u(0)
-	} else {
-		e.u(uint64(len(p.UserProperties)) + 1)
-		for _, up := range p.UserProperties {
-			e.str(up.Key)
-			e.str(up.Value)
-		}
-	}
-}
-
-func (d *decoder) message() *mqtthooks.Message {
-	m := &mqtthooks.Message{Topic: d.str(), Payload: d.bytes(), QoS: d.byte(), Retain: d.bool()}
-	p := &m.Properties
-	p.PayloadFormatIndicator = d.byte()
-	p.MessageExpiryInterval.Set = d.bool()
-	p.MessageExpiryInterval.V = uint32(d.u())
-	p.ContentType, p.ResponseTopic, p.CorrelationData = d.str(), d.str(), d.bytes()
-	if n := d.u(); n > 0 {
-		if n-1 > uint64(len(d.b)) {
-			d.fail()
-			return m
-		}
-		p.UserProperties = make([]mqtthooks.UserProperty, n-1)
-		for i := range p.UserProperties {
-			p.UserProperties[i] = mqtthooks.UserProperty{Key: d.str(), Value: d.str()}
-		}
-	}
-	return m
-}
+func newDecoder(b []byte) decoder { return decoder{wire.NewDecoder(b, errCorrupt)} }
 
 func (e *encoder) id(id mqtthooks.SubscriberID) {
 	e.str(id.Mountpoint)
@@ -217,7 +78,7 @@ func (e *encoder) id(id mqtthooks.SubscriberID) {
 }
 
 func (d *decoder) id() mqtthooks.SubscriberID {
-	return mqtthooks.SubscriberID{Mountpoint: d.str(), ClientID: d.str()}
+	return mqtthooks.SubscriberID{Mountpoint: d.Str(), ClientID: d.Str()}
 }
 
 // record encodes r but its ID, which the session's log names already. The
@@ -258,52 +119,52 @@ func (e *encoder) record(r *mqtthooks.SessionRecord) {
 		f.u(uint64(w.DelayInterval))
 	}
 	f.bool(r.Cleanup)
-	e.bytes(f.b)
+	e.b = wire.AppendOptBytes(e.b, f.b)
 }
 
 func (d *decoder) record(id mqtthooks.SubscriberID) mqtthooks.SessionRecord {
 	r := mqtthooks.SessionRecord{ID: id}
-	n := d.u()
+	n := d.Uvarint()
 	if n == 0 {
-		d.fail()
+		d.Fail(errCorrupt)
 		return r
 	}
-	f := decoder{b: d.raw(n - 1)}
-	if d.err != nil {
+	f := newDecoder(d.Raw(n - 1))
+	if d.Err() != nil {
 		return r
 	}
-	r.Generation, r.Username, r.HasUsername, r.ConnID = f.u(), f.str(), f.bool(), f.u()
-	if peer := f.str(); peer != "" {
+	r.Generation, r.Username, r.HasUsername, r.ConnID = f.Uvarint(), f.Str(), f.Bool(), f.Uvarint()
+	if peer := f.Str(); peer != "" {
 		p, err := netip.ParseAddrPort(peer)
 		if err != nil {
-			d.fail()
+			d.Fail(errCorrupt)
 			return r
 		}
 		r.Peer = p
 	}
-	r.ProtocolVersion = mqtthooks.ProtocolVersion(f.byte())
-	r.Connected = f.bool()
-	r.Expiry = time.Duration(f.i())
-	r.ExpiresAt = f.time()
-	for range f.count() {
-		w := &mqtthooks.Will{Message: *f.message()}
-		w.DelayInterval = uint32(f.u())
-		r.Wills = append(r.Wills, mqtthooks.DelayedWill{Will: w, At: f.time()})
+	r.ProtocolVersion = mqtthooks.ProtocolVersion(f.Byte())
+	r.Connected = f.Bool()
+	r.Expiry = time.Duration(f.Varint())
+	r.ExpiresAt = f.Time()
+	for range f.Count() {
+		w := &mqtthooks.Will{Message: *f.Message()}
+		w.DelayInterval = uint32(f.Uvarint())
+		r.Wills = append(r.Wills, mqtthooks.DelayedWill{Will: w, At: f.Time()})
 	}
 	q := &r.Queue
-	q.MaxOnlineMessages, q.MaxOfflineMessages = int(f.i()), int(f.i())
-	q.QueueType, q.DeliverMode = mqtthooks.QueueType(f.byte()), mqtthooks.DeliverMode(f.byte())
-	q.StoreQoS0Offline, q.MaxInflight = f.bool(), int(f.i())
-	for range f.count() {
-		w := &mqtthooks.Will{Message: *f.message()}
-		w.DelayInterval = uint32(f.u())
+	q.MaxOnlineMessages, q.MaxOfflineMessages = int(f.Varint()), int(f.Varint())
+	q.QueueType, q.DeliverMode = mqtthooks.QueueType(f.Byte()), mqtthooks.DeliverMode(f.Byte())
+	q.StoreQoS0Offline, q.MaxInflight = f.Bool(), int(f.Varint())
+	for range f.Count() {
+		w := &mqtthooks.Will{Message: *f.Message()}
+		w.DelayInterval = uint32(f.Uvarint())
 		r.ConnectionWills = append(r.ConnectionWills, w)
 	}
-	if len(f.b) > 0 {
-		r.Cleanup = f.bool()
+	if f.Len() > 0 {
+		r.Cleanup = f.Bool()
 	}
-	if f.err != nil {
-		d.fail()
+	if f.Err() != nil {
+		d.Fail(errCorrupt)
 	}
 	return r
 }
@@ -318,8 +179,8 @@ func (e *encoder) sub(s *mqtthooks.Subscription) {
 }
 
 func (d *decoder) sub() mqtthooks.Subscription {
-	return mqtthooks.Subscription{Filter: d.str(), QoS: d.byte(), NoLocal: d.bool(), RetainAsPublished: d.bool(),
-		RetainHandling: d.byte(), Identifier: uint32(d.u())}
+	return mqtthooks.Subscription{Filter: d.Str(), QoS: d.Byte(), NoLocal: d.Bool(), RetainAsPublished: d.Bool(),
+		RetainHandling: d.Byte(), Identifier: uint32(d.Uvarint())}
 }
 
 func (e *encoder) entry(en *mqtthooks.StoredEntry) {
@@ -337,16 +198,16 @@ func (e *encoder) entry(en *mqtthooks.StoredEntry) {
 }
 
 func (d *decoder) entry() mqtthooks.StoredEntry {
-	en := mqtthooks.StoredEntry{Seq: d.u(), MessageID: d.u(), QoS: d.byte(), Retain: d.bool()}
-	if n := d.count(); n > 0 {
+	en := mqtthooks.StoredEntry{Seq: d.Uvarint(), MessageID: d.Uvarint(), QoS: d.Byte(), Retain: d.Bool()}
+	if n := d.Count(); n > 0 {
 		en.SubscriptionIdentifiers = make([]uint32, n)
 		for i := range en.SubscriptionIdentifiers {
-			en.SubscriptionIdentifiers[i] = uint32(d.u())
+			en.SubscriptionIdentifiers[i] = uint32(d.Uvarint())
 		}
 	}
-	en.ExpiresAt = d.time()
-	en.State = mqtthooks.EntryState(d.byte())
-	en.Sent = uint32(d.u())
+	en.ExpiresAt = d.Time()
+	en.State = mqtthooks.EntryState(d.Byte())
+	en.Sent = uint32(d.Uvarint())
 	return en
 }
 
@@ -386,74 +247,71 @@ var tombstone = []byte{version, kindTombstone}
 // none), and returns the session after it: nil for a tombstone. Messages
 // that enter or leave the session are reported to ev, if not nil.
 func decodePart(st *state, b []byte, ev *events) (*state, error) {
-	d := decoder{b: b}
-	if v := d.byte(); v != version && d.err == nil {
+	d := newDecoder(b)
+	if v := d.Byte(); v != version && d.Err() == nil {
 		return st, fmt.Errorf("natsjs: a session log part of an unknown encoding %d", v)
 	}
-	switch d.byte() {
+	switch d.Byte() {
 	case kindTombstone:
 		if st != nil {
 			st.dropAll(ev)
 		}
-		return nil, d.err
+		return nil, d.Err()
 	case kindSnapshot:
 		if st != nil {
 			st.dropAll(ev)
 		}
 		n := newState(d.record(d.id()))
-		for range d.count() {
+		for range d.Count() {
 			sub := d.sub()
 			n.subs[sub.Filter] = sub
 		}
-		for range d.count() {
-			n.inbound[uint16(d.u())] = struct{}{}
+		for range d.Count() {
+			n.inbound[uint16(d.Uvarint())] = struct{}{}
 		}
 		msgs := map[uint64]*mqtthooks.Message{}
-		for range d.count() {
-			id := d.u()
-			msgs[id] = d.message()
+		for range d.Count() {
+			id := d.Uvarint()
+			msgs[id] = d.Message()
 		}
-		for range d.count() {
+		for range d.Count() {
 			en := d.entry()
 			n.putEntry(&en, msgs[en.MessageID], ev)
 		}
-		if d.err == nil && len(d.b) != 0 {
-			d.fail()
-		}
-		return n, d.err
+		return n, d.End()
 	case kindDelta:
 		if st == nil {
 			return nil, errCorrupt
 		}
-		for len(d.b) > 0 && d.err == nil {
-			switch d.byte() {
+		for d.Len() > 0 {
+			switch d.Byte() {
 			case opUpdate:
 				st.rec = d.record(st.rec.ID)
 			case opRenew:
-				st.rec.Generation = d.u()
+				st.rec.Generation = d.Uvarint()
 			case opPutSub:
 				sub := d.sub()
 				st.subs[sub.Filter] = sub
 			case opDelSub:
-				delete(st.subs, d.str())
+				delete(st.subs, d.Str())
 			case opPutEntry:
 				en := d.entry()
 				var m *mqtthooks.Message
-				if d.bool() {
-					m = d.message()
+				if d.Bool() {
+					m = d.Message()
 				}
 				st.putEntry(&en, m, ev)
 			case opDelEntry:
-				st.delEntry(d.u(), ev)
+				st.delEntry(d.Uvarint(), ev)
 			case opPutIn:
-				st.inbound[uint16(d.u())] = struct{}{}
+				st.inbound[uint16(d.Uvarint())] = struct{}{}
 			case opDelIn:
-				delete(st.inbound, uint16(d.u()))
+				delete(st.inbound, uint16(d.Uvarint()))
 			default:
-				d.fail()
+				d.Fail(errCorrupt)
 			}
 		}
-		return st, d.err
+		return st, d.Err()
 	default:
 		return st, errCorrupt
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/mqtthooks/mqtthooks"
+	"github.com/mqtthooks/mqtthooks/internal/wire"
 )
 
 // The encodings the nodes of a cluster exchange: route requests and their
@@ -50,83 +51,34 @@ type encoder struct{ b []byte }
 func (e *encoder) u(v uint64) { e.b = binary.AppendUvarint(e.b, v) }
 
 // str writes a length-prefixed string.
-func (e *encoder) str(s string) { e.u(uint64(len(s))); e.b = append(e.b, s...) }
+func (e *encoder) str(s string) { e.b = wire.AppendString(e.b, s) }
 
-// optBytes writes b with a length one more than its own, 0 for nil, so that
-// an empty Correlation Data stays set.
-func (e *encoder) optBytes(b []byte) {
-	if b == nil {
-		e.u(0)
-		return
-	}
-	e.u(uint64(len(b)) + 1)
-	e.b = append(e.b, b...)
-}
-
-// decoder reads the fields of an encoding from b; the first error (a field
-// past the end) sticks in err, and every later read returns zero.
+// decoder reads length-prefixed strings from b, as clustermove.go's
+// serveArrived does, through a wire.Decoder; the first error (a field past
+// the end) sticks in err.
 type decoder struct {
 	b   []byte
 	err error
 }
 
-// fail records a malformed encoding.
-func (d *decoder) fail() {
-	if d.err == nil {
-		d.err = errWire
-	}
-	d.b = nil
-}
-
-// u reads an unsigned varint.
-func (d *decoder) u() uint64 {
-	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
-		d.fail()
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-// byte reads one byte.
-func (d *decoder) byte() byte {
-	if len(d.b) == 0 {
-		d.fail()
-		return 0
-	}
-	v := d.b[0]
-	d.b = d.b[1:]
-	return v
-}
-
-// raw reads n bytes, still in b.
-func (d *decoder) raw(n uint64) []byte {
-	if n > uint64(len(d.b)) {
-		d.fail()
-		return nil
-	}
-	v := d.b[:n:n]
-	d.b = d.b[n:]
-	return v
-}
-
 // str reads a length-prefixed string.
-func (d *decoder) str() string { return string(d.raw(d.u())) }
-
-// optBytes reads what encoder.optBytes wrote: nil, or a copy.
-func (d *decoder) optBytes() []byte {
-	n := d.u()
-	if n == 0 {
-		return nil
+func (d *decoder) str() string {
+	w := wire.NewDecoder(d.b, errWire)
+	s := w.Str()
+	if d.err == nil {
+		d.err = w.Err()
 	}
-	return append([]byte{}, d.raw(n-1)...)
+	d.b = w.Rest()
+	return s
 }
 
-// header reads and checks the version and kind.
-func (d *decoder) header(kind byte) {
-	if d.byte() != wireVersion || d.byte() != kind {
-		d.fail()
+// newDecoder returns a wire.Decoder of b that reports errWire.
+func newDecoder(b []byte) *wire.Decoder { return wire.NewDecoder(b, errWire) }
+
+// readHeader reads and checks the version and kind.
+func readHeader(d *wire.Decoder, kind byte) {
+	if d.Byte() != wireVersion || d.Byte() != kind {
+		d.Fail(errWire)
 	}
 }
 
@@ -147,7 +99,7 @@ func (e *encoder) message(m *mqtthooks.Message) {
 	}
 	e.str(p.ContentType)
 	e.str(p.ResponseTopic)
-	e.optBytes(p.CorrelationData)
+	e.b = wire.AppendOptBytes(e.b, p.CorrelationData) // an empty Correlation Data stays set
 	e.u(uint64(len(p.UserProperties)))
 	for _, up := range p.UserProperties {
 		e.str(up.Key)
@@ -156,33 +108,27 @@ func (e *encoder) message(m *mqtthooks.Message) {
 	e.b = append(e.b, m.Payload...)
 }
 
-// message reads what encoder.message wrote, to the end of b.
-func (d *decoder) message() *mqtthooks.Message {
-	m := &mqtthooks.Message{Topic: d.str()}
-	flags := d.byte()
+// readMessage reads what encoder.message wrote, to the end of d.
+func readMessage(d *wire.Decoder) *mqtthooks.Message {
+	m := &mqtthooks.Message{Topic: d.Str()}
+	flags := d.Byte()
 	m.QoS, m.Retain = flags&3, flags&4 != 0
 	p := &m.Properties
-	p.PayloadFormatIndicator = d.byte()
+	p.PayloadFormatIndicator = d.Byte()
 	if flags&8 != 0 {
-		p.MessageExpiryInterval = mqtthooks.Some(uint32(d.u()))
+		p.MessageExpiryInterval = mqtthooks.Some(uint32(d.Uvarint()))
 	}
-	p.ContentType = d.str()
-	p.ResponseTopic = d.str()
-	p.CorrelationData = d.optBytes()
-	n := d.u()
-	if n > uint64(len(d.b)) { // each takes two bytes at least
-		d.fail()
+	p.ContentType = d.Str()
+	p.ResponseTopic = d.Str()
+	p.CorrelationData = d.OptBytes()
+	for range d.Count() { // each takes two bytes at least
+		p.UserProperties = append(p.UserProperties, mqtthooks.UserProperty{Key: d.Str(), Value: d.Str()})
+	}
+	if m.QoS > 2 || d.Err() != nil {
+		d.Fail(errWire)
 		return nil
 	}
-	for range n {
-		p.UserProperties = append(p.UserProperties, mqtthooks.UserProperty{Key: d.str(), Value: d.str()})
-	}
-	if m.QoS > 2 || d.err != nil {
-		d.fail()
-		return nil
-	}
-	m.Payload = append([]byte{}, d.b...) // the NATS message's buffer is not ours to keep
-	d.b = nil
+	m.Payload = append([]byte{}, d.Rest()...) // the NATS message's buffer is not ours to keep
 	return m
 }
 
@@ -205,23 +151,19 @@ func encodeRoute(r *routeMsg) []byte {
 
 // decodeRoute decodes what encodeRoute wrote.
 func decodeRoute(b []byte) (*routeMsg, error) {
-	d := decoder{b: b}
-	d.header(kindRoute)
-	r := &routeMsg{boot: d.u(), seq: d.u()}
-	r.from.Mountpoint, r.from.ClientID = d.str(), d.str()
-	n := d.u()
-	if n > uint64(len(d.b)) {
-		d.fail()
+	d := newDecoder(b)
+	readHeader(d, kindRoute)
+	r := &routeMsg{boot: d.Uvarint(), seq: d.Uvarint()}
+	r.from.Mountpoint, r.from.ClientID = d.Str(), d.Str()
+	for range d.Count() {
+		r.shares = append(r.shares, d.Str())
 	}
-	for i := uint64(0); i < n && d.err == nil; i++ {
-		r.shares = append(r.shares, d.str())
+	r.ref = resendRefFromWire(d.Uvarint())
+	if d.Err() == nil {
+		r.msg = readMessage(d)
 	}
-	r.ref = resendRefFromWire(d.u())
-	if d.err == nil {
-		r.msg = d.message()
-	}
-	if d.err != nil {
-		return nil, d.err
+	if d.Err() != nil {
+		return nil, d.Err()
 	}
 	return r, nil
 }
@@ -239,16 +181,16 @@ func encodeReply(err error) []byte {
 
 // decodeReply returns the error of a reply encodeReply wrote.
 func decodeReply(b []byte) error {
-	d := decoder{b: b}
-	d.header(kindReply)
-	status := d.byte()
-	if d.err != nil {
-		return fmt.Errorf("%w: a reply %q", d.err, b)
+	d := newDecoder(b)
+	readHeader(d, kindReply)
+	status := d.Byte()
+	if d.Err() != nil {
+		return fmt.Errorf("%w: a reply %q", d.Err(), b)
 	}
 	if status == 0 {
 		return nil
 	}
-	return fmt.Errorf("cluster: the node did not store the message: %s", d.str())
+	return fmt.Errorf("cluster: the node did not store the message: %s", d.Str())
 }
 
 // encodeInterest is the value of an interest key: the filter and its
@@ -262,10 +204,10 @@ func encodeInterest(mountpoint, filter string) []byte {
 
 // decodeInterest decodes the value of an interest key.
 func decodeInterest(b []byte) (mountpoint, filter string, err error) {
-	d := decoder{b: b}
-	d.header(kindInterest)
-	mountpoint, filter = d.str(), d.str()
-	return mountpoint, filter, d.err
+	d := newDecoder(b)
+	readHeader(d, kindInterest)
+	mountpoint, filter = d.Str(), d.Str()
+	return mountpoint, filter, d.Err()
 }
 
 // encodeRetained is the value of a retained key: the mountpoint and the
@@ -280,14 +222,14 @@ func encodeRetained(mountpoint string, m *mqtthooks.Message) []byte {
 
 // decodeRetained decodes the value of a retained key.
 func decodeRetained(b []byte) (string, *mqtthooks.Message, error) {
-	d := decoder{b: b}
-	d.header(kindRetained)
-	mp := d.str()
+	d := newDecoder(b)
+	readHeader(d, kindRetained)
+	mp := d.Str()
 	var m *mqtthooks.Message
-	if d.err == nil {
-		m = d.message()
+	if d.Err() == nil {
+		m = readMessage(d)
 	}
-	return mp, m, d.err
+	return mp, m, d.Err()
 }
 
 // maxKeyToken bounds the readable form of a KV key token; a longer

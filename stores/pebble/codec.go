@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/mqtthooks/mqtthooks"
+	"github.com/mqtthooks/mqtthooks/internal/wire"
 )
 
 // The key space. Every key of one session shares a prefix, so that a
@@ -38,10 +39,7 @@ const version = 1
 var errCorrupt = errors.New("pebble store: corrupt value")
 
 func appendID(b []byte, id mqtthooks.SubscriberID) []byte {
-	b = binary.AppendUvarint(b, uint64(len(id.Mountpoint)))
-	b = append(b, id.Mountpoint...)
-	b = binary.AppendUvarint(b, uint64(len(id.ClientID)))
-	return append(b, id.ClientID...)
+	return wire.AppendString(wire.AppendString(b, id.Mountpoint), id.ClientID)
 }
 
 // sessionKey returns kind followed by the session's id.
@@ -78,341 +76,181 @@ func prefixEnd(p []byte) []byte {
 // parseID reads the id that follows the kind byte of key, and returns the
 // rest of the key.
 func parseID(key []byte) (mqtthooks.SubscriberID, []byte, error) {
-	d := decoder{b: key[1:]}
-	id := mqtthooks.SubscriberID{Mountpoint: d.str(), ClientID: d.str()}
-	return id, d.b, d.err
+	d := wire.NewDecoder(key, errCorrupt)
+	d.Byte()
+	id := mqtthooks.SubscriberID{Mountpoint: d.Str(), ClientID: d.Str()}
+	return id, d.Rest(), d.Err()
 }
 
-// encoder appends values.
-type encoder struct{ b []byte }
-
-func (e *encoder) u(v uint64)   { e.b = binary.AppendUvarint(e.b, v) }
-func (e *encoder) i(v int64)    { e.b = binary.AppendVarint(e.b, v) }
-func (e *encoder) byte(v byte)  { e.b = append(e.b, v) }
-func (e *encoder) str(s string) { e.u(uint64(len(s))); e.b = append(e.b, s...) }
-func (e *encoder) bytes(p []byte) {
-	if p == nil {
-		e.u(0)
-		return
+// readVersion reads the first byte of a value, which must be version.
+func readVersion(d *wire.Decoder) {
+	if d.Byte() != version && d.Err() == nil {
+		d.Fail(fmt.Errorf("pebble store: a value of an unknown encoding"))
 	}
-	e.u(uint64(len(p)) + 1) // nil and empty differ
-	e.b = append(e.b, p...)
-}
-func (e *encoder) bool(v bool) {
-	if v {
-		e.byte(1)
-	} else {
-		e.byte(0)
-	}
-}
-func (e *encoder) time(t time.Time) {
-	if t.IsZero() {
-		e.i(0)
-		return
-	}
-	e.i(t.UnixNano())
 }
 
-// decoder reads values; the first error sticks.
+// decoder is how store.go reads a record's generation alone (storedGen):
+// decoder{b: value}, version, u, then err. It reads through a wire.Decoder.
 type decoder struct {
 	b   []byte
 	err error
 }
 
-func (d *decoder) fail() {
-	if d.err == nil {
-		d.err = errCorrupt
-	}
-	d.b = nil
+func (d *decoder) version() {
+	w := wire.NewDecoder(d.b, errCorrupt)
+	readVersion(w)
+	d.keep(w)
 }
 
 func (d *decoder) u() uint64 {
-	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
-		d.fail()
-		return 0
-	}
-	d.b = d.b[n:]
+	w := wire.NewDecoder(d.b, errCorrupt)
+	v := w.Uvarint()
+	d.keep(w)
 	return v
 }
 
-func (d *decoder) i() int64 {
-	v, n := binary.Varint(d.b)
-	if n <= 0 {
-		d.fail()
-		return 0
+// keep takes over the state of w, which read on from d.
+func (d *decoder) keep(w *wire.Decoder) {
+	if d.err == nil {
+		d.err = w.Err()
 	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) byte() byte {
-	if len(d.b) == 0 {
-		d.fail()
-		return 0
-	}
-	v := d.b[0]
-	d.b = d.b[1:]
-	return v
-}
-
-func (d *decoder) raw(n uint64) []byte {
-	if uint64(len(d.b)) < n {
-		d.fail()
-		return nil
-	}
-	v := d.b[:n:n]
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) str() string { return string(d.raw(d.u())) }
-
-func (d *decoder) bytes() []byte {
-	n := d.u()
-	if n == 0 {
-		return nil
-	}
-	return append([]byte{}, d.raw(n-1)...)
-}
-
-func (d *decoder) bool() bool { return d.byte() != 0 }
-
-func (d *decoder) time() time.Time {
-	ns := d.i()
-	if ns == 0 {
-		return time.Time{}
-	}
-	return time.Unix(0, ns)
-}
-
-func (d *decoder) version() {
-	if d.byte() != version && d.err == nil {
-		d.err = fmt.Errorf("pebble store: a value of an unknown encoding")
-	}
-}
-
-func (d *decoder) done() error {
-	if d.err == nil && len(d.b) != 0 {
-		return errCorrupt
-	}
-	return d.err
-}
-
-func (e *encoder) message(m *mqtthooks.Message) {
-	e.str(m.Topic)
-	e.bytes(m.Payload)
-	e.byte(m.QoS)
-	e.bool(m.Retain)
-	p := &m.Properties
-	e.byte(p.PayloadFormatIndicator)
-	e.bool(p.MessageExpiryInterval.Set)
-	e.u(uint64(p.MessageExpiryInterval.V))
-	e.str(p.ContentType)
-	e.str(p.ResponseTopic)
-	e.bytes(p.CorrelationData)
-	e.userProperties(p.UserProperties)
-}
-
-func (d *decoder) message() *mqtthooks.Message {
-	m := &mqtthooks.Message{Topic: d.str(), Payload: d.bytes(), QoS: d.byte(), Retain: d.bool()}
-	p := &m.Properties
-	p.PayloadFormatIndicator = d.byte()
-	p.MessageExpiryInterval.Set = d.bool()
-	p.MessageExpiryInterval.V = uint32(d.u())
-	p.ContentType, p.ResponseTopic, p.CorrelationData = d.str(), d.str(), d.bytes()
-	p.UserProperties = d.userProperties()
-	return m
-}
-
-func (e *encoder) userProperties(ps []mqtthooks.UserProperty) {
-	if ps == nil {
-		e.u(0)
-		return
-	}
-	e.u(uint64(len(ps)) + 1)
-	for _, p := range ps {
-		e.str(p.Key)
-		e.str(p.Value)
-	}
-}
-
-func (d *decoder) userProperties() []mqtthooks.UserProperty {
-	n := d.u()
-	if n == 0 || d.err != nil {
-		return nil
-	}
-	if n-1 > uint64(len(d.b)) {
-		d.fail()
-		return nil
-	}
-	ps := make([]mqtthooks.UserProperty, n-1)
-	for i := range ps {
-		ps[i] = mqtthooks.UserProperty{Key: d.str(), Value: d.str()}
-	}
-	return ps
+	d.b = w.Rest()
 }
 
 func encodeMessage(m *mqtthooks.Message) []byte {
-	e := encoder{b: make([]byte, 0, 32+len(m.Topic)+len(m.Payload))}
-	e.byte(version)
-	e.message(m)
-	return e.b
+	return wire.AppendMessage(append(make([]byte, 0, 32+len(m.Topic)+len(m.Payload)), version), m)
 }
 
 func decodeMessage(b []byte) (*mqtthooks.Message, error) {
-	d := decoder{b: b}
-	d.version()
-	m := d.message()
-	return m, d.done()
+	d := wire.NewDecoder(b, errCorrupt)
+	readVersion(d)
+	m := d.Message()
+	return m, d.End()
 }
 
 func encodeRecord(r *mqtthooks.SessionRecord) []byte {
-	var e encoder
-	e.byte(version)
-	e.u(r.Generation)
-	e.str(r.Username)
-	e.bool(r.HasUsername)
-	e.u(r.ConnID)
+	b := append(make([]byte, 0, 64), version)
+	b = binary.AppendUvarint(b, r.Generation)
+	b = wire.AppendString(b, r.Username)
+	b = wire.AppendBool(b, r.HasUsername)
+	b = binary.AppendUvarint(b, r.ConnID)
 	if r.Peer.IsValid() {
-		e.str(r.Peer.String())
+		b = wire.AppendString(b, r.Peer.String())
 	} else {
-		e.str("")
+		b = wire.AppendString(b, "")
 	}
-	e.byte(byte(r.ProtocolVersion))
-	e.bool(r.Connected)
-	e.i(int64(r.Expiry))
-	e.time(r.ExpiresAt)
-	e.u(uint64(len(r.Wills)))
+	b = append(b, byte(r.ProtocolVersion))
+	b = wire.AppendBool(b, r.Connected)
+	b = binary.AppendVarint(b, int64(r.Expiry))
+	b = wire.AppendTime(b, r.ExpiresAt)
+	b = binary.AppendUvarint(b, uint64(len(r.Wills)))
 	for _, w := range r.Wills {
-		e.message(&w.Will.Message)
-		e.u(uint64(w.Will.DelayInterval))
-		e.time(w.At)
+		b = wire.AppendMessage(b, &w.Will.Message)
+		b = binary.AppendUvarint(b, uint64(w.Will.DelayInterval))
+		b = wire.AppendTime(b, w.At)
 	}
 	q := &r.Queue
-	e.i(int64(q.MaxOnlineMessages))
-	e.i(int64(q.MaxOfflineMessages))
-	e.byte(byte(q.QueueType))
-	e.byte(byte(q.DeliverMode))
-	e.bool(q.StoreQoS0Offline)
-	e.i(int64(q.MaxInflight))
-	e.u(uint64(len(r.ConnectionWills)))
+	b = binary.AppendVarint(b, int64(q.MaxOnlineMessages))
+	b = binary.AppendVarint(b, int64(q.MaxOfflineMessages))
+	b = append(b, byte(q.QueueType), byte(q.DeliverMode))
+	b = wire.AppendBool(b, q.StoreQoS0Offline)
+	b = binary.AppendVarint(b, int64(q.MaxInflight))
+	b = binary.AppendUvarint(b, uint64(len(r.ConnectionWills)))
 	for _, w := range r.ConnectionWills {
-		e.message(&w.Message)
-		e.u(uint64(w.DelayInterval))
+		b = wire.AppendMessage(b, &w.Message)
+		b = binary.AppendUvarint(b, uint64(w.DelayInterval))
 	}
-	e.bool(r.Cleanup)
-	return e.b
+	return wire.AppendBool(b, r.Cleanup)
 }
 
 func decodeRecord(id mqtthooks.SubscriberID, b []byte) (mqtthooks.SessionRecord, error) {
-	d := decoder{b: b}
-	d.version()
-	r := mqtthooks.SessionRecord{ID: id, Generation: d.u(), Username: d.str(), HasUsername: d.bool(), ConnID: d.u()}
-	if peer := d.str(); peer != "" {
+	d := wire.NewDecoder(b, errCorrupt)
+	readVersion(d)
+	r := mqtthooks.SessionRecord{ID: id, Generation: d.Uvarint(), Username: d.Str(), HasUsername: d.Bool(),
+		ConnID: d.Uvarint()}
+	if peer := d.Str(); peer != "" {
 		p, err := netip.ParseAddrPort(peer)
 		if err != nil {
 			return r, errCorrupt
 		}
 		r.Peer = p
 	}
-	r.ProtocolVersion = mqtthooks.ProtocolVersion(d.byte())
-	r.Connected = d.bool()
-	r.Expiry = time.Duration(d.i())
-	r.ExpiresAt = d.time()
-	n := d.u()
-	if n > uint64(len(d.b)) {
-		d.fail()
-		n = 0
-	}
-	for range n {
-		w := &mqtthooks.Will{Message: *d.message()}
-		w.DelayInterval = uint32(d.u())
-		r.Wills = append(r.Wills, mqtthooks.DelayedWill{Will: w, At: d.time()})
+	r.ProtocolVersion = mqtthooks.ProtocolVersion(d.Byte())
+	r.Connected = d.Bool()
+	r.Expiry = time.Duration(d.Varint())
+	r.ExpiresAt = d.Time()
+	for range d.Count() {
+		w := &mqtthooks.Will{Message: *d.Message()}
+		w.DelayInterval = uint32(d.Uvarint())
+		r.Wills = append(r.Wills, mqtthooks.DelayedWill{Will: w, At: d.Time()})
 	}
 	q := &r.Queue
-	q.MaxOnlineMessages, q.MaxOfflineMessages = int(d.i()), int(d.i())
-	q.QueueType, q.DeliverMode = mqtthooks.QueueType(d.byte()), mqtthooks.DeliverMode(d.byte())
-	q.StoreQoS0Offline, q.MaxInflight = d.bool(), int(d.i())
-	n = 0
-	if len(d.b) > 0 { // records written before connection Wills were kept end here
-		n = d.u()
+	q.MaxOnlineMessages, q.MaxOfflineMessages = int(d.Varint()), int(d.Varint())
+	q.QueueType, q.DeliverMode = mqtthooks.QueueType(d.Byte()), mqtthooks.DeliverMode(d.Byte())
+	q.StoreQoS0Offline, q.MaxInflight = d.Bool(), int(d.Varint())
+	if d.Len() > 0 { // records written before connection Wills were kept end here
+		for range d.Count() {
+			w := &mqtthooks.Will{Message: *d.Message()}
+			w.DelayInterval = uint32(d.Uvarint())
+			r.ConnectionWills = append(r.ConnectionWills, w)
+		}
 	}
-	if n > uint64(len(d.b)) {
-		d.fail()
-		n = 0
+	if d.Len() > 0 { // records written before Cleanup was kept end here
+		r.Cleanup = d.Bool()
 	}
-	for range n {
-		w := &mqtthooks.Will{Message: *d.message()}
-		w.DelayInterval = uint32(d.u())
-		r.ConnectionWills = append(r.ConnectionWills, w)
-	}
-	if len(d.b) > 0 { // records written before Cleanup was kept end here
-		r.Cleanup = d.bool()
-	}
-	return r, d.done()
+	return r, d.End()
 }
 
 func encodeEntry(en *mqtthooks.StoredEntry) []byte {
-	e := encoder{b: make([]byte, 0, 32)}
-	e.byte(version)
-	e.u(en.MessageID)
-	e.byte(en.QoS)
-	e.bool(en.Retain)
-	e.u(uint64(len(en.SubscriptionIdentifiers)))
+	b := append(make([]byte, 0, 32), version)
+	b = binary.AppendUvarint(b, en.MessageID)
+	b = append(b, en.QoS)
+	b = wire.AppendBool(b, en.Retain)
+	b = binary.AppendUvarint(b, uint64(len(en.SubscriptionIdentifiers)))
 	for _, id := range en.SubscriptionIdentifiers {
-		e.u(uint64(id))
+		b = binary.AppendUvarint(b, uint64(id))
 	}
-	e.time(en.ExpiresAt)
-	e.byte(byte(en.State))
-	e.u(uint64(en.Sent))
-	return e.b
+	b = wire.AppendTime(b, en.ExpiresAt)
+	b = append(b, byte(en.State))
+	return binary.AppendUvarint(b, uint64(en.Sent))
 }
 
 func decodeEntry(seq uint64, b []byte) (mqtthooks.StoredEntry, error) {
-	d := decoder{b: b}
-	d.version()
-	en := mqtthooks.StoredEntry{Seq: seq, MessageID: d.u(), QoS: d.byte(), Retain: d.bool()}
-	n := d.u()
-	if n > uint64(len(d.b)) {
-		d.fail()
-		n = 0
-	}
-	if n > 0 {
+	d := wire.NewDecoder(b, errCorrupt)
+	readVersion(d)
+	en := mqtthooks.StoredEntry{Seq: seq, MessageID: d.Uvarint(), QoS: d.Byte(), Retain: d.Bool()}
+	if n := d.Count(); n > 0 {
 		en.SubscriptionIdentifiers = make([]uint32, n)
 		for i := range en.SubscriptionIdentifiers {
-			en.SubscriptionIdentifiers[i] = uint32(d.u())
+			en.SubscriptionIdentifiers[i] = uint32(d.Uvarint())
 		}
 	}
-	en.ExpiresAt = d.time()
-	en.State = mqtthooks.EntryState(d.byte())
-	en.Sent = uint32(d.u())
-	return en, d.done()
+	en.ExpiresAt = d.Time()
+	en.State = mqtthooks.EntryState(d.Byte())
+	en.Sent = uint32(d.Uvarint())
+	return en, d.End()
 }
 
 // entryMessageID reads just the message id of an encoded entry.
 func entryMessageID(b []byte) (uint64, error) {
-	d := decoder{b: b}
-	d.version()
-	id := d.u()
-	return id, d.err
+	d := wire.NewDecoder(b, errCorrupt)
+	readVersion(d)
+	id := d.Uvarint()
+	return id, d.Err()
 }
 
 func encodeSub(s mqtthooks.Subscription) []byte {
-	var e encoder
-	e.byte(version)
-	e.byte(s.QoS)
-	e.bool(s.NoLocal)
-	e.bool(s.RetainAsPublished)
-	e.byte(s.RetainHandling)
-	e.u(uint64(s.Identifier))
-	return e.b
+	b := append(make([]byte, 0, 16), version, s.QoS)
+	b = wire.AppendBool(b, s.NoLocal)
+	b = wire.AppendBool(b, s.RetainAsPublished)
+	b = append(b, s.RetainHandling)
+	return binary.AppendUvarint(b, uint64(s.Identifier))
 }
 
 func decodeSub(filter string, b []byte) (mqtthooks.Subscription, error) {
-	d := decoder{b: b}
-	d.version()
-	s := mqtthooks.Subscription{Filter: filter, QoS: d.byte(), NoLocal: d.bool(), RetainAsPublished: d.bool(),
-		RetainHandling: d.byte(), Identifier: uint32(d.u())}
-	return s, d.done()
+	d := wire.NewDecoder(b, errCorrupt)
+	readVersion(d)
+	s := mqtthooks.Subscription{Filter: filter, QoS: d.Byte(), NoLocal: d.Bool(), RetainAsPublished: d.Bool(),
+		RetainHandling: d.Byte(), Identifier: uint32(d.Uvarint())}
+	return s, d.End()
 }
