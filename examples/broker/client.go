@@ -923,6 +923,9 @@ func (c *client) pubrec(pk *packets.Packet) {
 // pubrel handles a PUBREL from the client; false: the connection has ended.
 func (c *client) pubrel(pk *packets.Packet) bool {
 	s := c.session
+	if cl := c.srv.cluster; cl != nil {
+		cl.resent.released(s.ID(), pk.PacketID)
+	}
 	reply := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubcomp}, ProtocolVersion: c.version,
 		PacketID: pk.PacketID}
 	if !c.srv.stored() {
@@ -1037,7 +1040,8 @@ func (c *client) publish(pk *packets.Packet) (mqtthooks.ReasonCode, bool) {
 	}
 	if route {
 		if cl := c.srv.cluster; cl != nil {
-			handedOver = cl.publish(c.session.ID(), mochi.Message(pk), resendRef{pid: pk.PacketID, dup: pk.FixedHeader.Dup}, r)
+			msg := mochi.Message(pk)
+			handedOver = cl.publish(c.session.ID(), msg, cl.resent.admit(c.session.ID(), pk.PacketID, pk.FixedHeader.Dup, msg), r)
 		} else {
 			c.srv.route(c.session.ID(), mochi.Message(pk), r)
 		}

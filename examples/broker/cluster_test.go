@@ -368,6 +368,10 @@ func TestClusterC5(t *testing.T) {
 		require.NoError(t, err)
 		v5Subscribe(t, onB, "gh/#", 2)
 		ra.Moved(ghost, 1)
+		bc := b.srv.cluster
+		bc.imu.Lock()
+		assert.Equal(t, map[string]bool{"A": true}, bc.movedFrom[ghost], "Moved returns once B knows that A holds moved filters of the session")
+		bc.imu.Unlock()
 		assert.True(t, a.srv.cluster.moved.refuses("", "gh/t"))
 
 		refused := func(addr, id string) {
@@ -409,10 +413,6 @@ func TestClusterC5(t *testing.T) {
 		v5Publish(t, pub, "gh/t", "qos 0 goes through", 0, false)
 		assert.Equal(t, "qos 0 goes through", string(receive(t, onB.received, "the QoS 0 message").Payload))
 
-		bc := b.srv.cluster
-		bc.imu.Lock()
-		assert.Equal(t, map[string]bool{"A": true}, bc.movedFrom[ghost], "Moved returned once B knew that A holds moved filters of the session")
-		bc.imu.Unlock()
 		rb.Add(ghost, 2, sub) // B routes the session's filter: A lets it go before Add returns
 		assert.False(t, a.srv.cluster.moved.refuses("", "gh/t"), "A no longer refuses")
 		v5Publish(t, pub, "gh/t", "taken", 1, false)
@@ -443,46 +443,56 @@ func TestClusterC5(t *testing.T) {
 	})
 }
 
-// A resend (DUP) of a QoS 2 PUBLISH finds what its first sending reached;
-// anything else is a new PUBLISH: another payload or topic under the same
-// identifier, or DUP not set. The window forgets the oldest first. A
-// client's DUP is a resend only if the node refused that PUBLISH.
+// A client's QoS 2 PUBLISH is named by a nonce until its PUBREL; a resend
+// (DUP, same topic and payload) of one in the balance carries it, and finds
+// what its first sending reached. Anything else is a new PUBLISH: after the
+// PUBREL (a new PUBLISH reusing the identifier, lost on the wire and sent
+// again with DUP), or another payload under the identifier.
 func TestResendWindow(t *testing.T) {
 	var w resendWindow
-	w.init(2)
+	w.init(42)
 	p := mqtthooks.SubscriberID{ClientID: "p"}
 	s1, s2 := mqtthooks.SubscriberID{ClientID: "s1"}, mqtthooks.SubscriberID{ClientID: "s2"}
 	msg := &mqtthooks.Message{Topic: "t", Payload: []byte("x"), QoS: 2}
 
-	assert.Nil(t, w.begin(p, resendRef{pid: 1}, &mqtthooks.Message{Topic: "t", QoS: 1}), "QoS 1 is not remembered")
-	assert.Nil(t, w.begin(p, resendRef{}, msg), "nor a message without a packet identifier (a Will)")
+	assert.Zero(t, w.admit(p, 1, false, &mqtthooks.Message{Topic: "t", QoS: 1}), "QoS 1 is not named")
+	assert.Zero(t, w.admit(p, 0, false, msg), "nor a message without a packet identifier (a Will)")
+	assert.Nil(t, w.begin(p, resendRef{}))
 
-	e := w.begin(p, resendRef{pid: 1}, msg)
-	w.reach(e, s1)
-	again := w.begin(p, resendRef{pid: 1, dup: true}, msg)
-	assert.True(t, w.reached(again, s1), "the resend finds the first sending")
-	assert.False(t, w.reached(again, s2))
-	assert.False(t, w.reached(w.begin(p, resendRef{pid: 1, dup: true}, &mqtthooks.Message{Topic: "t", Payload: []byte("y"), QoS: 2}), s1),
-		"another payload under the identifier is another PUBLISH")
-	w.reach(w.begin(p, resendRef{pid: 1}, msg), s1)
-	assert.False(t, w.reached(w.begin(p, resendRef{pid: 1}, msg), s1), "without DUP, a new PUBLISH that reuses the identifier")
+	first := w.admit(p, 1, false, msg)
+	require.NotZero(t, first.nonce)
+	w.reach(w.begin(p, first), s1)
+	again := w.admit(p, 1, true, msg)
+	assert.Equal(t, first, again, "the resend of the PUBLISH in the balance")
+	e := w.begin(p, again)
+	assert.True(t, w.reached(e, s1), "finds what its first sending reached")
+	assert.False(t, w.reached(e, s2))
+	other := w.admit(p, 1, true, &mqtthooks.Message{Topic: "t", Payload: []byte("y"), QoS: 2})
+	assert.NotEqual(t, first.nonce, other.nonce, "another payload under the identifier is another PUBLISH")
 
-	w.reach(w.begin(p, resendRef{pid: 2}, msg), s2)
-	w.reach(w.begin(p, resendRef{pid: 3}, msg), s2) // the window holds two: pid 1 goes
-	assert.False(t, w.reached(w.begin(p, resendRef{pid: 1, dup: true}, msg), s1), "forgotten")
-	assert.True(t, w.reached(w.begin(p, resendRef{pid: 3, dup: true}, msg), s2))
+	w.released(p, 1)
+	w.reach(w.begin(p, w.admit(p, 1, false, msg)), s1)
+	w.released(p, 1)
+	lost := w.admit(p, 1, true, msg) // a new PUBLISH, identical, whose first sending never arrived
+	assert.False(t, w.reached(w.begin(p, lost), s1), "after the PUBREL, a DUP is a new PUBLISH")
 
-	// A client's DUP counts as a resend only after this node refused that PUBLISH.
-	dup := resendRef{pid: 3, dup: true}
-	assert.Equal(t, resendRef{pid: 3}, w.admit(p, dup, msg), "not refused here: routed as a new PUBLISH")
-	w.refuse(p, resendRef{pid: 3}, msg)
-	assert.Equal(t, resendRef{pid: 3}, w.admit(p, dup, &mqtthooks.Message{Topic: "t", Payload: []byte("other"), QoS: 2}),
-		"another PUBLISH under the identifier")
-	w.refuse(p, resendRef{pid: 3}, msg)
-	assert.Equal(t, resendRef{pid: 3}, w.admit(p, resendRef{pid: 3}, msg), "without DUP, a new PUBLISH")
-	w.refuse(p, resendRef{pid: 3}, msg)
-	assert.Equal(t, dup, w.admit(p, dup, msg), "the resend of the refused PUBLISH")
-	assert.Equal(t, resendRef{pid: 3}, w.admit(p, dup, msg), "taken once")
+	// Refused before anything was routed, then sent again: nothing to skip,
+	// though an earlier PUBLISH under the identifier reached s1.
+	w.reach(w.begin(p, w.admit(p, 2, false, msg)), s1)
+	w.released(p, 2)
+	refused := w.admit(p, 2, false, msg)
+	w.begin(p, refused)
+	assert.False(t, w.reached(w.begin(p, w.admit(p, 2, true, msg)), s1))
+
+	// The window forgets the oldest first.
+	w.init(7)
+	w.ring = make([]resendKey, 0, 2)
+	r1, r2, r3 := w.admit(p, 1, false, msg), w.admit(p, 2, false, msg), w.admit(p, 3, false, msg)
+	w.reach(w.begin(p, r1), s1)
+	w.reach(w.begin(p, r2), s1)
+	w.reach(w.begin(p, r3), s1) // pid 1 goes
+	assert.False(t, w.reached(w.begin(p, r1), s1), "forgotten")
+	assert.True(t, w.reached(w.begin(p, r3), s1))
 }
 
 // The encodings between nodes read back what they wrote, and refuse what
@@ -493,7 +503,7 @@ func TestClusterCodec(t *testing.T) {
 			ContentType: "text/plain", ResponseTopic: "r/t", CorrelationData: []byte{},
 			UserProperties: []mqtthooks.UserProperty{{Key: "k", Value: "v"}, {Key: "k", Value: "w"}}}}
 	in := &routeMsg{boot: 1 << 60, seq: 12345, from: mqtthooks.SubscriberID{Mountpoint: "mp", ClientID: "c"},
-		shares: []string{"$share/g/a/+"}, ref: resendRef{pid: 65535, dup: true}, msg: m}
+		shares: []string{"$share/g/a/+"}, ref: resendRef{pid: 65535, nonce: 1 << 63}, msg: m}
 	out, err := decodeRoute(encodeRoute(in))
 	require.NoError(t, err)
 	assert.Equal(t, in, out)

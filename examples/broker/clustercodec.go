@@ -24,7 +24,7 @@ const wireVersion = 1
 
 // The kinds of encoding, the second byte.
 const (
-	kindRoute    = 5 // a PUBLISH forwarded to a node (1: before resendRef)
+	kindRoute    = 6 // a PUBLISH forwarded to a node (1: before resendRef; 5: with a DUP flag, not a nonce)
 	kindReply    = 2 // a node's answer to a forwarded PUBLISH
 	kindInterest = 3 // a value of the interest bucket: mountpoint and filter
 	kindRetained = 4 // a value of the retained bucket: mountpoint and message
@@ -40,7 +40,7 @@ type routeMsg struct {
 	seq    uint64                 // the message's id in that process; 0 for one not answered (QoS 0), which is not deduplicated
 	from   mqtthooks.SubscriberID // the publisher, for NoLocal
 	shares []string               // the shared subscriptions ($share/{name}/{filter}) this node delivers for
-	ref    resendRef              // a QoS 2 PUBLISH's packet identifier and DUP flag
+	ref    resendRef              // a client's QoS 2 PUBLISH: its packet identifier and nonce
 	msg    *mqtthooks.Message
 }
 
@@ -144,7 +144,8 @@ func encodeRoute(r *routeMsg) []byte {
 	for _, s := range r.shares {
 		e.str(s)
 	}
-	e.u(r.ref.wire())
+	e.u(uint64(r.ref.pid))
+	e.u(r.ref.nonce)
 	e.message(r.msg)
 	return e.b
 }
@@ -158,7 +159,8 @@ func decodeRoute(b []byte) (*routeMsg, error) {
 	for range d.Count() {
 		r.shares = append(r.shares, d.Str())
 	}
-	r.ref = resendRefFromWire(d.Uvarint())
+	r.ref.pid = uint16(d.Uvarint())
+	r.ref.nonce = d.Uvarint()
 	if d.Err() == nil {
 		r.msg = readMessage(d)
 	}

@@ -13,22 +13,23 @@ import (
 )
 
 // The golden encodings between nodes: nodes of different builds of this
-// release must read each other's, so they never change.
+// release must read each other's, so they change only with a new kind (a
+// node refuses a kind it does not know).
 const (
 	// goldenRouteMessage is the message of goldenRoute: every optional
 	// field set, an empty but set Correlation Data, the largest expiry.
 	goldenRouteMessage = "03612f62" + "0e" + "01" + "ffffffff0f" + "026374" + "027274" + "01" +
 		"02" + "016b" + "0176" + "00" + "00" + "6869"
-	goldenRoute = "01" + "05" + "ffffffffffffffffff01" + "b960" + "026d70" + "0163" +
-		"01" + "0c" + "2473686172652f672f612f2b" /* $share/g/a/+ */ + "ffff07" + goldenRouteMessage
+	goldenRoute = "01" + "06" + "ffffffffffffffffff01" + "b960" + "026d70" + "0163" +
+		"01" + "0c" + "2473686172652f672f612f2b" /* $share/g/a/+ */ + "ffff03" + "ffffffffffffffffff01" + goldenRouteMessage
 	// plainRoute has nothing set.
-	plainRoute = "01" + "05" + "00" + "00" + "00" + "00" + "00" + "00" +
+	plainRoute = "01" + "06" + "00" + "00" + "00" + "00" + "00" + "00" + "00" +
 		"0174" + "00" + "00" + "00" + "00" + "00" + "00"
 )
 
 func goldenRouteMsg() *routeMsg {
 	return &routeMsg{boot: math.MaxUint64, seq: 12345, from: mqtthooks.SubscriberID{Mountpoint: "mp", ClientID: "c"},
-		shares: []string{"$share/g/a/+"}, ref: resendRef{pid: math.MaxUint16, dup: true},
+		shares: []string{"$share/g/a/+"}, ref: resendRef{pid: math.MaxUint16, nonce: math.MaxUint64},
 		msg: &mqtthooks.Message{Topic: "a/b", Payload: []byte("hi"), QoS: 2, Retain: true,
 			Properties: mqtthooks.PublishProperties{PayloadFormatIndicator: 1,
 				MessageExpiryInterval: mqtthooks.Some(uint32(math.MaxUint32)), ContentType: "ct", ResponseTopic: "rt",
@@ -59,7 +60,7 @@ func TestClusterCodecGolden(t *testing.T) {
 			msg: &mqtthooks.Message{Topic: "t", QoS: 1, Properties: mqtthooks.PublishProperties{
 				MessageExpiryInterval: mqtthooks.Some(uint32(0)), CorrelationData: []byte{0},
 				UserProperties: []mqtthooks.UserProperty{}}}}),
-			"01" + "05" + "00" + "01" + "00" + "00" + "00" + "02" + "0174" + "09" + "00" + "00" + "00" + "00" + "0200" + "00"},
+			"01" + "06" + "00" + "01" + "00" + "00" + "00" + "01" + "00" + "0174" + "09" + "00" + "00" + "00" + "00" + "0200" + "00"},
 		{"reply", encodeReply(nil), "010200"},
 		{"failed reply", encodeReply(errors.New("disk full")), "010201" + "09" + "6469736b2066756c6c"},
 		{"interest", encodeInterest("mp", "$share/g/#"), "0103" + "026d70" + "0a" + "2473686172652f672f23"},

@@ -2,54 +2,48 @@ package main
 
 import (
 	"hash/maphash"
-	"slices"
 	"sync"
 
 	"github.com/mqtthooks/mqtthooks"
 )
 
 // The resends of QoS 2 PUBLISHes. A client sends a QoS 2 PUBLISH again, DUP
-// set, when it got no PUBREC. When this node refused it (another node did
-// not store its copies, or a session it matches was moving), the Core has
-// forgotten its packet identifier, so the resend is routed again; the copies
-// the first sending stored must not be stored twice. Each node remembers,
-// for the QoS 2 PUBLISHes it routed, which of its sessions and share groups
-// a copy reached; a resend that this node refused before skips them here,
-// and is forwarded as a resend so that the other nodes skip theirs.
+// set, when it got no PUBREC. When the broker did not take it (a node did
+// not store its copies, a session it matches was moving, a write failed),
+// the Core has forgotten its packet identifier, so the resend is routed
+// again; the copies its first sending stored must not be stored twice.
 //
-// Any other PUBLISH is routed as a new one, DUP or not: a packet identifier
-// is reused once released, and a client whose new PUBLISH was lost on the
-// wire sends it again with DUP set, identical, perhaps, to the last one
-// under that identifier; skipping sessions then would lose it. So a resend
-// after its first sending's node died, or arriving at another node than
-// the one that refused it, may reach a session twice (at least once rather
-// than lost). What a node remembers is bounded (resendWindowSize PUBLISHes
-// each way, the oldest forgotten first) and in memory.
+// So the node that receives a client's QoS 2 PUBLISH names it with a nonce
+// of its own, kept until the client's PUBREL for its identifier (the
+// PUBLISH was taken then, and the identifier free for another). A DUP
+// PUBLISH under an identifier that is still in the balance, with the same
+// topic and payload, is a resend: it carries the first sending's nonce. Any
+// other PUBLISH, DUP or not, gets a new nonce: a client that sends a new
+// PUBLISH again because it was lost on the wire sets DUP too, perhaps with
+// the topic and payload of the identifier's previous PUBLISH.
+//
+// Every node remembers, for each nonce it routed, which of its sessions
+// and share groups a copy reached; a resend skips them. What a node
+// remembers is bounded (resendWindowSize PUBLISHes, the oldest forgotten
+// first, and maxReached copies in all) and in memory: a resend that
+// arrives at another node than the first sending (its node died, or the
+// client moved), or whose first sending reached a session on a node that
+// died since, may reach a session twice: at least once rather than lost.
 
-// resendWindowSize is how many QoS 2 PUBLISHes a node remembers.
-const resendWindowSize = 1 << 16
+// Bounds of what a node remembers.
+const (
+	resendWindowSize = 1 << 16 // PUBLISHes routed, and PUBLISHes of this node's clients in the balance
+	maxReached       = 1 << 20 // copies recorded for them
+)
 
-// resendRef names a client's QoS 2 PUBLISH: its packet identifier (0 for
-// none: other QoS, Wills) and whether it is a resend.
+// resendRef names a client's QoS 2 PUBLISH as routed: its packet
+// identifier and nonce (0: not a client's QoS 2 PUBLISH).
 type resendRef struct {
-	pid uint16
-	dup bool
+	pid   uint16
+	nonce uint64
 }
 
-// wire encodes ref for a routeMsg.
-func (ref resendRef) wire() uint64 {
-	v := uint64(ref.pid) << 1
-	if ref.dup {
-		v |= 1
-	}
-	return v
-}
-
-func resendRefFromWire(v uint64) resendRef {
-	return resendRef{pid: uint16(v >> 1), dup: v&1 == 1}
-}
-
-// resendKey names a QoS 2 PUBLISH among those of every client.
+// resendKey names the PUBLISHes of one client under one identifier.
 type resendKey struct {
 	from mqtthooks.SubscriberID
 	pid  uint16
@@ -57,96 +51,98 @@ type resendKey struct {
 
 // resendEntry is what one QoS 2 PUBLISH reached on this node.
 type resendEntry struct {
-	sum     uint64 // topic and payload: a resend carries the same
-	reached []mqtthooks.SubscriberID
+	nonce   uint64
+	reached map[mqtthooks.SubscriberID]struct{} // past maxReached, not all of them
 }
 
-// resendWindow remembers the QoS 2 PUBLISHes routed on this node, and those
-// of its clients' that it refused.
+// balance is a PUBLISH of a client of this node, in the balance until its PUBREL.
+type balance struct{ sum, nonce uint64 }
+
+// resendWindow is what a node remembers of QoS 2 PUBLISHes.
 type resendWindow struct {
 	mu      sync.Mutex
 	seed    maphash.Seed
+	nonce   uint64
+	clients map[resendKey]balance
 	m       map[resendKey]*resendEntry
-	ring    []resendKey // insertion order; the oldest is at next once full
+	ring    []resendKey // insertion order of m's keys; the oldest is at next once full
 	next    int
-	refused map[resendKey]uint64 // → the PUBLISH's sum
+	pairs   int // copies recorded in m
 }
 
-func (w *resendWindow) init(n int) {
-	w.seed, w.m, w.ring = maphash.MakeSeed(), map[resendKey]*resendEntry{}, make([]resendKey, 0, n)
-	w.refused = map[resendKey]uint64{}
+// init sets the window up; boot salts the nonces, so that a restarted node
+// does not reuse its earlier ones.
+func (w *resendWindow) init(boot uint64) {
+	w.seed, w.nonce = maphash.MakeSeed(), boot
+	w.clients, w.m, w.ring = map[resendKey]balance{}, map[resendKey]*resendEntry{}, make([]resendKey, 0, resendWindowSize)
 }
 
-// sum identifies a PUBLISH among those under one packet identifier.
-func (w *resendWindow) sum(msg *mqtthooks.Message) uint64 {
+// admit names the PUBLISH msg of this node's client from, received with
+// packet identifier pid and DUP flag dup.
+func (w *resendWindow) admit(from mqtthooks.SubscriberID, pid uint16, dup bool, msg *mqtthooks.Message) resendRef {
+	if msg.QoS != 2 || pid == 0 {
+		return resendRef{}
+	}
 	var h maphash.Hash
 	h.SetSeed(w.seed)
 	h.WriteString(msg.Topic)
 	h.WriteByte(0)
 	h.Write(msg.Payload)
-	return h.Sum64()
-}
-
-// refuse records that this node did not acknowledge the QoS 2 PUBLISH msg
-// of its client from, so that the client's resend is taken for one.
-func (w *resendWindow) refuse(from mqtthooks.SubscriberID, ref resendRef, msg *mqtthooks.Message) {
-	if msg.QoS != 2 || ref.pid == 0 {
-		return
-	}
-	sum := w.sum(msg)
+	sum := h.Sum64()
+	k := resendKey{from, pid}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if len(w.refused) >= cap(w.ring) {
-		for k := range w.refused { // any one: they are few, and consumed at the resend
-			delete(w.refused, k)
+	if b, ok := w.clients[k]; ok && dup && b.sum == sum {
+		return resendRef{pid, b.nonce}
+	}
+	if _, ok := w.clients[k]; !ok && len(w.clients) >= resendWindowSize {
+		for old := range w.clients { // any one: they leave at their PUBREL
+			delete(w.clients, old)
 			break
 		}
 	}
-	w.refused[resendKey{from, ref.pid}] = sum
-}
-
-// admit returns ref as this node routes its client's PUBLISH msg: a
-// resend only if this node refused the same PUBLISH before.
-func (w *resendWindow) admit(from mqtthooks.SubscriberID, ref resendRef, msg *mqtthooks.Message) resendRef {
-	if !ref.dup || msg.QoS != 2 {
-		ref.dup = false
-		return ref
+	if w.nonce++; w.nonce == 0 { // 0 names none
+		w.nonce++
 	}
-	k := resendKey{from, ref.pid}
-	sum := w.sum(msg)
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	s, ok := w.refused[k]
-	delete(w.refused, k)
-	ref.dup = ok && s == sum
-	return ref
+	w.clients[k] = balance{sum, w.nonce}
+	return resendRef{pid, w.nonce}
 }
 
-// begin returns the entry of the PUBLISH msg of from: the one remembered
-// if ref is a resend of it, or a new one. It returns nil for what is not
-// a client's QoS 2 PUBLISH.
-func (w *resendWindow) begin(from mqtthooks.SubscriberID, ref resendRef, msg *mqtthooks.Message) *resendEntry {
-	if msg.QoS != 2 || ref.pid == 0 {
+// released forgets the PUBLISH of from under pid: its PUBREL came.
+func (w *resendWindow) released(from mqtthooks.SubscriberID, pid uint16) {
+	w.mu.Lock()
+	delete(w.clients, resendKey{from, pid})
+	w.mu.Unlock()
+}
+
+// begin returns the entry of the PUBLISH ref names, new unless a sending
+// of it was routed here before; nil for none.
+func (w *resendWindow) begin(from mqtthooks.SubscriberID, ref resendRef) *resendEntry {
+	if ref.nonce == 0 {
 		return nil
 	}
-	sum := w.sum(msg)
 	k := resendKey{from, ref.pid}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	e, ok := w.m[k]
-	if ok && ref.dup && e.sum == sum {
+	if ok && e.nonce == ref.nonce {
 		return e
 	}
-	if !ok { // a new key takes the oldest's place
+	if ok {
+		w.pairs -= len(e.reached)
+	} else { // a new key takes the oldest's place
 		if len(w.ring) < cap(w.ring) {
 			w.ring = append(w.ring, k)
 		} else {
-			delete(w.m, w.ring[w.next])
+			if old, ok := w.m[w.ring[w.next]]; ok {
+				w.pairs -= len(old.reached)
+				delete(w.m, w.ring[w.next])
+			}
 			w.ring[w.next] = k
 			w.next = (w.next + 1) % len(w.ring)
 		}
 	}
-	e = &resendEntry{sum: sum}
+	e = &resendEntry{nonce: ref.nonce}
 	w.m[k] = e
 	return e
 }
@@ -158,7 +154,8 @@ func (w *resendWindow) reached(e *resendEntry, to mqtthooks.SubscriberID) bool {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return slices.Contains(e.reached, to)
+	_, ok := e.reached[to]
+	return ok
 }
 
 // reach records that e's PUBLISH reached to.
@@ -168,5 +165,14 @@ func (w *resendWindow) reach(e *resendEntry, to mqtthooks.SubscriberID) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	e.reached = append(e.reached, to)
+	if w.pairs >= maxReached {
+		return
+	}
+	if e.reached == nil {
+		e.reached = map[mqtthooks.SubscriberID]struct{}{}
+	}
+	if _, ok := e.reached[to]; !ok {
+		e.reached[to] = struct{}{}
+		w.pairs++
+	}
 }

@@ -211,7 +211,7 @@ func (cl *cluster) attach(s *server) error {
 	cl.mine.init()
 	cl.resp.init(cl.nc, cl.stop)
 	cl.dedup.init(dedupWindow)
-	cl.resent.init(resendWindowSize)
+	cl.resent.init(cl.boot)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*kvTimeout)
 	defer cancel()
 	if err := cl.purgeKeys(ctx, cl.node); err != nil {
@@ -594,13 +594,6 @@ func (w *interestWriter) change(k ikey, d int) (seq uint64) {
 	return w.seq
 }
 
-// asked returns the number of the last change asked for.
-func (w *interestWriter) asked() uint64 {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.seq
-}
-
 // kickLocked wakes the writer goroutine; w.mu is held.
 func (w *interestWriter) kickLocked() {
 	select {
@@ -847,18 +840,17 @@ func (cl *cluster) targets(mountpoint, topic string) []target {
 // another node is refused at once (r fails; see clustermove.go), routed
 // nowhere. ref names a QoS 2 PUBLISH for its resends (see resendWindow).
 func (cl *cluster) publish(from mqtthooks.SubscriberID, msg *mqtthooks.Message, ref resendRef, r *mqtthooks.Receipt) bool {
-	ref = cl.resent.admit(from, ref, msg)
+	sent := cl.resent.begin(from, ref)
 	if r != nil && cl.moved.refuses(from.Mountpoint, msg.Topic) {
 		cl.log.Info("cluster: a PUBLISH is refused while a session it matches moves to another node", "client",
 			from.String(), "topic", msg.Topic)
-		cl.resent.refuse(from, ref, msg)
 		r.Fail(errMoving)
 		return false
 	}
 	if msg.Retain {
 		cl.srv.router.retain(from.Mountpoint, msg)
 	}
-	cl.deliver(from, msg, ref, nil, true, r)
+	cl.deliver(from, msg, sent, nil, true, r)
 	if r == nil {
 		cl.forward(from, msg, ref, nil)
 		return false
@@ -867,7 +859,6 @@ func (cl *cluster) publish(from mqtthooks.SubscriberID, msg *mqtthooks.Message, 
 		if err != nil {
 			cl.log.Warn("cluster: a PUBLISH is not acknowledged: another node did not store it", "client",
 				from.String(), "topic", msg.Topic, "err", err)
-			cl.resent.refuse(from, ref, msg)
 			r.Fail(err)
 		}
 		r.Close()
@@ -1203,21 +1194,28 @@ func (cl *cluster) serveRoute(m *nats.Msg) {
 // A QoS 1 or 2 message matching the filters of a session moving away from
 // this node is refused (r fails) and delivered to nobody here.
 func (cl *cluster) deliverForwarded(rm *routeMsg, r *mqtthooks.Receipt) {
+	sent := cl.resent.begin(rm.from, rm.ref)
 	if r != nil && cl.moved.refuses(rm.from.Mountpoint, rm.msg.Topic) {
 		r.Fail(errMoving)
 		return
 	}
-	cl.deliver(rm.from, rm.msg, rm.ref, rm.shares, false, r)
+	cl.deliver(rm.from, rm.msg, sent, rm.shares, false, r)
 }
 
 // deliver hands msg, published by from, to this node's sessions whose
 // subscriptions match, and to one member of each shared subscription in
-// shares (each that matches if all is set). A QoS 2 message sent again
-// (ref.dup) skips the sessions and share groups its first sending reached
-// here (see resendWindow).
-func (cl *cluster) deliver(from mqtthooks.SubscriberID, msg *mqtthooks.Message, ref resendRef, shares []string, all bool, r *mqtthooks.Receipt) {
+// shares (each that matches if all is set), but for those that sent, the
+// resendWindow entry of a QoS 2 message, reached already. A session that
+// begins moving away meanwhile (matched, or not, before its filters became
+// moved ones) fails r: the message is refused, and its resend skips those
+// it reached.
+func (cl *cluster) deliver(from mqtthooks.SubscriberID, msg *mqtthooks.Message, sent *resendEntry, shares []string, all bool, r *mqtthooks.Receipt) {
 	s, mp := cl.srv, from.Mountpoint
-	sent := cl.resent.begin(from, ref, msg)
+	defer func() {
+		if r != nil && cl.moved.refuses(mp, msg.Topic) {
+			r.Fail(errMoving)
+		}
+	}()
 	for _, m := range s.router.matches(mp, msg.Topic, from) {
 		to := m.id
 		if m.shared {
