@@ -36,6 +36,12 @@ import (
 // routeTimeout are let go too: the session unsubscribed from them, or
 // ended, or its new node died (its sessions' adopter subscribes them
 // again).
+//
+// The price is availability, never a message: a moved filter refuses every
+// QoS 1 or 2 PUBLISH it matches, whatever the subscription's QoS, and a
+// moved shared subscription refuses those to its whole group (its other
+// members would do), each refusal closing a publisher's connection, for
+// the milliseconds a hand-over takes (routeTimeout at most).
 
 // errMoving is why a PUBLISH is refused while a session it matches moves.
 var errMoving = errors.New("cluster: a session subscribed to the topic is moving to another node")
