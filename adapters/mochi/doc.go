@@ -50,4 +50,8 @@
 //     expiry) is not a drop, as in the core; a QoS 2 delivery the client
 //     refused with a PUBREC or PUBREL error code fires nothing.
 //   - Generations are numbered by the Hook, from 1 in each process.
+//   - mochi v2.7.9's Server.Close can deadlock when a client connects or a
+//     clean session ends while it runs (a recursive read lock in
+//     Clients.GetByListener, mochi-mqtt/server#488); nothing a hook does
+//     prevents it.
 package mochi
