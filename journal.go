@@ -218,10 +218,11 @@ type Receipt struct {
 	pending atomic.Int64 // 1 until Close, plus the writes not yet durable
 	mu      sync.Mutex
 	err     error
-	settled bool              // done has been decided
-	after   []func(err error) // run when the Receipt is settled, possibly under a session's lock
-	msgID   uint64            // the stored message of the copies; written by the routing goroutine only
-	core    *Core             // that stored it, and releases it at Close
+	settled bool                     // done has been decided
+	after   []func(err error)        // run when the Receipt is settled, possibly under a session's lock
+	last    []func(done func(error)) // writes started once every other is durable, before done
+	msgID   uint64                   // the stored message of the copies; written by the routing goroutine only
+	core    *Core                    // that stored it, and releases it at Close
 }
 
 // NewReceipt returns a Receipt whose done is called once, after Close, when
@@ -276,6 +277,14 @@ func (r *Receipt) Fail(err error) {
 	r.mu.Unlock()
 }
 
+// writeLast adds a write that starts once every write joined to r is
+// durable and r is closed, if none failed; r settles when it is durable.
+func (r *Receipt) writeLast(write func(done func(error))) {
+	r.mu.Lock()
+	r.last = append(r.last, write)
+	r.mu.Unlock()
+}
+
 // onSettled runs f with r's outcome once it is known: at once if it is.
 func (r *Receipt) onSettled(f func(err error)) {
 	r.mu.Lock()
@@ -301,6 +310,15 @@ func (r *Receipt) finish(err error) {
 		return
 	}
 	r.mu.Lock()
+	if last := r.last; len(last) > 0 && r.err == nil {
+		r.last = nil
+		r.pending.Add(int64(len(last)))
+		r.mu.Unlock()
+		for _, write := range last {
+			write(r.finish)
+		}
+		return
+	}
 	r.settled = true
 	err, after := r.err, r.after
 	r.after = nil

@@ -403,7 +403,10 @@ func (s *Session) withQueueDone(fn func(q *queue, j *journal) error, done func(e
 // session (and, with a store, across restarts), until InboundPubrel. With a
 // store, r, if not nil, learns when the identifier is durable: the broker
 // sends its PUBREC only then, or a client that sends the PUBLISH again after
-// a crash would have it routed twice.
+// a crash would have it routed twice. The identifier is written after every
+// other write joined to r is durable: a node that dies having stored only
+// some copies leaves no identifier, so the client's resend is routed again
+// (a copy may arrive twice rather than not at all).
 //
 // A PUBLISH whose Receipt fails (a write failed, or Receipt.Fail) was not
 // taken: its identifier is forgotten, so that the client's resend is routed
@@ -429,7 +432,16 @@ func (s *Session) InboundPublish(id uint16, r *Receipt) (first bool, err error) 
 		}
 		first = true
 		if j != nil && q == &j.st.q {
-			j.batch().PutInbound(j.st.rec.ID, j.st.rec.Generation, id)
+			if r == nil {
+				j.batch().PutInbound(j.st.rec.ID, j.st.rec.Generation, id)
+			} else { // once the copies are durable: see the doc
+				sid, gen := j.st.rec.ID, j.st.rec.Generation
+				r.writeLast(func(done func(error)) {
+					b := c.store.Batch()
+					b.PutInbound(sid, gen, id)
+					c.commit(b, sid, done)
+				})
+			}
 		}
 		if r == nil {
 			c.inboundPending.Delete(key)

@@ -608,53 +608,13 @@ func TestInboundRefusedPublishForgotten(t *testing.T) {
 	})
 }
 
-// heldStore is a mqtthookstest.Store whose commits wait, while hold is
-// set, until release is called: a store slower than the client.
-type heldStore struct {
-	*mqtthookstest.Store
-	mu   sync.Mutex
-	hold bool
-	held []func()
-}
-
-func (s *heldStore) Batch() mqtthooks.StoreBatch {
-	return &heldBatch{StoreBatch: s.Store.Batch(), s: s}
-}
-
-// release lets the held commits through, in order, and holds no more.
-func (s *heldStore) release() {
-	s.mu.Lock()
-	held := s.held
-	s.held, s.hold = nil, false
-	s.mu.Unlock()
-	for _, commit := range held {
-		commit()
-	}
-}
-
-type heldBatch struct {
-	mqtthooks.StoreBatch
-	s *heldStore
-}
-
-func (b *heldBatch) Commit(done func(error)) {
-	b.s.mu.Lock()
-	if b.s.hold {
-		b.s.held = append(b.s.held, func() { b.StoreBatch.Commit(done) })
-		b.s.mu.Unlock()
-		return
-	}
-	b.s.mu.Unlock()
-	b.StoreBatch.Commit(done)
-}
-
 // A stored QoS 2 copy goes to its client only once the store has it: were
 // the node to die before, the client would have the message, the store
 // not, and the publisher (unacknowledged) would send it again, to arrive a
 // second time under another packet identifier. The connection is notified
 // when it may go. QoS 1 (at least once) does not wait.
 func TestQoS2CopyHandedOutWhenDurable(t *testing.T) {
-	store := &heldStore{Store: new(mqtthookstest.Store)}
+	store := new(mqtthookstest.Store)
 	f := newFixture(t, mqtthooks.Options{Store: store})
 	c := f.v5("s", false, 3600)
 	requireAccepted(t, c)
@@ -663,9 +623,7 @@ func TestQoS2CopyHandedOutWhenDurable(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, got)
 
-	store.mu.Lock()
-	store.hold = true
-	store.mu.Unlock()
+	store.Hold()
 	f.publish(t, sid("s"), 1, 1)
 	got, err = c.Pull()
 	require.NoError(t, err)
@@ -676,7 +634,7 @@ func TestQoS2CopyHandedOutWhenDurable(t *testing.T) {
 	assert.Empty(t, got, "the QoS 2 copy waits for the store")
 
 	notified := c.Conn.NotifyCount()
-	store.release()
+	store.Release()
 	assert.Greater(t, c.Conn.NotifyCount(), notified, "the connection is told when the copy is durable")
 	got, err = c.Pull()
 	require.NoError(t, err)
@@ -735,14 +693,12 @@ func TestInboundRepeatWaitsForFirstArrival(t *testing.T) {
 // With several connections (DeliverBalance), every connection whose Pull
 // stopped at a QoS 2 copy not yet durable is notified when it is.
 func TestQoS2DurableNotifiesEveryConnection(t *testing.T) {
-	store := &heldStore{Store: new(mqtthookstest.Store)}
+	store := new(mqtthookstest.Store)
 	f := newFixture(t, mqtthooks.Options{Store: store})
 	f.rec.AuthOnRegisterFunc = multi(mqtthooks.DeliverBalance)
 	c1, c2 := f.v3("s", false), f.v3("s", false)
 	require.NoError(t, c1.Subscribe(t.Context(), "t"))
-	store.mu.Lock()
-	store.hold = true
-	store.mu.Unlock()
+	store.Hold()
 	f.publish(t, sid("s"), 2, 2) // one for each connection
 	for _, c := range []*mqtthookstest.Client{c1, c2} {
 		got, err := c.Pull()
@@ -750,7 +706,7 @@ func TestQoS2DurableNotifiesEveryConnection(t *testing.T) {
 		assert.Empty(t, got)
 	}
 	n1, n2 := c1.Conn.NotifyCount(), c2.Conn.NotifyCount()
-	store.release()
+	store.Release()
 	assert.Greater(t, c1.Conn.NotifyCount(), n1, "the first connection is told")
 	assert.Greater(t, c2.Conn.NotifyCount(), n2, "and the second")
 	var got []mqtthooks.Delivery
@@ -760,4 +716,86 @@ func TestQoS2DurableNotifiesEveryConnection(t *testing.T) {
 		got = append(got, ds...)
 	}
 	assert.ElementsMatch(t, []string{"1", "2"}, payloads(got))
+}
+
+// entryGate is a MemoryStore that holds back the commits of batches that
+// store a queue entry while gate is set, until open: a subscriber's store
+// slower than its publisher's.
+type entryGate struct {
+	mqtthooks.MemoryStore
+	mu   sync.Mutex
+	gate bool
+	held []func()
+}
+
+func (s *entryGate) Batch() mqtthooks.StoreBatch {
+	return &entryGateBatch{StoreBatch: s.MemoryStore.Batch(), s: s}
+}
+
+// open lets the held commits through, in order, and holds no more.
+func (s *entryGate) open() {
+	s.mu.Lock()
+	held := s.held
+	s.held, s.gate = nil, false
+	s.mu.Unlock()
+	for _, commit := range held {
+		commit()
+	}
+}
+
+type entryGateBatch struct {
+	mqtthooks.StoreBatch
+	s     *entryGate
+	entry bool
+}
+
+func (b *entryGateBatch) PutEntry(id mqtthooks.SubscriberID, gen uint64, e *mqtthooks.StoredEntry) {
+	b.entry = true
+	b.StoreBatch.PutEntry(id, gen, e)
+}
+
+func (b *entryGateBatch) Commit(done func(error)) {
+	b.s.mu.Lock()
+	if b.s.gate && b.entry {
+		b.s.held = append(b.s.held, func() { b.StoreBatch.Commit(done) })
+		b.s.mu.Unlock()
+		return
+	}
+	b.s.mu.Unlock()
+	b.StoreBatch.Commit(done)
+}
+
+// The identifier of a client's QoS 2 PUBLISH reaches the store only after
+// the copies it was routed to: a broker that dies in between leaves no
+// identifier, so the client's resend (no PUBREC came) is routed again,
+// rather than taken for a repeat whose copies were never stored.
+func TestInboundWrittenAfterCopies(t *testing.T) {
+	store := new(entryGate)
+	f := newFixture(t, mqtthooks.Options{Store: store})
+	f.offline(t, "sub")
+	pub := f.v3("pub", false)
+
+	inbound := func() []uint16 {
+		ss, err := store.LoadSession(t.Context(), sid("pub"))
+		require.NoError(t, err)
+		require.NotNil(t, ss)
+		return ss.Inbound
+	}
+	store.mu.Lock()
+	store.gate = true
+	store.mu.Unlock()
+	var settled error
+	done := make(chan struct{})
+	r := mqtthooks.NewReceipt(func(err error) { settled = err; close(done) })
+	first, err := pub.Session.InboundPublish(9, r)
+	require.NoError(t, err)
+	require.True(t, first)
+	require.NoError(t, f.core.Deliver(sid("sub"), &mqtthooks.Message{Topic: "t", Payload: []byte("x"), QoS: 2},
+		mqtthooks.DeliverOptions{QoS: 2, Receipt: r}))
+	r.Close()
+	assert.Empty(t, inbound(), "the identifier waits for the copy")
+	store.open()
+	<-done
+	require.NoError(t, settled)
+	assert.Equal(t, []uint16{9}, inbound(), "and is durable before the PUBREC")
 }
