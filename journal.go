@@ -221,6 +221,7 @@ type Receipt struct {
 	settled bool                     // done has been decided
 	after   []func(err error)        // run when the Receipt is settled, possibly under a session's lock
 	last    []func(done func(error)) // writes started once every other is durable, before done
+	resent  bool                     // InboundPublish took it for the resend of a refused PUBLISH
 	msgID   uint64                   // the stored message of the copies; written by the routing goroutine only
 	core    *Core                    // that stored it, and releases it at Close
 }
@@ -275,6 +276,16 @@ func (r *Receipt) Fail(err error) {
 		r.err = err
 	}
 	r.mu.Unlock()
+}
+
+// Resent reports whether Session.InboundPublish took r's QoS 2 PUBLISH for
+// the resend of one that was refused on this node (its Receipt failed): a
+// broker that knows what the refused one reached may skip those copies.
+// It is false for any other PUBLISH, and before InboundPublish returned.
+func (r *Receipt) Resent() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.resent
 }
 
 // writeLast adds a write that starts once every write joined to r is

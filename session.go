@@ -420,8 +420,13 @@ func (s *Session) InboundPublish(id uint16, r *Receipt) (first bool, err error) 
 	c := s.core
 	err = s.withQueueDone(func(q *queue, j *journal) error {
 		key := inboundKey{q, id}
+		_, refused := c.refusedInbound.LoadAndDelete(key)
+		if st := s.st; st.refusedIn[key] {
+			delete(st.refusedIn, key)
+			refused = true
+		}
 		if slices.Contains(q.inbound, id) {
-			if _, refused := c.refusedInbound.LoadAndDelete(key); !refused {
+			if !refused {
 				if v, ok := c.inboundPending.Load(key); ok && r != nil { // a repeat of a PUBLISH still in the balance
 					v.(*Receipt).onSettled(r.join())
 				}
@@ -431,12 +436,21 @@ func (s *Session) InboundPublish(id uint16, r *Receipt) (first bool, err error) 
 			q.inbound = append(q.inbound, id)
 		}
 		first = true
+		if refused && r != nil {
+			r.mu.Lock()
+			r.resent = true
+			r.mu.Unlock()
+		}
 		if j != nil && q == &j.st.q {
 			if r == nil {
 				j.batch().PutInbound(j.st.rec.ID, j.st.rec.Generation, id)
 			} else { // once the copies are durable: see the doc
 				sid, gen := j.st.rec.ID, j.st.rec.Generation
 				r.writeLast(func(done func(error)) {
+					if v, ok := c.inboundPending.Load(key); !ok || v != r {
+						done(nil) // released meanwhile, or left with a hand-over: nothing to keep
+						return
+					}
 					b := c.store.Batch()
 					b.PutInbound(sid, gen, id)
 					c.commit(b, sid, done)
@@ -483,6 +497,10 @@ func (c *Core) forgetInbound(st *sessionState, key inboundKey, r *Receipt) {
 		return
 	}
 	q.inbound = slices.Delete(q.inbound, i, i+1)
+	if st.refusedIn == nil { // for Receipt.Resent, with the session
+		st.refusedIn = map[inboundKey]bool{}
+	}
+	st.refusedIn[key] = true
 	if j := st.journal(); j != nil && q == &st.q && !st.ended {
 		j.batch().DeleteInbound(st.rec.ID, st.rec.Generation, key.id)
 		j.commit(nil)
@@ -490,13 +508,15 @@ func (c *Core) forgetInbound(st *sessionState, key inboundKey, r *Receipt) {
 }
 
 // dropUnsettledInbound removes from st's queue, and with j from the store,
-// the identifiers whose PUBLISH's Receipt has not settled: a node that
-// takes the session over must route their resends (a repeat would be lost
-// if the Receipt then failed). st.mu is held.
+// the identifiers whose PUBLISH's Receipt has not settled, and skips their
+// writes still to come: a node that takes the session over must route their
+// resends (a repeat would be lost if the Receipt then failed). st.mu is held.
 func (c *Core) dropUnsettledInbound(st *sessionState, j *journal) {
 	q := &st.q
 	q.inbound = slices.DeleteFunc(q.inbound, func(id uint16) bool {
-		if _, pending := c.inboundPending.Load(inboundKey{q, id}); !pending {
+		key := inboundKey{q, id}
+		r, pending := c.inboundPending.Load(key)
+		if !pending || !c.inboundPending.CompareAndDelete(key, r) {
 			return false
 		}
 		if j != nil {
@@ -517,6 +537,7 @@ func (s *Session) InboundPubrel(id uint16, r *Receipt) (known bool, err error) {
 	err = s.withQueueDone(func(q *queue, j *journal) error {
 		s.core.refusedInbound.Delete(inboundKey{q, id})
 		s.core.inboundPending.Delete(inboundKey{q, id})
+		delete(s.st.refusedIn, inboundKey{q, id})
 		if i := slices.Index(q.inbound, id); i >= 0 {
 			q.inbound = slices.Delete(q.inbound, i, i+1)
 			known = true
@@ -739,17 +760,20 @@ type sessionState struct {
 	mu       sync.Mutex
 	rec      SessionRecord
 	conns    []*Session
-	connsBuf [1]*Session    // conns' backing array while there is one connection
-	multi    bool           // the session allows multiple connections
-	ended    bool           // the life is over; deliveries find no session
-	leaving  bool           // with ended: another node owns the session, or is about to (Deliver: ErrNotOwner)
-	q        queue          // the session's queue: offline, or its first connection's
-	balance  int            // round-robin position of DeliverBalance
-	seq      uint64         // messages routed to this life, numbering them
-	subs     []Subscription // one per filter, in no particular order
-	subIndex map[string]int // filter → position in subs, for many subscriptions
-	stored   bool           // the life is kept in the Core's store: it began persistent
-	jn       journal        // the store changes of the operation under way
+	connsBuf [1]*Session // conns' backing array while there is one connection
+	multi    bool        // the session allows multiple connections
+	ended    bool        // the life is over; deliveries find no session
+	leaving  bool        // with ended: another node owns the session, or is about to (Deliver: ErrNotOwner)
+	// refusedIn: the identifiers forgotten because their PUBLISH was
+	// refused, until the resend (see Receipt.Resent); nil for none.
+	refusedIn map[inboundKey]bool
+	q         queue          // the session's queue: offline, or its first connection's
+	balance   int            // round-robin position of DeliverBalance
+	seq       uint64         // messages routed to this life, numbering them
+	subs      []Subscription // one per filter, in no particular order
+	subIndex  map[string]int // filter → position in subs, for many subscriptions
+	stored    bool           // the life is kept in the Core's store: it began persistent
+	jn        journal        // the store changes of the operation under way
 	// durable is the highest seq whose stored QoS 2 copy is durable (or
 	// whose write failed): a QoS 2 copy is handed out only then (see
 	// queue.pull), and wake are the connections to notify when durable
@@ -889,4 +913,5 @@ func (st *sessionState) reset(rec *SessionRecord) {
 	st.subs, st.subIndex = nil, nil
 	st.seq, st.stored = 0, false
 	st.durable.Store(0)
+	st.refusedIn = nil
 }

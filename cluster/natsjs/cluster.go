@@ -289,8 +289,16 @@ func (c *Cluster) adoptOrphans(gone func(owner string) bool) {
 					}
 					continue // another node adopted it, or a client claimed it
 				}
-				if err := c.node.Adopt(ctx, id); err != nil { // the Core tries again on its own
-					c.log.Error("natsjs: adopting a session", "session", id.String(), "err", err)
+				if err := c.node.Adopt(ctx, id); err != nil {
+					c.log.Error("natsjs: adopting a session; trying again", "session", id.String(), "err", err)
+					c.bg.Add(1)
+					go func() { // adopting until it is installed: a broker may wait for that (Adopting)
+						defer c.bg.Done()
+						c.adoptAgain(id)
+						c.adopting.Delete(o.key)
+						close(done)
+					}()
+					continue
 				}
 				c.adopting.Delete(o.key)
 				close(done)
@@ -302,6 +310,31 @@ func (c *Cluster) adoptOrphans(gone func(owner string) bool) {
 	}
 	close(work)
 	wg.Wait()
+}
+
+// adoptAgain asks the Core to adopt id until it has, with a growing pause,
+// while this node owns it and runs.
+func (c *Cluster) adoptAgain(id mqtthooks.SubscriberID) {
+	wait := time.Second
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-time.After(wait):
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), c.opts.YieldTimeout)
+		err := c.node.Adopt(ctx, id)
+		if err == nil {
+			cancel()
+			return
+		}
+		_, oerr := c.ownRevision(ctx, ownerKey(id))
+		cancel()
+		if errors.Is(oerr, mqtthooks.ErrNotOwner) {
+			return // another node has it now
+		}
+		wait = min(2*wait, 10*time.Second)
+	}
 }
 
 // maxHandOvers bounds the hand-overs a node runs at once, each on a
@@ -424,7 +457,8 @@ func (c *Cluster) Leave(ctx context.Context) error {
 
 // Adopting reports whether this node is adopting sessions of a node that is
 // gone: it is making itself their owner, or its Core has not installed them
-// yet. Once no node owns a session of the gone node (the owners bucket) and
+// yet (a failed Adopt is tried again until it succeeds or another node owns
+// the session). Once no node owns a session of the gone node (the owners bucket) and
 // no node is adopting, every one of them is installed on a node alive.
 func (c *Cluster) Adopting() bool {
 	busy := false

@@ -1041,7 +1041,8 @@ func (c *client) publish(pk *packets.Packet) (mqtthooks.ReasonCode, bool) {
 	if route {
 		if cl := c.srv.cluster; cl != nil {
 			msg := mochi.Message(pk)
-			handedOver = cl.publish(c.session.ID(), msg, cl.resent.admit(c.session.ID(), pk.PacketID, pk.FixedHeader.Dup, msg), r)
+			resent := pk.FixedHeader.Dup && r != nil && r.Resent() // of a PUBLISH this node refused
+			handedOver = cl.publish(c.session.ID(), msg, cl.resent.admit(c.session.ID(), pk.PacketID, resent, msg), r)
 		} else {
 			c.srv.route(c.session.ID(), mochi.Message(pk), r)
 		}

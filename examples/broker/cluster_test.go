@@ -395,11 +395,11 @@ func TestClusterC5(t *testing.T) {
 			"at least once: the client sends it again")
 
 		// QoS 2 from C, refused; the subscriber on B got its copy all the same.
-		nc := rawConnect(t, c.addr, 5, "ghq2", func(p *packets.ConnectParams) { p.Clean = false })
+		nc := rawConnect(t, c.addr, 4, "ghq2", func(p *packets.ConnectParams) { p.Clean = false })
 		publishQoS2 := func(nc net.Conn, dup bool) {
 			t.Helper()
 			pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2, Dup: dup},
-				ProtocolVersion: 5, TopicName: "gh/q2", Payload: []byte("once"), PacketID: 9}
+				ProtocolVersion: 4, TopicName: "gh/q2", Payload: []byte("once"), PacketID: 9}
 			var buf bytes.Buffer
 			require.NoError(t, pk.PublishEncode(&buf))
 			_, err := nc.Write(buf.Bytes())
@@ -420,9 +420,9 @@ func TestClusterC5(t *testing.T) {
 
 		// The resend of the QoS 2 PUBLISH is routed again (the Core forgot its
 		// identifier), and skips the subscriber it reached the first time.
-		nc = rawConnect(t, c.addr, 5, "ghq2", func(p *packets.ConnectParams) { p.Clean = false })
+		nc = rawConnect(t, c.addr, 4, "ghq2", func(p *packets.ConnectParams) { p.Clean = false })
 		publishQoS2(nc, true)
-		rec := readRaw(t, nc, 5)
+		rec := readRaw(t, nc, 4)
 		assert.Equal(t, packets.Pubrec, rec.FixedHeader.Type, "the resend is taken")
 		_ = nc.Close()
 		v5Publish(t, pub, "gh/t", "end", 1, false)
@@ -483,6 +483,13 @@ func TestResendWindow(t *testing.T) {
 	refused := w.admit(p, 2, false, msg)
 	w.begin(p, refused)
 	assert.False(t, w.reached(w.begin(p, w.admit(p, 2, true, msg)), s1))
+
+	// A routing that still holds an entry replaced meanwhile records nothing.
+	w.init(9)
+	old := w.begin(p, w.admit(p, 4, false, msg))
+	w.begin(p, w.admit(p, 4, false, msg))
+	w.reach(old, s1)
+	assert.Zero(t, w.pairs, "copies of a replaced entry are not counted")
 
 	// The window forgets the oldest first.
 	w.init(7)

@@ -14,13 +14,13 @@ import (
 // again; the copies its first sending stored must not be stored twice.
 //
 // So the node that receives a client's QoS 2 PUBLISH names it with a nonce
-// of its own, kept until the client's PUBREL for its identifier (the
-// PUBLISH was taken then, and the identifier free for another). A DUP
-// PUBLISH under an identifier that is still in the balance, with the same
-// topic and payload, is a resend: it carries the first sending's nonce. Any
-// other PUBLISH, DUP or not, gets a new nonce: a client that sends a new
-// PUBLISH again because it was lost on the wire sets DUP too, perhaps with
-// the topic and payload of the identifier's previous PUBLISH.
+// of its own, kept until the client's PUBREL for its identifier. A PUBLISH
+// that the Core takes for the resend of one this node refused (its
+// Receipt says so, and topic and payload are the same) carries the first
+// sending's nonce. Any other PUBLISH, DUP or not, gets a new nonce: a
+// client that sends a new PUBLISH again because it was lost on the wire
+// sets DUP too, perhaps with the topic and payload of the identifier's
+// previous PUBLISH, whose PUBREL may have gone to another node.
 //
 // Every node remembers, for each nonce it routed, which of its sessions
 // and share groups a copy reached; a resend skips them. What a node
@@ -51,6 +51,7 @@ type resendKey struct {
 
 // resendEntry is what one QoS 2 PUBLISH reached on this node.
 type resendEntry struct {
+	key     resendKey
 	nonce   uint64
 	reached map[mqtthooks.SubscriberID]struct{} // past maxReached, not all of them
 }
@@ -78,8 +79,9 @@ func (w *resendWindow) init(boot uint64) {
 }
 
 // admit names the PUBLISH msg of this node's client from, received with
-// packet identifier pid and DUP flag dup.
-func (w *resendWindow) admit(from mqtthooks.SubscriberID, pid uint16, dup bool, msg *mqtthooks.Message) resendRef {
+// packet identifier pid; resent says that the Core took it for the resend
+// of one this node refused (mqtthooks.Receipt.Resent).
+func (w *resendWindow) admit(from mqtthooks.SubscriberID, pid uint16, resent bool, msg *mqtthooks.Message) resendRef {
 	if msg.QoS != 2 || pid == 0 {
 		return resendRef{}
 	}
@@ -92,7 +94,7 @@ func (w *resendWindow) admit(from mqtthooks.SubscriberID, pid uint16, dup bool, 
 	k := resendKey{from, pid}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if b, ok := w.clients[k]; ok && dup && b.sum == sum {
+	if b, ok := w.clients[k]; ok && resent && b.sum == sum {
 		return resendRef{pid, b.nonce}
 	}
 	if _, ok := w.clients[k]; !ok && len(w.clients) >= resendWindowSize {
@@ -142,7 +144,7 @@ func (w *resendWindow) begin(from mqtthooks.SubscriberID, ref resendRef) *resend
 			w.next = (w.next + 1) % len(w.ring)
 		}
 	}
-	e = &resendEntry{nonce: ref.nonce}
+	e = &resendEntry{key: k, nonce: ref.nonce}
 	w.m[k] = e
 	return e
 }
@@ -165,7 +167,7 @@ func (w *resendWindow) reach(e *resendEntry, to mqtthooks.SubscriberID) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.pairs >= maxReached {
+	if w.pairs >= maxReached || w.m[e.key] != e { // full, or replaced meanwhile: not counted
 		return
 	}
 	if e.reached == nil {
