@@ -97,6 +97,14 @@ type ClusterNode interface {
 	// reports its end); the others stay. Any later write refused as stale
 	// does the same for its session.
 	Isolated(ctx context.Context)
+	// Disowned tells the Core that the cluster names another node as the
+	// owner of id, which this node may still hold: it kept the session
+	// through Isolated (its fenced write passed, the new owner not having
+	// renewed it yet) and would go on writing it, in the new owner's way.
+	// The Core forgets it as Isolated forgets a session taken over: no hook,
+	// no Will, its connections ended as taken over; the store keeps it for
+	// its owner. A session this node does not hold is nothing to forget.
+	Disowned(ctx context.Context, id SubscriberID) error
 }
 
 // YieldRequest is another node's claim on a session this node owns.

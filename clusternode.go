@@ -542,6 +542,18 @@ func (n clusterNode) Isolated(ctx context.Context) {
 	})
 }
 
+// Disowned forgets the session of id, which another node owns now (see
+// ClusterNode.Disowned).
+func (n clusterNode) Disowned(ctx context.Context, id SubscriberID) error {
+	c := n.c
+	return c.reg.do(notInHook{ctx}, id, newOp(func(ctx context.Context, e *entry) {
+		if st := e.state.Load(); st != nil {
+			c.logger.Warn("mqtthooks: cluster: another node owns the session now; forgetting it", "session", id.String())
+			c.forget(e, st, false)
+		}
+	}))
+}
+
 // adoptLater tries Adopt for id again after d, doubling d up to a minute
 // while it fails: a session this node owns must not be left without its
 // timers because the store failed once.

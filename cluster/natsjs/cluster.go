@@ -388,6 +388,7 @@ func (c *Cluster) renew() {
 	defer t.Stop()
 	last := time.Now()
 	isolated := false
+	var held []string // the owner keys this node held when it isolated itself
 	for {
 		select {
 		case <-c.stop:
@@ -400,7 +401,7 @@ func (c *Cluster) renew() {
 				// A renewal that came too late may have let the lease run
 				// out in between, and other nodes adopt the sessions.
 				if late := time.Since(last) >= c.opts.Lease*3/4; late && !isolated {
-					c.isolate()
+					held = c.isolate()
 					isolated = true
 				}
 				last = time.Now()
@@ -411,30 +412,62 @@ func (c *Cluster) renew() {
 					// node's: take them back, or nobody would serve them.
 					isolated = false
 					c.bg.Add(1)
-					go func() { // renewals go on meanwhile
+					go func(held []string) { // renewals go on meanwhile
 						defer c.bg.Done()
 						c.adoptOrphans(func(owner string) bool { return owner == c.opts.Node })
-					}()
+						c.auditHeld(held)
+					}(held)
+					held = nil
 				}
 				continue
 			}
 			c.log.Warn("natsjs: renewing the node's lease", "node", c.opts.Node, "err", err)
 			if !isolated && time.Since(last) >= c.opts.Lease/2 {
 				isolated = true
-				c.isolate()
+				held = c.isolate()
 			}
 		}
 	}
 }
 
-// isolate tells the Core that this node lost its place in the cluster.
-func (c *Cluster) isolate() {
+// isolate tells the Core that this node lost its place in the cluster, and
+// returns the owner keys it held.
+func (c *Cluster) isolate() (held []string) {
 	c.log.Error("natsjs: this node could not renew its lease; ending its sessions here, for other nodes to adopt",
 		"node", c.opts.Node)
 	ctx, cancel := context.WithTimeout(context.Background(), c.opts.YieldTimeout)
 	defer cancel()
+	c.revs.Range(func(k, _ any) bool {
+		held = append(held, k.(string))
+		return true
+	})
 	c.revs.Clear() // what this node owned, other nodes adopt
 	c.node.Isolated(ctx)
+	return held
+}
+
+// auditHeld tells the Core to forget, of the sessions this node held when
+// it isolated itself, those another node owns now: the Core kept them if
+// their new owner had not renewed them yet, and its writes would keep that
+// owner from ever doing so.
+func (c *Cluster) auditHeld(held []string) {
+	for _, key := range held {
+		select {
+		case <-c.stop:
+			return
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), c.opts.YieldTimeout)
+		e, err := c.owners.Get(ctx, key)
+		if err == nil && string(e.Value()) != c.opts.Node {
+			if id, perr := parseOwnerKey(key); perr == nil {
+				if derr := c.node.Disowned(ctx, id); derr != nil {
+					c.log.Warn("natsjs: forgetting a session another node owns", "session", id.String(), "err", derr)
+				}
+			}
+		}
+		cancel()
+	}
 }
 
 // Leave stops answering claims and withdraws the node's presence, so that

@@ -16,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -558,4 +559,45 @@ func TestC6ExpiryOnOneNode(t *testing.T) {
 	for _, n := range tc.nodes {
 		assert.Zero(t, n.core.Stats().Sessions, "node %s", n.name)
 	}
+}
+
+// A node that kept a session through its isolation (its fenced write passed:
+// the node that took the session over in the owners bucket had not renewed
+// it yet) forgets it once its lease holds again and the owners bucket names
+// another node: otherwise its writes, each moving the session's log on,
+// would keep the new owner's renewal from ever landing. It fires nothing: the
+// new owner reports the end of the connection.
+func TestIsolatedNodeForgetsSessionsOwnedElsewhere(t *testing.T) {
+	tc := newTestCluster(t)
+	a := tc.nodes["A"]
+	id := sid("s")
+	c1 := mqtthookstest.NewClient(a.core)
+	c1.Connect(t.Context(), mqtthookstest.V5("s", "u", false, 3600))
+	requireAccepted(t, c1)
+	offline := a.rec.Count(id, "OnClientOffline")
+
+	js, err := jetstream.New(a.nc)
+	require.NoError(t, err)
+	owners, err := js.KeyValue(t.Context(), "MQTTHOOKS_owners")
+	require.NoError(t, err)
+	key := natsjs.OwnerKey(id)
+	e, err := owners.Get(t.Context(), key)
+	require.NoError(t, err)
+	require.Equal(t, "A", string(e.Value()))
+	_, err = owners.Update(t.Context(), key, []byte("B"), e.Revision()) // B took it while A was cut off
+	require.NoError(t, err)
+
+	natsjs.AuditHeld(a.cl, key)
+	_, held := a.core.Lookup(id)
+	assert.False(t, held, "A forgot the session B owns")
+	<-c1.Conn.Disconnected()
+	assert.Equal(t, []mqtthooks.ReasonCode{mqtthooks.CodeSessionTakenOver}, c1.Conn.Disconnects())
+	assert.Equal(t, offline, a.rec.Count(id, "OnClientOffline"), "A fires nothing for it")
+
+	c2 := mqtthookstest.NewClient(a.core) // a session A still owns stays
+	c2.Connect(t.Context(), mqtthookstest.V5("t", "u", false, 3600))
+	requireAccepted(t, c2)
+	natsjs.AuditHeld(a.cl, natsjs.OwnerKey(sid("t")))
+	_, held = a.core.Lookup(sid("t"))
+	assert.True(t, held)
 }
