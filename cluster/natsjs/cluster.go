@@ -152,12 +152,68 @@ func (c *Cluster) Join(n mqtthooks.ClusterNode) error {
 		_ = sub.Unsubscribe()
 		return fmt.Errorf("natsjs: watching the nodes: %w", err)
 	}
+	ow, err := c.owners.WatchAll(wctx, jetstream.UpdatesOnly(), jetstream.IgnoreDeletes())
+	if err != nil {
+		wcancel()
+		_ = sub.Unsubscribe()
+		return fmt.Errorf("natsjs: watching the owners: %w", err)
+	}
 	c.unwatch = wcancel
 	c.node, c.sub = n, sub
-	c.bg.Add(2)
+	c.bg.Add(3)
 	go c.renew()
 	go c.watchNodes(w)
+	go c.watchOwners(ow)
 	return nil
+}
+
+// watchOwners has the Core forget a session this node holds as soon as the
+// owners bucket names another node for it: one that took this node for
+// gone (a lease it saw run out while JetStream elected leaders, say) and
+// adopted the session, whose renewal the writes of this node would
+// otherwise keep from ever landing.
+func (c *Cluster) watchOwners(w jetstream.KeyWatcher) {
+	defer c.bg.Done()
+	defer func() { _ = w.Stop() }()
+	updates := w.Updates()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case e, ok := <-updates:
+			if !ok {
+				return
+			}
+			if e != nil {
+				c.ownerChanged(e.Key(), string(e.Value()), e.Revision())
+			}
+		}
+	}
+}
+
+// ownerChanged handles the owners bucket naming owner for key at revision
+// rev: a session this node owned at an earlier revision is another node's.
+func (c *Cluster) ownerChanged(key, owner string, rev uint64) {
+	if owner == c.opts.Node {
+		return
+	}
+	mine, ok := c.revs.Load(key)
+	if !ok || mine.(uint64) >= rev || !c.revs.CompareAndDelete(key, mine) {
+		return
+	}
+	id, err := parseOwnerKey(key)
+	if err != nil {
+		return
+	}
+	c.bg.Add(1)
+	go func() {
+		defer c.bg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), c.opts.YieldTimeout)
+		defer cancel()
+		if err := c.node.Disowned(ctx, id); err != nil {
+			c.log.Warn("natsjs: forgetting a session another node owns", "session", id.String(), "err", err)
+		}
+	}()
 }
 
 // watchNodes adopts the sessions of every node that is not alive when this

@@ -561,12 +561,13 @@ func TestC6ExpiryOnOneNode(t *testing.T) {
 	}
 }
 
-// A node that kept a session through its isolation (its fenced write passed:
-// the node that took the session over in the owners bucket had not renewed
-// it yet) forgets it once its lease holds again and the owners bucket names
-// another node: otherwise its writes, each moving the session's log on,
-// would keep the new owner's renewal from ever landing. It fires nothing: the
-// new owner reports the end of the connection.
+// A node that still holds a session the owners bucket gives to another node
+// (it kept it through an isolation, its fenced write passing because the new
+// owner had not renewed it yet; or the other node took it for gone) forgets
+// it as soon as it sees the change, and once more on the audit after an
+// isolation: otherwise its writes, each moving the session's log on, would
+// keep the new owner's renewal from ever landing. It fires nothing: the new
+// owner reports the end of the connection.
 func TestIsolatedNodeForgetsSessionsOwnedElsewhere(t *testing.T) {
 	tc := newTestCluster(t)
 	a := tc.nodes["A"]
@@ -587,9 +588,10 @@ func TestIsolatedNodeForgetsSessionsOwnedElsewhere(t *testing.T) {
 	_, err = owners.Update(t.Context(), key, []byte("B"), e.Revision()) // B took it while A was cut off
 	require.NoError(t, err)
 
-	natsjs.AuditHeld(a.cl, key)
-	_, held := a.core.Lookup(id)
-	assert.False(t, held, "A forgot the session B owns")
+	require.Eventually(t, func() bool {
+		_, held := a.core.Lookup(id)
+		return !held
+	}, 10*time.Second, 5*time.Millisecond, "A forgets the session B owns as soon as it sees the owners bucket change")
 	<-c1.Conn.Disconnected()
 	assert.Equal(t, []mqtthooks.ReasonCode{mqtthooks.CodeSessionTakenOver}, c1.Conn.Disconnects())
 	assert.Equal(t, offline, a.rec.Count(id, "OnClientOffline"), "A fires nothing for it")
@@ -598,6 +600,6 @@ func TestIsolatedNodeForgetsSessionsOwnedElsewhere(t *testing.T) {
 	c2.Connect(t.Context(), mqtthookstest.V5("t", "u", false, 3600))
 	requireAccepted(t, c2)
 	natsjs.AuditHeld(a.cl, natsjs.OwnerKey(sid("t")))
-	_, held = a.core.Lookup(sid("t"))
+	_, held := a.core.Lookup(sid("t"))
 	assert.True(t, held)
 }
