@@ -1227,13 +1227,7 @@ func (cl *cluster) deliver(from mqtthooks.SubscriberID, msg *mqtthooks.Message, 
 		if cl.resent.reached(sent, to) {
 			continue
 		}
-		var err error
-		if m.shared {
-			err = s.deliverShared(shareRef{mp, m.share}, m, msg, r)
-		} else {
-			err = s.core.Deliver(m.id, msg, mqtthooks.DeliverOptions{QoS: min(msg.QoS, m.qos), Retain: m.rap && msg.Retain,
-				SubscriptionIdentifiers: m.identity, Generation: m.gen, Receipt: r})
-		}
+		err := s.deliverMatch(mp, m, msg, r)
 		switch {
 		case err == nil:
 			cl.resent.reach(sent, to)

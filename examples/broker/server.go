@@ -297,17 +297,21 @@ func (s *server) route(from mqtthooks.SubscriberID, msg *mqtthooks.Message, r *m
 		matchPool.Put(mp)
 	}()
 	for _, m := range ms {
-		var err error
-		if m.shared {
-			err = s.deliverShared(shareRef{from.Mountpoint, m.share}, m, msg, r)
-		} else {
-			err = s.core.Deliver(m.id, msg, mqtthooks.DeliverOptions{QoS: min(msg.QoS, m.qos), Retain: m.rap && msg.Retain,
-				SubscriptionIdentifiers: m.identity, Generation: m.gen, Receipt: r})
-		}
-		if err != nil && !errors.Is(err, mqtthooks.ErrSessionNotFound) {
+		if err := s.deliverMatch(from.Mountpoint, m, msg, r); err != nil && !errors.Is(err, mqtthooks.ErrSessionNotFound) {
 			s.logger.Warn("deliver", "session", m.id.String(), "err", err)
 		}
 	}
+}
+
+// deliverMatch hands msg to the session m matched on mountpoint, or to a
+// member of its share group, with the QoS, Retain flag and subscription
+// identifiers of the match.
+func (s *server) deliverMatch(mountpoint string, m match, msg *mqtthooks.Message, r *mqtthooks.Receipt) error {
+	if m.shared {
+		return s.deliverShared(shareRef{mountpoint, m.share}, m, msg, r)
+	}
+	return s.core.Deliver(m.id, msg, mqtthooks.DeliverOptions{QoS: min(msg.QoS, m.qos), Retain: m.rap && msg.Retain,
+		SubscriptionIdentifiers: m.identity, Generation: m.gen, Receipt: r})
 }
 
 // earlyWill is a Will the Core published before the server had it.
